@@ -1,0 +1,17 @@
+// File: services/cli/commands.h
+//
+// The kvguard subcommands. Each takes the arguments after its name, prints
+// its result on stdout, and returns an error status (printed by main as one
+// line on stderr, exit code 1) on bad input.
+#pragma once
+
+#include "absl/status/status.h"
+
+namespace kvguard::cli {
+
+absl::Status RunTokenize(int argc, char** argv);
+absl::Status RunLogits(int argc, char** argv);
+absl::Status RunGenerate(int argc, char** argv);
+absl::Status RunBench(int argc, char** argv);
+
+}  // namespace kvguard::cli

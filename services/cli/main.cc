@@ -1,0 +1,53 @@
+// kvguard: the command-line entry point. Dispatches to a subcommand and turns
+// any error into one line on stderr and exit code 1 (2 for usage errors).
+#include <cstring>
+#include <exception>
+#include <iostream>
+#include <string>
+
+#include "services/cli/commands.h"
+
+namespace {
+
+constexpr char kUsage[] = R"(usage: kvguard <command> [options]
+
+commands:
+  tokenize  --tokenizer PATH (--text TEXT | --ids 1,2,3)
+  logits    --model PATH --ids 1,2,3 [--device cpu|cuda] [--dtype f32|bf16|f16]
+  generate  --model PATH (--prompt TEXT | --ids 1,2,3) --max-new-tokens N
+            [--temperature T] [--top-k K] [--top-p P] [--seed S] [--repetition-penalty R]
+            [--stop STR]... [--stop-id ID]... [--ignore-eos] [--logprobs K]
+            [--device D] [--dtype T] [--threads N] [--json]
+  bench     --model PATH [--device D] [--dtype T] [--batch B] [--prompt-tokens N]
+            [--decode-tokens N] [--threads N] [--json]
+)";
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h") ||
+      !std::strcmp(argv[1], "help")) {
+    std::cout << kUsage;
+    return argc < 2 ? 2 : 0;
+  }
+  const std::string command = argv[1];
+  absl::Status status;
+  try {
+    if (command == "tokenize") status = kvguard::cli::RunTokenize(argc - 2, argv + 2);
+    else if (command == "logits") status = kvguard::cli::RunLogits(argc - 2, argv + 2);
+    else if (command == "generate") status = kvguard::cli::RunGenerate(argc - 2, argv + 2);
+    else if (command == "bench") status = kvguard::cli::RunBench(argc - 2, argv + 2);
+    else {
+      std::cerr << "kvguard: unknown command '" << command << "'\n" << kUsage;
+      return 2;
+    }
+  } catch (const std::exception& e) {
+    std::cerr << "kvguard " << command << ": internal error: " << e.what() << "\n";
+    return 1;
+  }
+  if (!status.ok()) {
+    std::cerr << "kvguard " << command << ": " << status.message() << "\n";
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,159 @@
+#include "services/engine/engine.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/core/InferenceMode.h>
+
+#include <algorithm>
+#include <chrono>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "services/engine/checkpoint.h"
+#include "services/engine/llama_model.h"
+
+namespace kvguard::engine {
+namespace {
+
+double SecondsSince(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+// Copies one row of float32 logits to host memory.
+std::vector<float> HostRow(const at::Tensor& logits, int64_t row) {
+  at::Tensor r = logits[row].to(at::kCPU).contiguous();
+  const float* p = r.data_ptr<float>();
+  return std::vector<float>(p, p + r.numel());
+}
+
+}  // namespace
+
+const char* FinishReasonName(FinishReason reason) {
+  switch (reason) {
+    case FinishReason::kLength: return "length";
+    case FinishReason::kEos: return "eos";
+    case FinishReason::kStop: return "stop";
+  }
+  return "unknown";
+}
+
+struct Engine::Impl {
+  std::unique_ptr<LlamaModel> model;
+  std::unique_ptr<Tokenizer> tokenizer;
+};
+
+Engine::Engine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Engine::~Engine() = default;
+
+absl::StatusOr<std::unique_ptr<Engine>> Engine::Load(const std::string& model_path,
+                                                     const EngineOptions& options) {
+  if (options.num_threads > 0) at::set_num_threads(options.num_threads);
+  KVG_ASSIGN_OR_RETURN(Checkpoint ckpt, OpenCheckpoint(model_path));
+  auto impl = std::make_unique<Impl>();
+  if (!ckpt.tokenizer_path.empty()) {
+    KVG_ASSIGN_OR_RETURN(impl->tokenizer, Tokenizer::Load(ckpt.tokenizer_path));
+  }
+  KVG_ASSIGN_OR_RETURN(impl->model, LlamaModel::Load(std::move(ckpt),
+                                                     {.device = options.device, .dtype = options.dtype}));
+  return std::unique_ptr<Engine>(new Engine(std::move(impl)));
+}
+
+const ModelConfig& Engine::config() const { return impl_->model->config(); }
+const Tokenizer* Engine::tokenizer() const { return impl_->tokenizer.get(); }
+
+absl::StatusOr<std::vector<std::vector<float>>> Engine::Logits(const std::vector<int32_t>& ids) {
+  if (ids.empty()) return absl::InvalidArgumentError("ids must not be empty");
+  SequenceKvCache cache(impl_->model->CacheOptions(static_cast<int64_t>(ids.size())));
+  ForwardItem item{.cache = &cache, .tokens = ids, .all_logits = true};
+  KVG_ASSIGN_OR_RETURN(at::Tensor logits, impl_->model->Forward({&item, 1}));
+  std::vector<std::vector<float>> rows;
+  for (int64_t r = 0; r < logits.size(0); ++r) rows.push_back(HostRow(logits, r));
+  return rows;
+}
+
+absl::Status Engine::ValidateRequest(const GenerateRequest& request) const {
+  const ModelConfig& c = config();
+  if (request.prompt_ids.empty()) return absl::InvalidArgumentError("prompt is empty");
+  for (int32_t id : request.prompt_ids) {
+    if (id < 0 || id >= c.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat("prompt id ", id, " is outside the vocabulary [0, ",
+                                                     c.vocab_size, ")"));
+    }
+  }
+  if (static_cast<int64_t>(request.prompt_ids.size()) >= c.max_position_embeddings) {
+    return absl::InvalidArgumentError(absl::StrCat("prompt of ", request.prompt_ids.size(),
+                                                   " tokens does not fit the context of ",
+                                                   c.max_position_embeddings));
+  }
+  if (request.max_new_tokens < 1) return absl::InvalidArgumentError("max_new_tokens must be >= 1");
+  if (!request.stop_strings.empty() && tokenizer() == nullptr) {
+    return absl::InvalidArgumentError("stop strings need a model with a tokenizer");
+  }
+  for (const std::string& s : request.stop_strings) {
+    if (s.empty()) return absl::InvalidArgumentError("stop strings must not be empty");
+  }
+  return ValidateSamplingParams(request.sampling);
+}
+
+absl::StatusOr<GenerateResult> Engine::Generate(
+    const GenerateRequest& request, const std::function<void(const SampledToken&)>& on_token) {
+  KVG_RETURN_IF_ERROR(ValidateRequest(request));
+  const ModelConfig& c = config();
+  LlamaModel& model = *impl_->model;
+  const int64_t budget = std::min<int64_t>(
+      request.max_new_tokens, c.max_position_embeddings - static_cast<int64_t>(request.prompt_ids.size()));
+  SequenceKvCache cache(model.CacheOptions(static_cast<int64_t>(request.prompt_ids.size()) + budget));
+  Sampler sampler(request.sampling);
+  GenerateResult result;
+  result.prompt_ids = request.prompt_ids;
+  std::vector<int32_t> history = request.prompt_ids;
+  bool cut_at_stop_string = false;
+  ForwardItem item{.cache = &cache, .tokens = request.prompt_ids};
+  auto start = std::chrono::steady_clock::now();
+  for (int64_t step = 0; step < budget; ++step) {
+    KVG_ASSIGN_OR_RETURN(at::Tensor logits, model.Forward({&item, 1}));
+    std::vector<float> row = HostRow(logits, 0);
+    if (step == 0) {
+      result.prefill_seconds = SecondsSince(start);
+      start = std::chrono::steady_clock::now();
+    }
+    SampledToken token = sampler.Sample(row, history);
+    history.push_back(token.id);
+    result.output_ids.push_back(token.id);
+    result.tokens.push_back(token);
+    if (on_token) on_token(token);
+    const bool is_eos = std::find(c.eos_token_ids.begin(), c.eos_token_ids.end(), token.id) !=
+                        c.eos_token_ids.end();
+    if (is_eos && !request.ignore_eos) {
+      result.finish_reason = FinishReason::kEos;
+      break;
+    }
+    if (std::find(request.stop_token_ids.begin(), request.stop_token_ids.end(), token.id) !=
+        request.stop_token_ids.end()) {
+      result.finish_reason = FinishReason::kStop;
+      break;
+    }
+    if (!request.stop_strings.empty()) {
+      std::string text = impl_->tokenizer->Decode(result.output_ids);
+      size_t cut = std::string::npos;
+      for (const std::string& s : request.stop_strings) cut = std::min(cut, text.find(s));
+      if (cut != std::string::npos) {
+        result.finish_reason = FinishReason::kStop;
+        result.text = text.substr(0, cut);
+        cut_at_stop_string = true;
+        break;
+      }
+    }
+    item.tokens = {token.id};
+  }
+  result.decode_seconds = SecondsSince(start);
+  if (impl_->tokenizer != nullptr && !cut_at_stop_string) {
+    result.text = impl_->tokenizer->Decode(result.output_ids);
+  }
+  const KvCacheStats stats = cache.Stats();
+  result.kv_bytes = stats.bytes;
+  result.retained_tokens = stats.retained_slots / std::max<int64_t>(1, c.num_layers * c.num_kv_heads);
+  return result;
+}
+
+}  // namespace kvguard::engine

@@ -1,0 +1,85 @@
+// File: services/engine/engine.h
+//
+// The engine facade: a loaded model, its tokenizer (when the checkpoint has
+// one) and generation with the KV cache (prefill, then one cached decode
+// step per token). No libtorch types cross this header, so tools and
+// services that only generate compile without torch.
+//
+//   KVG_ASSIGN_OR_RETURN(auto engine, Engine::Load("models/stories260K/stories260K.bin", {}));
+//   GenerateRequest req{.prompt_ids = {1}, .max_new_tokens = 32};
+//   KVG_ASSIGN_OR_RETURN(GenerateResult out, engine->Generate(req));
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "services/engine/model_config.h"
+#include "services/engine/sampler.h"
+#include "services/engine/tokenizer.h"
+
+namespace kvguard::engine {
+
+struct EngineOptions {
+  std::string device = "cpu";
+  std::string dtype = "f32";
+  int num_threads = 0;  // intra-op threads for CPU; 0 = libtorch's default
+};
+
+struct GenerateRequest {
+  std::vector<int32_t> prompt_ids;
+  int32_t max_new_tokens = 64;
+  SamplingParams sampling;
+  std::vector<std::string> stop_strings;  // needs a tokenizer
+  std::vector<int32_t> stop_token_ids;
+  bool ignore_eos = false;
+};
+
+enum class FinishReason { kLength, kEos, kStop };
+const char* FinishReasonName(FinishReason reason);  // "length", "eos", "stop"
+
+struct GenerateResult {
+  std::vector<int32_t> prompt_ids;
+  std::vector<int32_t> output_ids;
+  std::string text;  // decoded output (cut before a matched stop string); empty without tokenizer
+  FinishReason finish_reason = FinishReason::kLength;
+  std::vector<SampledToken> tokens;  // per output token: logprob, entropy, margin, top logprobs
+  int64_t kv_bytes = 0;              // final cache bytes
+  int64_t retained_tokens = 0;       // final retained slots per layer and head (mean)
+  double prefill_seconds = 0;
+  double decode_seconds = 0;
+};
+
+class Engine {
+ public:
+  // `model_path`: checkpoint directory or llama2.c .bin.
+  static absl::StatusOr<std::unique_ptr<Engine>> Load(const std::string& model_path,
+                                                      const EngineOptions& options);
+  ~Engine();
+
+  [[nodiscard]] const ModelConfig& config() const;
+  // nullptr when the checkpoint has no tokenizer.json.
+  [[nodiscard]] const Tokenizer* tokenizer() const;
+
+  // Logits for every position of `ids` (one prefill), float32 row-major [T][vocab].
+  absl::StatusOr<std::vector<std::vector<float>>> Logits(const std::vector<int32_t>& ids);
+
+  // Validates the request (ids in vocabulary, prompt within context, sampling
+  // ranges, stop strings need a tokenizer) and generates. `on_token`, if
+  // given, sees each token as it is produced.
+  absl::StatusOr<GenerateResult> Generate(
+      const GenerateRequest& request,
+      const std::function<void(const SampledToken&)>& on_token = nullptr);
+
+  absl::Status ValidateRequest(const GenerateRequest& request) const;
+
+ private:
+  struct Impl;
+  explicit Engine(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace kvguard::engine

@@ -1,0 +1,92 @@
+// File: services/engine/kv_cache.h
+//
+// The KV cache of one sequence. Per layer it stores the post-RoPE keys and the
+// values of the *retained* tokens as [kv_heads, slots, head_dim] tensors,
+// together with each slot's original position (per kv head, since
+// compressors may keep different tokens in different heads). Apart from the
+// tensors it keeps the token id of every position the sequence has ever had,
+// so evicted entries can be recomputed later (RECOVERY).
+//
+// Eviction is real: Retain() gathers the kept slots into freshly allocated,
+// tightly sized tensors and drops the old ones, so memory is returned.
+//
+//   SequenceKvCache cache({.num_layers = 2, .num_kv_heads = 2, .head_dim = 16});
+//   cache.Append(layer, k, v, /*first_position=*/0);   // k, v: [kv_heads, n, head_dim]
+//   at::Tensor keys = cache.Keys(layer);                 // [kv_heads, retained, head_dim]
+//   cache.Retain(layer, keep);                           // keep[h] = slot indices
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/status.h"
+
+namespace kvguard::engine {
+
+struct KvCacheOptions {
+  int64_t num_layers = 0;
+  int64_t num_kv_heads = 0;
+  int64_t head_dim = 0;
+  at::ScalarType dtype = at::kFloat;
+  at::Device device = at::kCPU;
+  int64_t reserve_slots = 0;  // slots preallocated per layer (grows by doubling past it)
+};
+
+struct KvCacheStats {
+  int64_t total_tokens = 0;     // positions the sequence has had (prompt + generated)
+  int64_t retained_slots = 0;   // summed over layers and kv heads
+  int64_t capacity_slots = 0;   // allocated, summed over layers and kv heads
+  int64_t bytes = 0;            // bytes of retained keys + values
+  int64_t allocated_bytes = 0;  // bytes held by the tensors, slack included
+  int64_t evicted_slots = 0;    // cumulative
+};
+
+class SequenceKvCache {
+ public:
+  explicit SequenceKvCache(const KvCacheOptions& options);
+
+  // --- token history (ids of every original position) ---
+  void AppendTokenIds(const std::vector<int32_t>& ids);
+  [[nodiscard]] const std::vector<int32_t>& token_ids() const { return token_ids_; }
+  [[nodiscard]] int64_t num_positions() const { return static_cast<int64_t>(token_ids_.size()); }
+
+  // --- per-layer storage ---
+  // Appends n new entries for all heads at positions first_position..+n-1.
+  // k, v: [kv_heads, n, head_dim] in the cache's dtype and device.
+  void Append(int64_t layer, const at::Tensor& k, const at::Tensor& v, int64_t first_position);
+  // Views of the retained entries, [kv_heads, retained, head_dim] (strided).
+  [[nodiscard]] at::Tensor Keys(int64_t layer) const;
+  [[nodiscard]] at::Tensor Values(int64_t layer) const;
+  // Original position of each retained slot, per kv head.
+  [[nodiscard]] const std::vector<std::vector<int32_t>>& Positions(int64_t layer) const {
+    return layers_[layer].positions;
+  }
+  [[nodiscard]] int64_t RetainedSlots(int64_t layer) const { return layers_[layer].size; }
+
+  // Keeps, in every kv head h, the slots keep[h] (indices into the current
+  // slots; all heads keep the same count) and frees the rest. Slots are
+  // re-ordered by original position. InvalidArgument on a bad plan.
+  absl::Status Retain(int64_t layer, const std::vector<std::vector<int64_t>>& keep);
+
+  [[nodiscard]] KvCacheStats Stats() const;
+  [[nodiscard]] int64_t LayerBytes(int64_t layer) const;
+  [[nodiscard]] const KvCacheOptions& options() const { return options_; }
+
+ private:
+  struct Layer {
+    at::Tensor keys;    // [kv_heads, capacity, head_dim]
+    at::Tensor values;  // [kv_heads, capacity, head_dim]
+    int64_t size = 0;
+    std::vector<std::vector<int32_t>> positions;  // [kv_heads][size]
+  };
+  void Grow(Layer& layer, int64_t needed);
+
+  KvCacheOptions options_;
+  std::vector<Layer> layers_;
+  std::vector<int32_t> token_ids_;
+  int64_t evicted_slots_ = 0;
+};
+
+}  // namespace kvguard::engine

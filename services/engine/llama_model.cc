@@ -1,0 +1,363 @@
+#include "services/engine/llama_model.h"
+
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/status_macros.h"
+
+namespace kvguard::engine {
+namespace {
+
+struct LayerWeights {
+  at::Tensor input_norm, post_norm;  // [d]
+  at::Tensor qkv, qkv_bias;          // [(hq + 2 hkv) * hd, d], bias optional
+  at::Tensor o, o_bias;              // [d, hq * hd]
+  at::Tensor q_norm, k_norm;         // [hd], qwen3 only
+  at::Tensor gate_up;                // [2f, d]
+  at::Tensor down;                   // [d, f]
+};
+
+absl::StatusOr<at::ScalarType> ParseDtype(const std::string& name) {
+  if (name == "f32" || name == "float32") return at::kFloat;
+  if (name == "bf16" || name == "bfloat16") return at::kBFloat16;
+  if (name == "f16" || name == "float16") return at::kHalf;
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown dtype '", name, "' (expected f32, bf16 or f16)"));
+}
+
+absl::StatusOr<at::Device> ParseDevice(const std::string& name) {
+  if (name == "cpu") return at::Device(at::kCPU);
+  if (name.rfind("cuda", 0) == 0) {
+    if (!at::hasCUDA()) {
+      return absl::FailedPreconditionError(
+          "device 'cuda' requested but this libtorch build has no CUDA device available");
+    }
+    try {
+      return at::Device(name);
+    } catch (const std::exception&) {
+    }
+  }
+  return absl::InvalidArgumentError(absl::StrCat("unknown device '", name, "' (cpu, cuda[:N])"));
+}
+
+absl::StatusOr<at::ScalarType> ToScalarType(DType dtype, const std::string& name) {
+  switch (dtype) {
+    case DType::kF32: return at::kFloat;
+    case DType::kF16: return at::kHalf;
+    case DType::kBF16: return at::kBFloat16;
+    case DType::kF64: return at::kDouble;
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor '", name, "' has non-float dtype ", DTypeName(dtype)));
+  }
+}
+
+// Copies checkpoint weights to owned tensors of the compute dtype and device,
+// checking every shape against the config.
+class WeightLoader {
+ public:
+  WeightLoader(const WeightSource& source, at::ScalarType dtype, at::Device device)
+      : source_(source), options_(at::TensorOptions().dtype(dtype).device(device)) {}
+
+  absl::StatusOr<at::Tensor> Get(const std::string& name, std::vector<int64_t> shape) {
+    const TensorView* view = source_.Find(name);
+    if (view == nullptr) return absl::NotFoundError(absl::StrCat("missing weight '", name, "'"));
+    if (view->shape != shape) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "weight '", name, "' has shape [", absl::StrJoin(view->shape, ","),
+          "], config implies [", absl::StrJoin(shape, ","), "]"));
+    }
+    KVG_ASSIGN_OR_RETURN(at::ScalarType src, ToScalarType(view->dtype, name));
+    // from_blob borrows the read-only mapping; .to(..., copy=true) makes an owned tensor.
+    at::Tensor borrowed = at::from_blob(const_cast<uint8_t*>(view->data), shape,
+                                        at::TensorOptions().dtype(src));
+    return borrowed.to(options_, /*non_blocking=*/false, /*copy=*/true);
+  }
+  bool Has(const std::string& name) const { return source_.Find(name) != nullptr; }
+
+ private:
+  const WeightSource& source_;
+  at::TensorOptions options_;
+};
+
+// llama2.c rotates interleaved pairs; HF rotates halves. Permuting the rows of
+// wq/wk per head turns one into the other (q·k is unchanged), as HF's
+// conversion script does.
+at::Tensor InterleavedToHalves(const at::Tensor& w, int64_t heads, int64_t head_dim) {
+  const int64_t in = w.size(1);
+  return w.view({heads, head_dim / 2, 2, in}).transpose(1, 2).reshape({heads * head_dim, in});
+}
+
+at::Tensor InverseFrequencies(const RopeConfig& rope, int64_t head_dim) {
+  at::Tensor exponent = at::arange(0, head_dim, 2, at::kDouble) / static_cast<double>(head_dim);
+  at::Tensor inv_freq = 1.0 / at::pow(rope.theta, exponent);
+  if (rope.scaling == RopeScaling::kLinear) return inv_freq / rope.factor;
+  if (rope.scaling != RopeScaling::kLlama3) return inv_freq;
+  // Llama 3.1: scale low frequencies by 1/factor, keep high ones, blend between.
+  const double old_len = static_cast<double>(rope.original_max_position);
+  const double low_wavelen = old_len / rope.low_freq_factor;
+  const double high_wavelen = old_len / rope.high_freq_factor;
+  at::Tensor wavelen = 2 * M_PI / inv_freq;
+  at::Tensor scaled = at::where(wavelen > low_wavelen, inv_freq / rope.factor, inv_freq);
+  at::Tensor smooth = (old_len / wavelen - rope.low_freq_factor) /
+                      (rope.high_freq_factor - rope.low_freq_factor);
+  at::Tensor smoothed = (1 - smooth) * scaled / rope.factor + smooth * scaled;
+  at::Tensor medium = (wavelen >= high_wavelen).logical_and(wavelen <= low_wavelen);
+  return at::where(medium, smoothed, scaled);
+}
+
+}  // namespace
+
+struct LlamaModel::Impl {
+  ModelConfig config;
+  std::string tokenizer_path;
+  at::ScalarType dtype = at::kFloat;
+  at::Device device = at::kCPU;
+  at::Tensor embed;          // [vocab, d]
+  at::Tensor final_norm;     // [d]
+  at::Tensor lm_head;        // [vocab, d] (the embedding when tied)
+  at::Tensor rope_cos, rope_sin;  // [max_pos, hd] in compute dtype
+  std::vector<LayerWeights> layers;
+
+  absl::Status LoadWeights(const Checkpoint& ckpt);
+  absl::Status LoadLayer(WeightLoader& loader, int64_t l, LayerWeights& w);
+  void BuildRope();
+  at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight) const;
+  at::Tensor Rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) const;
+  at::Tensor Attention(const ForwardItem& item, int64_t layer, const at::Tensor& q,
+                       const at::Tensor& k, const at::Tensor& v, int64_t first_pos) const;
+  at::Tensor Layer(int64_t l, std::span<ForwardItem> batch, const std::vector<int64_t>& offsets,
+                   const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
+  absl::Status Validate(std::span<ForwardItem> batch) const;
+};
+
+absl::Status LlamaModel::Impl::LoadLayer(WeightLoader& loader, int64_t l, LayerWeights& w) {
+  const ModelConfig& c = config;
+  const int64_t d = c.hidden_size, hd = c.head_dim, f = c.intermediate_size;
+  const int64_t q_rows = c.num_heads * hd, kv_rows = c.num_kv_heads * hd;
+  const std::string p = absl::StrCat("model.layers.", l, ".");
+  KVG_ASSIGN_OR_RETURN(w.input_norm, loader.Get(p + "input_layernorm.weight", {d}));
+  KVG_ASSIGN_OR_RETURN(w.post_norm, loader.Get(p + "post_attention_layernorm.weight", {d}));
+  KVG_ASSIGN_OR_RETURN(at::Tensor wq, loader.Get(p + "self_attn.q_proj.weight", {q_rows, d}));
+  KVG_ASSIGN_OR_RETURN(at::Tensor wk, loader.Get(p + "self_attn.k_proj.weight", {kv_rows, d}));
+  KVG_ASSIGN_OR_RETURN(at::Tensor wv, loader.Get(p + "self_attn.v_proj.weight", {kv_rows, d}));
+  if (c.rope.interleaved_pairs) {
+    wq = InterleavedToHalves(wq, c.num_heads, hd);
+    wk = InterleavedToHalves(wk, c.num_kv_heads, hd);
+  }
+  w.qkv = at::cat({wq, wk, wv}, 0).contiguous();
+  if (c.qkv_bias) {
+    KVG_ASSIGN_OR_RETURN(at::Tensor bq, loader.Get(p + "self_attn.q_proj.bias", {q_rows}));
+    KVG_ASSIGN_OR_RETURN(at::Tensor bk, loader.Get(p + "self_attn.k_proj.bias", {kv_rows}));
+    KVG_ASSIGN_OR_RETURN(at::Tensor bv, loader.Get(p + "self_attn.v_proj.bias", {kv_rows}));
+    w.qkv_bias = at::cat({bq, bk, bv}, 0).contiguous();
+  }
+  KVG_ASSIGN_OR_RETURN(w.o, loader.Get(p + "self_attn.o_proj.weight", {d, q_rows}));
+  if (c.o_bias) {
+    KVG_ASSIGN_OR_RETURN(w.o_bias, loader.Get(p + "self_attn.o_proj.bias", {d}));
+  }
+  if (c.qk_norm) {
+    KVG_ASSIGN_OR_RETURN(w.q_norm, loader.Get(p + "self_attn.q_norm.weight", {hd}));
+    KVG_ASSIGN_OR_RETURN(w.k_norm, loader.Get(p + "self_attn.k_norm.weight", {hd}));
+  }
+  KVG_ASSIGN_OR_RETURN(at::Tensor gate, loader.Get(p + "mlp.gate_proj.weight", {f, d}));
+  KVG_ASSIGN_OR_RETURN(at::Tensor up, loader.Get(p + "mlp.up_proj.weight", {f, d}));
+  w.gate_up = at::cat({gate, up}, 0).contiguous();
+  KVG_ASSIGN_OR_RETURN(w.down, loader.Get(p + "mlp.down_proj.weight", {d, f}));
+  return absl::OkStatus();
+}
+
+absl::Status LlamaModel::Impl::LoadWeights(const Checkpoint& ckpt) {
+  const ModelConfig& c = config;
+  WeightLoader loader(*ckpt.weights, dtype, device);
+  KVG_ASSIGN_OR_RETURN(embed, loader.Get("model.embed_tokens.weight", {c.vocab_size, c.hidden_size}));
+  KVG_ASSIGN_OR_RETURN(final_norm, loader.Get("model.norm.weight", {c.hidden_size}));
+  // Tied checkpoints usually omit lm_head.weight; honour it when present.
+  if (!c.tie_word_embeddings || loader.Has("lm_head.weight")) {
+    KVG_ASSIGN_OR_RETURN(lm_head, loader.Get("lm_head.weight", {c.vocab_size, c.hidden_size}));
+  } else {
+    lm_head = embed;
+  }
+  layers.resize(c.num_layers);
+  for (int64_t l = 0; l < c.num_layers; ++l) KVG_RETURN_IF_ERROR(LoadLayer(loader, l, layers[l]));
+  return absl::OkStatus();
+}
+
+void LlamaModel::Impl::BuildRope() {
+  at::Tensor inv_freq = InverseFrequencies(config.rope, config.head_dim);
+  at::Tensor pos = at::arange(config.max_position_embeddings, at::kDouble);
+  at::Tensor freqs = at::outer(pos, inv_freq);
+  at::Tensor emb = at::cat({freqs, freqs}, -1);  // halves layout: [cos0..cos_{n-1}, cos0..]
+  rope_cos = emb.cos().to(device, dtype).contiguous();
+  rope_sin = emb.sin().to(device, dtype).contiguous();
+}
+
+at::Tensor LlamaModel::Impl::RmsNorm(const at::Tensor& x, const at::Tensor& weight) const {
+  // As HF: normalise in float32, cast back, then scale.
+  at::Tensor xf = x.to(at::kFloat);
+  at::Tensor inv = at::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + config.rms_norm_eps);
+  return weight * (xf * inv).to(x.scalar_type());
+}
+
+at::Tensor LlamaModel::Impl::Rope(const at::Tensor& x, const at::Tensor& cos,
+                                  const at::Tensor& sin) const {
+  // x: [n, heads, hd]; cos/sin: [n, 1, hd]. rotate_half(x) = cat(-x2, x1).
+  const int64_t half = config.head_dim / 2;
+  at::Tensor rotated = at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
+  return x * cos + rotated * sin;
+}
+
+at::Tensor LlamaModel::Impl::Attention(const ForwardItem& item, int64_t layer, const at::Tensor& q,
+                                       const at::Tensor& k, const at::Tensor& v,
+                                       int64_t first_pos) const {
+  // q: [n, hq, hd]; k, v: [n, hkv, hd] for this item's new tokens.
+  const int64_t n = q.size(0), hkv = config.num_kv_heads, hd = config.head_dim;
+  const int64_t group = config.num_heads / hkv;
+  item.cache->Append(layer, k.transpose(0, 1), v.transpose(0, 1), first_pos);
+  at::Tensor keys = item.cache->Keys(layer);      // [hkv, T, hd]
+  at::Tensor values = item.cache->Values(layer);  // [hkv, T, hd]
+  const int64_t total = keys.size(1);
+  // Group query heads under their kv head: [hkv, group * n, hd].
+  at::Tensor qg = q.view({n, hkv, group, hd}).permute({1, 2, 0, 3}).reshape({hkv, group * n, hd});
+  at::Tensor scores = at::matmul(qg, keys.transpose(1, 2)).mul_(1.0 / std::sqrt(double(hd)));
+  if (n > 1) {
+    // Cached entries all precede the new tokens; among the new tokens, causal.
+    at::Tensor causal = at::ones({n, n}, at::TensorOptions().dtype(at::kBool).device(device))
+                            .triu(1);
+    at::Tensor mask = at::zeros({n, total}, causal.options());
+    mask.narrow(1, total - n, n).copy_(causal);
+    scores = scores.view({hkv, group, n, total}).masked_fill(mask, -INFINITY)
+                 .view({hkv, group * n, total});
+  }
+  at::Tensor probs = at::softmax(scores, -1, at::kFloat).to(dtype);
+  at::Tensor out = at::matmul(probs, values);  // [hkv, group * n, hd]
+  return out.view({hkv, group, n, hd}).permute({2, 0, 1, 3}).reshape({n, hkv * group * hd});
+}
+
+at::Tensor LlamaModel::Impl::Layer(int64_t l, std::span<ForwardItem> batch,
+                                   const std::vector<int64_t>& offsets, const at::Tensor& x,
+                                   const at::Tensor& cos, const at::Tensor& sin) {
+  const LayerWeights& w = layers[l];
+  const ModelConfig& c = config;
+  const int64_t rows = x.size(0), hd = c.head_dim;
+  at::Tensor h = RmsNorm(x, w.input_norm);
+  at::Tensor qkv = at::linear(h, w.qkv, w.qkv_bias);
+  at::Tensor q = qkv.narrow(1, 0, c.num_heads * hd).view({rows, c.num_heads, hd});
+  at::Tensor k = qkv.narrow(1, c.num_heads * hd, c.num_kv_heads * hd).view({rows, c.num_kv_heads, hd});
+  at::Tensor v = qkv.narrow(1, (c.num_heads + c.num_kv_heads) * hd, c.num_kv_heads * hd)
+                     .view({rows, c.num_kv_heads, hd});
+  if (c.qk_norm) {
+    q = RmsNorm(q, w.q_norm);
+    k = RmsNorm(k, w.k_norm);
+  }
+  q = Rope(q, cos, sin);
+  k = Rope(k, cos, sin);
+  at::Tensor attn = batch.size() == 1 ? at::Tensor() : at::empty({rows, c.num_heads * hd}, x.options());
+  for (size_t i = 0; i < batch.size(); ++i) {
+    const int64_t r0 = offsets[i], n = offsets[i + 1] - offsets[i];
+    const int64_t first_pos = batch[i].cache->num_positions() - n;
+    at::Tensor out = Attention(batch[i], l, q.narrow(0, r0, n), k.narrow(0, r0, n),
+                               v.narrow(0, r0, n), first_pos);
+    if (batch.size() == 1) attn = out;
+    else attn.narrow(0, r0, n).copy_(out);
+  }
+  at::Tensor x1 = x + at::linear(attn, w.o, w.o_bias);
+  at::Tensor gu = at::linear(RmsNorm(x1, w.post_norm), w.gate_up);
+  const int64_t f = c.intermediate_size;
+  at::Tensor act = at::silu(gu.narrow(1, 0, f)) * gu.narrow(1, f, f);
+  return x1 + at::linear(act, w.down);
+}
+
+absl::Status LlamaModel::Impl::Validate(std::span<ForwardItem> batch) const {
+  for (const ForwardItem& item : batch) {
+    if (item.cache == nullptr) return absl::InvalidArgumentError("forward item without a cache");
+    if (item.tokens.empty()) return absl::InvalidArgumentError("forward item without tokens");
+    for (int32_t id : item.tokens) {
+      if (id < 0 || id >= config.vocab_size) {
+        return absl::InvalidArgumentError(absl::StrCat("token id ", id, " is outside the vocabulary [0, ",
+                                                       config.vocab_size, ")"));
+      }
+    }
+    const int64_t end = item.cache->num_positions() + static_cast<int64_t>(item.tokens.size());
+    if (end > config.max_position_embeddings) {
+      return absl::OutOfRangeError(absl::StrCat("sequence of ", end, " tokens exceeds the context of ",
+                                                config.max_position_embeddings));
+    }
+  }
+  return absl::OkStatus();
+}
+
+LlamaModel::LlamaModel(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+LlamaModel::~LlamaModel() = default;
+
+absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(Checkpoint checkpoint,
+                                                             const ModelOptions& options) {
+  auto impl = std::make_unique<Impl>();
+  KVG_ASSIGN_OR_RETURN(impl->dtype, ParseDtype(options.dtype));
+  KVG_ASSIGN_OR_RETURN(impl->device, ParseDevice(options.device));
+  impl->config = checkpoint.config;
+  impl->tokenizer_path = checkpoint.tokenizer_path;
+  try {
+    c10::InferenceMode guard;
+    KVG_RETURN_IF_ERROR(impl->LoadWeights(checkpoint));
+    impl->BuildRope();
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("loading weights failed: ", e.what()));
+  }
+  return std::unique_ptr<LlamaModel>(new LlamaModel(std::move(impl)));
+}
+
+absl::StatusOr<at::Tensor> LlamaModel::Forward(std::span<ForwardItem> batch) {
+  Impl& m = *impl_;
+  KVG_RETURN_IF_ERROR(m.Validate(batch));
+  try {
+    c10::InferenceMode guard;
+    std::vector<int64_t> ids, positions, offsets{0}, logit_rows;
+    for (ForwardItem& item : batch) {
+      const int64_t start = item.cache->num_positions();
+      for (size_t i = 0; i < item.tokens.size(); ++i) {
+        ids.push_back(item.tokens[i]);
+        positions.push_back(start + static_cast<int64_t>(i));
+      }
+      offsets.push_back(static_cast<int64_t>(ids.size()));
+      if (item.all_logits) {
+        for (int64_t r = offsets[offsets.size() - 2]; r < offsets.back(); ++r) logit_rows.push_back(r);
+      } else {
+        logit_rows.push_back(offsets.back() - 1);
+      }
+      item.cache->AppendTokenIds(item.tokens);
+    }
+    const auto long_opts = at::TensorOptions().dtype(at::kLong).device(m.device);
+    at::Tensor pos = at::tensor(positions, at::kLong).to(m.device);
+    at::Tensor cos = m.rope_cos.index_select(0, pos).unsqueeze(1);  // [rows, 1, hd]
+    at::Tensor sin = m.rope_sin.index_select(0, pos).unsqueeze(1);
+    at::Tensor x = m.embed.index_select(0, at::tensor(ids, at::kLong).to(m.device));
+    for (int64_t l = 0; l < m.config.num_layers; ++l) x = m.Layer(l, batch, offsets, x, cos, sin);
+    if (static_cast<int64_t>(logit_rows.size()) != x.size(0)) {
+      x = x.index_select(0, at::tensor(logit_rows, at::kLong).to(long_opts));
+    }
+    return at::linear(m.RmsNorm(x, m.final_norm), m.lm_head).to(at::kFloat);
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("forward pass failed: ", e.what()));
+  }
+}
+
+KvCacheOptions LlamaModel::CacheOptions(int64_t reserve_slots) const {
+  return KvCacheOptions{.num_layers = impl_->config.num_layers,
+                        .num_kv_heads = impl_->config.num_kv_heads,
+                        .head_dim = impl_->config.head_dim,
+                        .dtype = impl_->dtype,
+                        .device = impl_->device,
+                        .reserve_slots = reserve_slots};
+}
+
+const ModelConfig& LlamaModel::config() const { return impl_->config; }
+const std::string& LlamaModel::tokenizer_path() const { return impl_->tokenizer_path; }
+at::Device LlamaModel::device() const { return impl_->device; }
+at::ScalarType LlamaModel::dtype() const { return impl_->dtype; }
+
+}  // namespace kvguard::engine

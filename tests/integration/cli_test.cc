@@ -1,0 +1,118 @@
+// The kvguard CLI contract, exercised on the real binary: outputs other tools
+// parse, and one-line errors with a non-zero exit on bad input.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <nlohmann/json.hpp>
+
+#include "tests/unit/engine/test_util.h"
+
+namespace kvguard {
+namespace {
+
+using nlohmann::json;
+using testing::DataPath;
+
+struct RunResult {
+  int exit_code;
+  std::string out;
+  std::string err;
+};
+
+std::string Quote(const std::string& s) {
+  std::string q = "'";
+  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+
+RunResult Kvguard(const std::vector<std::string>& args) {
+  testing::TempDir tmp;
+  std::string cmd = std::string(KVG_BIN_DIR) + "/kvguard";
+  for (const auto& a : args) cmd += " " + Quote(a);
+  cmd += " 2>" + tmp.File("err");
+  FILE* p = popen(cmd.c_str(), "r");
+  RunResult r;
+  char buf[65536];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) r.out.append(buf, n);
+  int status = pclose(p);
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  r.err = testing::ReadFile(tmp.File("err"));
+  return r;
+}
+
+TEST(CliTest, TokenizeTextAndIds) {
+  auto r = Kvguard({"tokenize", "--tokenizer", DataPath("tokenizers/qwen2"), "--text", "Hello world"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(json::parse(r.out)["ids"], json({42, 345, 78, 81, 300, 269, 618}));
+  r = Kvguard({"tokenize", "--tokenizer", DataPath("tokenizers/qwen2/tokenizer.json"), "--ids",
+               "42,345,78,81,300,269,618"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(json::parse(r.out)["text"], "Hello world");
+}
+
+TEST(CliTest, LogitsOneRowPerPosition) {
+  auto r = Kvguard({"logits", "--model", DataPath("models/tiny-llama"), "--ids", "1,2,3"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  json j = json::parse(r.out);
+  ASSERT_EQ(j["logits"].size(), 3u);
+  EXPECT_EQ(j["logits"][0].size(), 640u);
+}
+
+TEST(CliTest, GenerateJsonWithPromptAndIds) {
+  auto r = Kvguard({"generate", "--model", DataPath("models/tiny-qwen2"), "--prompt", "Hello",
+                    "--max-new-tokens", "5", "--ignore-eos", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  json j = json::parse(r.out);
+  EXPECT_EQ(j["output_ids"].size(), 5u);
+  EXPECT_EQ(j["finish_reason"], "length");
+  EXPECT_TRUE(j["text"].is_string());
+  EXPECT_GT(j["kv_bytes"].get<int64_t>(), 0);
+  r = Kvguard({"generate", "--model", testing::ModelsPath("stories260K/stories260K.bin"), "--ids", "1",
+               "--max-new-tokens", "8", "--temperature", "0.8", "--seed", "3", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  json a = json::parse(r.out);
+  auto again = Kvguard({"generate", "--model", testing::ModelsPath("stories260K/stories260K.bin"),
+                        "--ids", "1", "--max-new-tokens", "8", "--temperature", "0.8", "--seed", "3",
+                        "--json"});
+  EXPECT_EQ(a["output_ids"], json::parse(again.out)["output_ids"]) << "same seed, same tokens";
+}
+
+// Each bad input: non-zero exit, a single line on stderr, nothing that looks like a crash.
+TEST(CliTest, BadInputsFailWithOneLine) {
+  testing::TempDir tmp;
+  testing::WriteFile(tmp.File("bad.json"), "{not json");
+  testing::WriteFile(tmp.File("trunc.bin"), std::string(20, '\x01'));
+  const std::string llama = DataPath("models/tiny-llama");
+  std::vector<std::vector<std::string>> cases = {
+      {"generate", "--model", "/nonexistent", "--ids", "1"},
+      {"logits", "--model", llama, "--ids", "1,99999"},
+      {"logits", "--model", llama, "--ids", "1,x"},
+      {"logits", "--model", llama},
+      {"logits", "--model", llama, "--ids", "1", "--dtype", "f8"},
+      {"logits", "--model", llama, "--ids", "1", "--device", "tpu"},
+      {"generate", "--model", llama, "--ids", "1", "--bogus-flag", "1"},
+      {"generate", "--model", llama, "--ids", "1", "--temperature", "-1"},
+      {"generate", "--model", llama, "--ids", "1", "--top-p", "0"},
+      {"generate", "--model", llama, "--ids", "1", "--max-new-tokens", "0"},
+      {"generate", "--model", testing::ModelsPath("stories260K/stories260K.bin"), "--prompt", "hi"},
+      {"generate", "--model", tmp.File("trunc.bin"), "--ids", "1"},
+      {"tokenize", "--tokenizer", tmp.File("bad.json"), "--text", "x"},
+      {"tokenize", "--tokenizer", DataPath("tokenizers/qwen2"), "--ids", "123456"},
+      {"nosuchcommand"},
+  };
+  for (const auto& c : cases) {
+    auto r = Kvguard(c);
+    std::string joined;
+    for (const auto& a : c) joined += a + " ";
+    EXPECT_NE(r.exit_code, 0) << joined;
+    EXPECT_NE(r.exit_code, -1) << joined << " crashed";
+    if (c[0] != "nosuchcommand") {
+      EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << joined << "\n" << r.err;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace kvguard
