@@ -32,6 +32,18 @@ absl::StatusOr<EngineOptions> EngineOptionsFrom(const CliArgs& args) {
   return options;
 }
 
+absl::StatusOr<compress::CompressionSpec> CompressionFrom(const CliArgs& args) {
+  compress::CompressionSpec spec;
+  spec.compressor = args.Get("compressor");
+  spec.options = args.GetAll("compressor-opt");
+  KVG_ASSIGN_OR_RETURN(spec.ratio, args.GetDouble("ratio", 0.0));
+  KVG_ASSIGN_OR_RETURN(spec.compress_every, args.GetInt("compress-every", 0));
+  if (spec.compressor.empty() && (args.Has("ratio") || args.Has("compressor-opt"))) {
+    return absl::InvalidArgumentError("--ratio and --compressor-opt need --compressor");
+  }
+  return spec;
+}
+
 absl::StatusOr<engine::GenerateRequest> RequestFrom(const CliArgs& args, const Engine& eng) {
   engine::GenerateRequest req;
   if (args.Has("ids") == args.Has("prompt")) {
@@ -65,6 +77,7 @@ absl::StatusOr<engine::GenerateRequest> RequestFrom(const CliArgs& args, const E
     req.stop_token_ids.insert(req.stop_token_ids.end(), ids.begin(), ids.end());
   }
   req.ignore_eos = args.Has("ignore-eos");
+  KVG_ASSIGN_OR_RETURN(req.compression, CompressionFrom(args));
   return req;
 }
 
@@ -143,7 +156,8 @@ absl::Status RunGenerate(int argc, char** argv) {
   KVG_RETURN_IF_ERROR(args.Parse(
       argc, argv,
       {"model", "prompt", "ids", "max-new-tokens", "temperature", "top-k", "top-p", "seed",
-       "repetition-penalty", "stop", "stop-id", "logprobs", "device", "dtype", "threads"},
+       "repetition-penalty", "stop", "stop-id", "logprobs", "device", "dtype", "threads",
+       "compressor", "ratio", "compressor-opt", "compress-every"},
       {"ignore-eos", "json"}));
   KVG_ASSIGN_OR_RETURN(std::string model, args.Require("model"));
   KVG_ASSIGN_OR_RETURN(EngineOptions options, EngineOptionsFrom(args));
@@ -162,6 +176,29 @@ absl::Status RunGenerate(int argc, char** argv) {
   const double tps = result.decode_seconds > 0 ? (result.output_ids.size() - 1) / result.decode_seconds : 0;
   std::cerr << "[" << result.output_ids.size() << " tokens, finish=" << engine::FinishReasonName(result.finish_reason)
             << ", prefill " << result.prefill_seconds * 1000 << " ms, decode " << tps << " tok/s]\n";
+  return absl::OkStatus();
+}
+
+absl::Status RunKept(int argc, char** argv) {
+  CliArgs args;
+  KVG_RETURN_IF_ERROR(args.Parse(argc, argv,
+                                 {"model", "ids", "compressor", "ratio", "compressor-opt", "device",
+                                  "dtype", "threads"},
+                                 {"scores"}));
+  KVG_ASSIGN_OR_RETURN(std::string model, args.Require("model"));
+  KVG_ASSIGN_OR_RETURN(std::string ids_text, args.Require("ids"));
+  KVG_ASSIGN_OR_RETURN(std::vector<int32_t> ids, ParseIdList(ids_text));
+  KVG_RETURN_IF_ERROR(args.Require("compressor").status());
+  KVG_ASSIGN_OR_RETURN(compress::CompressionSpec spec, CompressionFrom(args));
+  KVG_ASSIGN_OR_RETURN(EngineOptions options, EngineOptionsFrom(args));
+  KVG_ASSIGN_OR_RETURN(auto eng, Engine::Load(model, options));
+  KVG_ASSIGN_OR_RETURN(auto kept, eng->Kept(ids, spec));
+  json out = {{"kept", kept}};
+  if (args.Has("scores")) {
+    KVG_ASSIGN_OR_RETURN(auto scores, eng->Scores(ids, spec));
+    out["scores"] = scores;
+  }
+  std::cout << Dump(out) << "\n";
   return absl::OkStatus();
 }
 

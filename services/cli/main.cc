@@ -18,6 +18,10 @@ commands:
             [--temperature T] [--top-k K] [--top-p P] [--seed S] [--repetition-penalty R]
             [--stop STR]... [--stop-id ID]... [--ignore-eos] [--logprobs K]
             [--device D] [--dtype T] [--threads N] [--json]
+            [--compressor NAME --ratio R [--compressor-opt key=value]... [--compress-every N]]
+  kept      --model PATH --ids 1,2,3 --compressor NAME --ratio R [--compressor-opt key=value]...
+            [--scores]
+  compressors   (JSON: every compressor with its options and defaults)
   bench     --model PATH [--device D] [--dtype T] [--batch B] [--prompt-tokens N]
             [--decode-tokens N] [--threads N] [--json]
 )";
@@ -37,6 +41,8 @@ int main(int argc, char** argv) {
     else if (command == "logits") status = kvguard::cli::RunLogits(argc - 2, argv + 2);
     else if (command == "generate") status = kvguard::cli::RunGenerate(argc - 2, argv + 2);
     else if (command == "bench") status = kvguard::cli::RunBench(argc - 2, argv + 2);
+    else if (command == "kept") status = kvguard::cli::RunKept(argc - 2, argv + 2);
+    else if (command == "compressors") status = kvguard::cli::RunCompressors(argc - 2, argv + 2);
     else {
       std::cerr << "kvguard: unknown command '" << command << "'\n" << kUsage;
       return 2;

@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "compressors/cache_compression.h"
 #include "services/engine/checkpoint.h"
 #include "services/engine/llama_model.h"
 
@@ -24,6 +25,10 @@ std::vector<float> HostRow(const at::Tensor& logits, int64_t row) {
   at::Tensor r = logits[row].to(at::kCPU).contiguous();
   const float* p = r.data_ptr<float>();
   return std::vector<float>(p, p + r.numel());
+}
+
+compress::RopeFn RopeOf(const LlamaModel& model) {
+  return [&model](int64_t first, int64_t count) { return model.RopeCosSin(first, count); };
 }
 
 }  // namespace
@@ -92,6 +97,12 @@ absl::Status Engine::ValidateRequest(const GenerateRequest& request) const {
   for (const std::string& s : request.stop_strings) {
     if (s.empty()) return absl::InvalidArgumentError("stop strings must not be empty");
   }
+  if (!request.compression.compressor.empty()) {
+    KVG_RETURN_IF_ERROR(compress::ValidateRatio(request.compression.ratio));
+    for (const auto& [step, ratio] : request.compression.ratio_schedule) {
+      KVG_RETURN_IF_ERROR(compress::ValidateRatio(ratio));
+    }
+  }
   return ValidateSamplingParams(request.sampling);
 }
 
@@ -102,7 +113,15 @@ absl::StatusOr<GenerateResult> Engine::Generate(
   LlamaModel& model = *impl_->model;
   const int64_t budget = std::min<int64_t>(
       request.max_new_tokens, c.max_position_embeddings - static_cast<int64_t>(request.prompt_ids.size()));
-  SequenceKvCache cache(model.CacheOptions(static_cast<int64_t>(request.prompt_ids.size()) + budget));
+  std::unique_ptr<compress::CacheCompression> compression;
+  AttentionNeeds needs;
+  if (!request.compression.compressor.empty()) {
+    KVG_ASSIGN_OR_RETURN(compression, compress::CacheCompression::Create(request.compression));
+    needs = compression->Needs();
+  }
+  SequenceKvCache cache(
+      model.CacheOptions(static_cast<int64_t>(request.prompt_ids.size()) + budget, needs));
+  const compress::RopeFn rope = RopeOf(model);
   Sampler sampler(request.sampling);
   GenerateResult result;
   result.prompt_ids = request.prompt_ids;
@@ -113,6 +132,12 @@ absl::StatusOr<GenerateResult> Engine::Generate(
   for (int64_t step = 0; step < budget; ++step) {
     KVG_ASSIGN_OR_RETURN(at::Tensor logits, model.Forward({&item, 1}));
     std::vector<float> row = HostRow(logits, 0);
+    if (compression != nullptr) {
+      for (const auto& [at_step, ratio] : request.compression.ratio_schedule) {
+        if (at_step == step) KVG_RETURN_IF_ERROR(compression->set_ratio(ratio));
+      }
+      KVG_RETURN_IF_ERROR(compression->AfterForward(cache, c, rope, /*prefill=*/step == 0));
+    }
     if (step == 0) {
       result.prefill_seconds = SecondsSince(start);
       start = std::chrono::steady_clock::now();
@@ -153,7 +178,66 @@ absl::StatusOr<GenerateResult> Engine::Generate(
   const KvCacheStats stats = cache.Stats();
   result.kv_bytes = stats.bytes;
   result.retained_tokens = stats.retained_slots / std::max<int64_t>(1, c.num_layers * c.num_kv_heads);
+  result.evicted_slots = stats.evicted_slots;
   return result;
+}
+
+namespace {
+
+// Prefills `ids` into a cache gathering what the compressor needs.
+struct Prefilled {
+  std::unique_ptr<compress::CacheCompression> compression;
+  std::unique_ptr<SequenceKvCache> cache;
+};
+
+absl::StatusOr<Prefilled> Prefill(LlamaModel& model, const std::vector<int32_t>& ids,
+                                  const compress::CompressionSpec& spec) {
+  if (ids.empty()) return absl::InvalidArgumentError("ids must not be empty");
+  Prefilled p;
+  KVG_ASSIGN_OR_RETURN(p.compression, compress::CacheCompression::Create(spec));
+  p.cache = std::make_unique<SequenceKvCache>(
+      model.CacheOptions(static_cast<int64_t>(ids.size()), p.compression->Needs()));
+  ForwardItem item{.cache = p.cache.get(), .tokens = ids};
+  KVG_RETURN_IF_ERROR(model.Forward({&item, 1}).status());
+  return p;
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<std::vector<std::vector<int32_t>>>> Engine::Kept(
+    const std::vector<int32_t>& ids, const compress::CompressionSpec& spec) {
+  LlamaModel& model = *impl_->model;
+  KVG_ASSIGN_OR_RETURN(Prefilled p, Prefill(model, ids, spec));
+  KVG_RETURN_IF_ERROR(p.compression->AfterForward(*p.cache, config(), RopeOf(model), true));
+  std::vector<std::vector<std::vector<int32_t>>> kept;
+  for (int64_t l = 0; l < config().num_layers; ++l) kept.push_back(p.cache->Positions(l));
+  return kept;
+}
+
+absl::StatusOr<std::vector<std::vector<std::vector<float>>>> Engine::Scores(
+    const std::vector<int32_t>& ids, const compress::CompressionSpec& spec) {
+  LlamaModel& model = *impl_->model;
+  KVG_ASSIGN_OR_RETURN(Prefilled p, Prefill(model, ids, spec));
+  auto* scorer = dynamic_cast<compress::ScoringCompressor*>(&p.compression->compressor());
+  if (scorer == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat("compressor '", spec.compressor, "' does not score tokens"));
+  }
+  compress::CompressContext ctx{.config = &config(), .cache = p.cache.get(), .ratio = spec.ratio,
+                                .protected_positions = {}, .prefill = true,
+                                .rope = RopeOf(model)};
+  std::vector<std::vector<std::vector<float>>> out;
+  for (int64_t l = 0; l < config().num_layers; ++l) {
+    const int64_t keep = p.compression->compressor().Budget(ctx, l);
+    KVG_ASSIGN_OR_RETURN(at::Tensor s, scorer->Score(ctx, l, keep));
+    s = s.to(at::kCPU, at::kFloat).contiguous();
+    std::vector<std::vector<float>> layer(s.size(0));
+    for (int64_t h = 0; h < s.size(0); ++h) {
+      const float* row = s[h].data_ptr<float>();
+      layer[h].assign(row, row + s.size(1));
+    }
+    out.push_back(std::move(layer));
+  }
+  return out;
 }
 
 }  // namespace kvguard::engine

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "compressors/compression_spec.h"
 #include "services/engine/model_config.h"
 #include "services/engine/sampler.h"
 #include "services/engine/tokenizer.h"
@@ -36,6 +37,7 @@ struct GenerateRequest {
   std::vector<std::string> stop_strings;  // needs a tokenizer
   std::vector<int32_t> stop_token_ids;
   bool ignore_eos = false;
+  compress::CompressionSpec compression;  // KV-cache compression (none by default)
 };
 
 enum class FinishReason { kLength, kEos, kStop };
@@ -49,6 +51,7 @@ struct GenerateResult {
   std::vector<SampledToken> tokens;  // per output token: logprob, entropy, margin, top logprobs
   int64_t kv_bytes = 0;              // final cache bytes
   int64_t retained_tokens = 0;       // final retained slots per layer and head (mean)
+  int64_t evicted_slots = 0;         // removed by compression, over layers and heads
   double prefill_seconds = 0;
   double decode_seconds = 0;
 };
@@ -75,6 +78,14 @@ class Engine {
       const std::function<void(const SampledToken&)>& on_token = nullptr);
 
   absl::Status ValidateRequest(const GenerateRequest& request) const;
+
+  // Prefills `ids`, runs the compressor once on every layer, and returns the
+  // original positions each layer's kv heads keep: [layer][kv_head][positions ascending].
+  absl::StatusOr<std::vector<std::vector<std::vector<int32_t>>>> Kept(
+      const std::vector<int32_t>& ids, const compress::CompressionSpec& spec);
+  // The compressor's raw scores after the same prefill, [layer][kv_head][slot].
+  absl::StatusOr<std::vector<std::vector<std::vector<float>>>> Scores(
+      const std::vector<int32_t>& ids, const compress::CompressionSpec& spec);
 
  private:
   struct Impl;

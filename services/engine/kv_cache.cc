@@ -10,6 +10,24 @@
 
 namespace kvguard::engine {
 
+void AttentionNeeds::Merge(const AttentionNeeds& o) {
+  query_window = std::max(query_window, o.query_window);
+  attention_sums = attention_sums || o.attention_sums;
+  if (o.query_moments) {
+    query_moments_skip = query_moments ? std::min(query_moments_skip, o.query_moments_skip)
+                                       : o.query_moments_skip;
+    query_moments = true;
+  }
+  if (o.question_begin >= 0) {
+    question_begin = o.question_begin;
+    question_end = o.question_end;
+  }
+}
+
+bool AttentionNeeds::any() const {
+  return query_window > 0 || attention_sums || query_moments || question_begin >= 0;
+}
+
 SequenceKvCache::SequenceKvCache(const KvCacheOptions& options) : options_(options) {
   layers_.resize(options.num_layers);
   for (Layer& layer : layers_) {
@@ -35,6 +53,30 @@ void SequenceKvCache::Grow(Layer& layer, int64_t needed) {
   }
   layer.keys = std::move(keys);
   layer.values = std::move(values);
+  if (options_.needs.attention_sums) {
+    const int64_t group = options_.num_heads / options_.num_kv_heads;
+    auto f32 = at::TensorOptions().dtype(at::kFloat).device(options_.device);
+    at::Tensor sum = at::zeros({options_.num_kv_heads, group, new_capacity}, f32);
+    at::Tensor count = at::zeros({options_.num_kv_heads, new_capacity}, f32);
+    if (layer.size > 0) {
+      sum.narrow(2, 0, layer.size).copy_(layer.stats.attention_sum.narrow(2, 0, layer.size));
+      count.narrow(1, 0, layer.size).copy_(layer.stats.attention_count.narrow(1, 0, layer.size));
+    }
+    layer.stats.attention_sum = std::move(sum);
+    layer.stats.attention_count = std::move(count);
+  }
+}
+
+at::Tensor SequenceKvCache::AttentionSum(int64_t layer) const {
+  const Layer& l = layers_[layer];
+  if (!l.stats.attention_sum.defined()) return {};
+  return l.stats.attention_sum.narrow(2, 0, l.size);
+}
+
+at::Tensor SequenceKvCache::AttentionCount(int64_t layer) const {
+  const Layer& l = layers_[layer];
+  if (!l.stats.attention_count.defined()) return {};
+  return l.stats.attention_count.narrow(1, 0, l.size);
 }
 
 void SequenceKvCache::Append(int64_t layer_index, const at::Tensor& k, const at::Tensor& v,
@@ -106,6 +148,12 @@ absl::Status SequenceKvCache::Retain(int64_t layer_index,
   // gather() allocates new, tight tensors; the old storage is released here.
   at::Tensor keys = at::gather(Keys(layer_index), 1, gather_index);
   at::Tensor values = at::gather(Values(layer_index), 1, gather_index);
+  if (layer.stats.attention_sum.defined()) {
+    const int64_t group = layer.stats.attention_sum.size(1);
+    at::Tensor sum_index = index.view({heads, 1, n_keep}).expand({heads, group, n_keep});
+    layer.stats.attention_sum = at::gather(AttentionSum(layer_index), 2, sum_index);
+    layer.stats.attention_count = at::gather(AttentionCount(layer_index), 1, index.view({heads, n_keep}));
+  }
   evicted_slots_ += heads * (layer.size - n_keep);
   layer.keys = std::move(keys);
   layer.values = std::move(values);

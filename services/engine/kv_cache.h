@@ -25,6 +25,33 @@
 
 namespace kvguard::engine {
 
+// Attention statistics a compressor asks the engine to gather while it runs
+// the forward pass (so no full attention matrix is ever kept).
+struct AttentionNeeds {
+  int64_t query_window = 0;         // keep post-RoPE queries of the last N tokens (SnapKV, TOVA)
+  bool attention_sums = false;      // attention each slot receives, summed over queries (H2O)
+  bool query_moments = false;       // running mean/covariance of pre-RoPE queries (ExpectedAttention)
+  int64_t query_moments_skip = 0;   // positions below this are left out of the moments (sinks)
+  int64_t question_begin = -1;      // keep post-RoPE queries of positions [begin, end) (Q2C)
+  int64_t question_end = -1;
+
+  void Merge(const AttentionNeeds& other);
+  [[nodiscard]] bool any() const;
+};
+
+// Per layer, what the forward pass gathered for the needs above.
+struct LayerAttentionStats {
+  at::Tensor recent_queries;              // [heads, <= query_window, head_dim], oldest first
+  std::vector<int32_t> recent_positions;  // position of each recent query
+  at::Tensor attention_sum;               // [kv_heads, group, capacity] float32, per slot
+  at::Tensor attention_count;             // [kv_heads, capacity] float32: queries that saw the slot
+  at::Tensor query_sum;                   // [heads, head_dim] float64
+  at::Tensor query_outer_sum;             // [heads, head_dim, head_dim] float64
+  int64_t query_count = 0;
+  at::Tensor question_queries;            // [heads, n, head_dim]
+  std::vector<int32_t> question_positions;
+};
+
 struct KvCacheOptions {
   int64_t num_layers = 0;
   int64_t num_kv_heads = 0;
@@ -32,6 +59,8 @@ struct KvCacheOptions {
   at::ScalarType dtype = at::kFloat;
   at::Device device = at::kCPU;
   int64_t reserve_slots = 0;  // slots preallocated per layer (grows by doubling past it)
+  int64_t num_heads = 0;      // query heads (for attention statistics)
+  AttentionNeeds needs;
 };
 
 struct KvCacheStats {
@@ -70,6 +99,15 @@ class SequenceKvCache {
   // re-ordered by original position. InvalidArgument on a bad plan.
   absl::Status Retain(int64_t layer, const std::vector<std::vector<int64_t>>& keep);
 
+  // --- attention statistics (filled by the forward pass; see AttentionNeeds) ---
+  [[nodiscard]] const LayerAttentionStats& AttentionStats(int64_t layer) const {
+    return layers_[layer].stats;
+  }
+  LayerAttentionStats& MutableAttentionStats(int64_t layer) { return layers_[layer].stats; }
+  // Slot-aligned views [kv_heads, group, retained] / [kv_heads, retained]; undefined when not gathered.
+  [[nodiscard]] at::Tensor AttentionSum(int64_t layer) const;
+  [[nodiscard]] at::Tensor AttentionCount(int64_t layer) const;
+
   [[nodiscard]] KvCacheStats Stats() const;
   [[nodiscard]] int64_t LayerBytes(int64_t layer) const;
   [[nodiscard]] const KvCacheOptions& options() const { return options_; }
@@ -80,6 +118,7 @@ class SequenceKvCache {
     at::Tensor values;  // [kv_heads, capacity, head_dim]
     int64_t size = 0;
     std::vector<std::vector<int32_t>> positions;  // [kv_heads][size]
+    LayerAttentionStats stats;
   };
   void Grow(Layer& layer, int64_t needed);
 

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
@@ -211,6 +212,55 @@ at::Tensor LlamaModel::Impl::Rope(const at::Tensor& x, const at::Tensor& cos,
   return x * cos + rotated * sin;
 }
 
+// H2O-style statistics: the attention each slot received, and from how many
+// queries (a new token at offset i is seen by n - i of the n new queries).
+void AccumulateAttention(SequenceKvCache& cache, int64_t layer, const at::Tensor& probs, int64_t n) {
+  const int64_t total = probs.size(2), hkv = probs.size(0);
+  at::Tensor sum = cache.AttentionSum(layer);  // [hkv, group, total]
+  sum.add_(probs.view({hkv, sum.size(1), n, total}).sum(2));
+  at::Tensor count = cache.AttentionCount(layer);
+  if (total > n) count.narrow(1, 0, total - n).add_(static_cast<double>(n));
+  count.narrow(1, total - n, n).add_(at::arange(n, 0, -1, count.options()));
+}
+
+// Keeps what compressors asked for: recent / question-span post-RoPE queries
+// and running moments of pre-RoPE queries. q_*: [n, heads, hd].
+void RecordQueries(SequenceKvCache& cache, int64_t layer, const at::Tensor& q_pre,
+                   const at::Tensor& q_post, int64_t first_pos) {
+  const AttentionNeeds& needs = cache.options().needs;
+  LayerAttentionStats& st = cache.MutableAttentionStats(layer);
+  const int64_t n = q_pre.size(0);
+  if (needs.query_moments) {
+    const int64_t skip = std::clamp<int64_t>(needs.query_moments_skip - first_pos, 0, n);
+    if (skip < n) {
+      at::Tensor q = q_pre.narrow(0, skip, n - skip).to(at::kDouble);  // [m, h, d]
+      at::Tensor sum = q.sum(0);
+      at::Tensor outer = at::einsum("mhd,mhe->hde", {q, q});
+      st.query_sum = st.query_sum.defined() ? st.query_sum + sum : sum;
+      st.query_outer_sum = st.query_outer_sum.defined() ? st.query_outer_sum + outer : outer;
+      st.query_count += n - skip;
+    }
+  }
+  at::Tensor q_heads = q_post.transpose(0, 1);  // [h, n, d]
+  if (needs.query_window > 0) {
+    at::Tensor all = st.recent_queries.defined() ? at::cat({st.recent_queries, q_heads}, 1) : q_heads;
+    for (int64_t i = 0; i < n; ++i) st.recent_positions.push_back(static_cast<int32_t>(first_pos + i));
+    const int64_t keep = std::min<int64_t>(needs.query_window, all.size(1));
+    st.recent_queries = all.narrow(1, all.size(1) - keep, keep).contiguous();
+    st.recent_positions.erase(st.recent_positions.begin(), st.recent_positions.end() - keep);
+  }
+  if (needs.question_begin >= 0) {
+    const int64_t lo = std::max(needs.question_begin, first_pos);
+    const int64_t hi = std::min(needs.question_end, first_pos + n);
+    if (lo < hi) {
+      at::Tensor part = q_heads.narrow(1, lo - first_pos, hi - lo);
+      st.question_queries =
+          st.question_queries.defined() ? at::cat({st.question_queries, part}, 1) : part.contiguous();
+      for (int64_t p = lo; p < hi; ++p) st.question_positions.push_back(static_cast<int32_t>(p));
+    }
+  }
+}
+
 at::Tensor LlamaModel::Impl::Attention(const ForwardItem& item, int64_t layer, const at::Tensor& q,
                                        const at::Tensor& k, const at::Tensor& v,
                                        int64_t first_pos) const {
@@ -233,7 +283,9 @@ at::Tensor LlamaModel::Impl::Attention(const ForwardItem& item, int64_t layer, c
     scores = scores.view({hkv, group, n, total}).masked_fill(mask, -INFINITY)
                  .view({hkv, group * n, total});
   }
-  at::Tensor probs = at::softmax(scores, -1, at::kFloat).to(dtype);
+  at::Tensor probs = at::softmax(scores, -1, at::kFloat);
+  if (item.cache->options().needs.attention_sums) AccumulateAttention(*item.cache, layer, probs, n);
+  probs = probs.to(dtype);
   at::Tensor out = at::matmul(probs, values);  // [hkv, group * n, hd]
   return out.view({hkv, group, n, hd}).permute({2, 0, 1, 3}).reshape({n, hkv * group * hd});
 }
@@ -254,12 +306,16 @@ at::Tensor LlamaModel::Impl::Layer(int64_t l, std::span<ForwardItem> batch,
     q = RmsNorm(q, w.q_norm);
     k = RmsNorm(k, w.k_norm);
   }
+  const at::Tensor q_pre = q;
   q = Rope(q, cos, sin);
   k = Rope(k, cos, sin);
   at::Tensor attn = batch.size() == 1 ? at::Tensor() : at::empty({rows, c.num_heads * hd}, x.options());
   for (size_t i = 0; i < batch.size(); ++i) {
     const int64_t r0 = offsets[i], n = offsets[i + 1] - offsets[i];
     const int64_t first_pos = batch[i].cache->num_positions() - n;
+    if (batch[i].cache->options().needs.any()) {
+      RecordQueries(*batch[i].cache, l, q_pre.narrow(0, r0, n), q.narrow(0, r0, n), first_pos);
+    }
     at::Tensor out = Attention(batch[i], l, q.narrow(0, r0, n), k.narrow(0, r0, n),
                                v.narrow(0, r0, n), first_pos);
     if (batch.size() == 1) attn = out;
@@ -346,13 +402,23 @@ absl::StatusOr<at::Tensor> LlamaModel::Forward(std::span<ForwardItem> batch) {
   }
 }
 
-KvCacheOptions LlamaModel::CacheOptions(int64_t reserve_slots) const {
+KvCacheOptions LlamaModel::CacheOptions(int64_t reserve_slots, const AttentionNeeds& needs) const {
   return KvCacheOptions{.num_layers = impl_->config.num_layers,
                         .num_kv_heads = impl_->config.num_kv_heads,
                         .head_dim = impl_->config.head_dim,
                         .dtype = impl_->dtype,
                         .device = impl_->device,
-                        .reserve_slots = reserve_slots};
+                        .reserve_slots = reserve_slots,
+                        .num_heads = impl_->config.num_heads,
+                        .needs = needs};
+}
+
+std::pair<at::Tensor, at::Tensor> LlamaModel::RopeCosSin(int64_t first, int64_t count) const {
+  at::Tensor inv_freq = InverseFrequencies(impl_->config.rope, impl_->config.head_dim);
+  at::Tensor pos = at::arange(first, first + count, at::kDouble);
+  at::Tensor freqs = at::outer(pos, inv_freq);
+  at::Tensor emb = at::cat({freqs, freqs}, -1);
+  return {emb.cos().to(at::kFloat), emb.sin().to(at::kFloat)};
 }
 
 const ModelConfig& LlamaModel::config() const { return impl_->config; }

@@ -54,7 +54,11 @@ class LlamaModel {
   absl::StatusOr<at::Tensor> Forward(std::span<ForwardItem> batch);
 
   // Options for a cache that fits this model (dtype, device, shape).
-  [[nodiscard]] KvCacheOptions CacheOptions(int64_t reserve_slots = 0) const;
+  [[nodiscard]] KvCacheOptions CacheOptions(int64_t reserve_slots = 0,
+                                            const AttentionNeeds& needs = {}) const;
+  // RoPE cos/sin (halves layout, float32, CPU) for positions first..first+count-1,
+  // computed on the fly (positions may exceed the context, as ExpectedAttention needs).
+  [[nodiscard]] std::pair<at::Tensor, at::Tensor> RopeCosSin(int64_t first, int64_t count) const;
   [[nodiscard]] const ModelConfig& config() const;
   [[nodiscard]] const std::string& tokenizer_path() const;
   [[nodiscard]] at::Device device() const;

@@ -1,0 +1,59 @@
+// File: compressors/cache_compression.h
+//
+// Drives a compressor over one sequence's cache: decides when to compress
+// (after the prefill; during decoding whenever a layer exceeds its budget, or
+// every N steps), builds the context, and applies the plans. The target
+// ratio can change between steps (the guard raises and lowers it).
+//
+//   KVG_ASSIGN_OR_RETURN(auto cc, CacheCompression::Create({.compressor = "snapkv", .ratio = 0.5}));
+//   cache options .needs = cc->Needs();
+//   ... forward(prompt) ...; KVG_RETURN_IF_ERROR(cc->AfterForward(cache, config, rope, /*prefill=*/true));
+#pragma once
+
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "compressors/compression_spec.h"
+#include "compressors/compressor.h"
+
+namespace kvguard::compress {
+
+struct CompressionStats {
+  int64_t runs = 0;            // compressor invocations (layer plans)
+  int64_t evicted_slots = 0;   // slots removed, summed over layers and heads
+};
+
+class CacheCompression {
+ public:
+  static absl::StatusOr<std::unique_ptr<CacheCompression>> Create(const CompressionSpec& spec);
+
+  [[nodiscard]] engine::AttentionNeeds Needs() const { return compressor_->Needs(); }
+  [[nodiscard]] double ratio() const { return ratio_; }
+  // Takes effect at the next AfterForward(). InvalidArgument outside [0, 1).
+  absl::Status set_ratio(double ratio);
+  [[nodiscard]] Compressor& compressor() { return *compressor_; }
+  [[nodiscard]] const CompressionStats& stats() const { return stats_; }
+
+  // Call after each forward pass of the sequence. `protected_positions` are
+  // never evicted.
+  absl::Status AfterForward(engine::SequenceKvCache& cache, const engine::ModelConfig& config,
+                            const RopeFn& rope, bool prefill,
+                            const std::set<int32_t>& protected_positions = {});
+
+ private:
+  CacheCompression(std::unique_ptr<Compressor> c, const CompressionSpec& spec)
+      : compressor_(std::move(c)), ratio_(spec.ratio), every_(spec.compress_every) {}
+
+  std::unique_ptr<Compressor> compressor_;
+  double ratio_;
+  int64_t every_;
+  int64_t decode_steps_ = 0;
+  CompressionStats stats_;
+};
+
+absl::Status ValidateRatio(double ratio);
+
+}  // namespace kvguard::compress

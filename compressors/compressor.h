@@ -1,0 +1,96 @@
+// File: compressors/compressor.h
+//
+// The compressor plugin API. A compressor looks at one layer of a sequence's
+// KV cache (keys after RoPE, values, each slot's original position, plus the
+// attention statistics it asked the engine to gather) and returns a *plan*:
+// which slots each kv head keeps. It never mutates the cache: the caller
+// applies the plan (SequenceKvCache::Retain), so the guard can veto or relax
+// a plan, and every compressor is a pure, testable function.
+//
+// The ratio follows kvpress: the fraction of KV entries removed. At prefill
+// a layer keeps int(T * (1 - ratio)) of its T entries; during decoding the
+// budget is int(positions_seen * (1 - ratio)), so raising the ratio evicts
+// more at the next compression and lowering it stops eviction until the
+// cache grows back to the budget.
+//
+// Most methods only rank tokens: derive from ScoringCompressor and implement
+// Score() (higher = keep); the base applies the budget, the protected
+// positions and top-k.
+//
+//   class KnormCompressor final : public ScoringCompressor {
+//     absl::StatusOr<at::Tensor> Score(const CompressContext& ctx, int64_t layer,
+//                                      int64_t n_keep) override {
+//       return -ctx.cache->Keys(layer).to(at::kFloat).norm(2, -1);  // [kv_heads, T]
+//     }
+//   };
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <functional>
+#include <memory>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "services/engine/kv_cache.h"
+#include "services/engine/model_config.h"
+
+namespace kvguard::compress {
+
+// RoPE cos/sin rows [count, head_dim] (float32) for positions first.. .
+using RopeFn = std::function<std::pair<at::Tensor, at::Tensor>(int64_t first, int64_t count)>;
+
+// Everything a compressor may read. Borrowed; valid for one Plan() call.
+struct CompressContext {
+  const engine::ModelConfig* config = nullptr;
+  const engine::SequenceKvCache* cache = nullptr;
+  double ratio = 0.0;                 // fraction of entries to remove, in [0, 1)
+  std::set<int32_t> protected_positions;  // never evicted (guard: recent/thinking tokens, anchors)
+  bool prefill = true;                // first compression after the prompt
+  RopeFn rope;                        // for methods that rotate future positions
+};
+
+// Slots each kv head keeps (indices into the layer's current slots; every
+// head keeps the same number). An empty plan (`keep_all`) changes nothing.
+struct LayerPlan {
+  bool keep_all = true;
+  std::vector<std::vector<int64_t>> keep;  // [kv_heads][n_keep]
+};
+
+class Compressor {
+ public:
+  virtual ~Compressor() = default;
+
+  // Registry name, e.g. "snapkv".
+  [[nodiscard]] virtual const std::string& name() const = 0;
+  // Statistics the engine must gather during the forward pass (set when the
+  // sequence's cache is created).
+  [[nodiscard]] virtual engine::AttentionNeeds Needs() const { return {}; }
+  // Number of entries layer `layer` should keep (the budget) given the context.
+  [[nodiscard]] virtual int64_t Budget(const CompressContext& ctx, int64_t layer) const;
+  // Plans layer `layer`. Must keep every protected position that is retained.
+  // Errors (e.g. a prefill shorter than the method's window) leave the cache as is.
+  virtual absl::StatusOr<LayerPlan> Plan(const CompressContext& ctx, int64_t layer) = 0;
+};
+
+// Base for methods that rank entries: Plan() = top-n_keep of Score() per kv
+// head, with protected positions forced in. Ties go to the earlier slot.
+class ScoringCompressor : public Compressor {
+ public:
+  absl::StatusOr<LayerPlan> Plan(const CompressContext& ctx, int64_t layer) override;
+  // Scores of the layer's retained slots, [kv_heads, T] (higher = keep).
+  // `n_keep` is the budget (positional methods such as StreamingLLM use it).
+  virtual absl::StatusOr<at::Tensor> Score(const CompressContext& ctx, int64_t layer,
+                                           int64_t n_keep) = 0;
+};
+
+// Selects the top `n_keep` slots of `scores` [kv_heads, T] per head, forcing
+// slots whose position is protected. Exposed for tests and plugins.
+LayerPlan TopKPlan(const at::Tensor& scores, int64_t n_keep,
+                   const std::vector<std::vector<int32_t>>& positions,
+                   const std::set<int32_t>& protected_positions);
+
+}  // namespace kvguard::compress
