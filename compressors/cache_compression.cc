@@ -30,7 +30,8 @@ absl::Status CacheCompression::set_ratio(double ratio) {
 
 absl::Status CacheCompression::AfterForward(engine::SequenceKvCache& cache,
                                             const engine::ModelConfig& config, const RopeFn& rope,
-                                            bool prefill, const std::set<int32_t>& protected_positions) {
+                                            bool prefill, const std::set<int32_t>& protected_positions,
+                                            bool strict) {
   if (!prefill) ++decode_steps_;
   if (ratio_ <= 0.0) return absl::OkStatus();  // ratio 0: the cache is never touched
   if (!prefill && every_ > 0 && decode_steps_ % every_ != 0) return absl::OkStatus();
@@ -43,6 +44,10 @@ absl::Status CacheCompression::AfterForward(engine::SequenceKvCache& cache,
   for (int64_t layer = 0; layer < config.num_layers; ++layer) {
     if (cache.RetainedSlots(layer) <= compressor_->Budget(ctx, layer)) continue;
     auto plan = compressor_->Plan(ctx, layer);
+    if (!strict && plan.status().code() == absl::StatusCode::kFailedPrecondition) {
+      ++stats_.deferred;
+      continue;
+    }
     if (!plan.ok()) return plan.status();
     ++stats_.runs;
     if (plan->keep_all) continue;

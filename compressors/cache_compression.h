@@ -24,6 +24,7 @@ namespace kvguard::compress {
 struct CompressionStats {
   int64_t runs = 0;            // compressor invocations (layer plans)
   int64_t evicted_slots = 0;   // slots removed, summed over layers and heads
+  int64_t deferred = 0;        // layer plans put off because the method could not run yet
 };
 
 class CacheCompression {
@@ -38,10 +39,12 @@ class CacheCompression {
   [[nodiscard]] const CompressionStats& stats() const { return stats_; }
 
   // Call after each forward pass of the sequence. `protected_positions` are
-  // never evicted.
+  // never evicted. A method that cannot run yet (FailedPrecondition: e.g. a
+  // prompt shorter than its window) is deferred to a later step unless
+  // `strict`, so a short prompt never fails a generation.
   absl::Status AfterForward(engine::SequenceKvCache& cache, const engine::ModelConfig& config,
                             const RopeFn& rope, bool prefill,
-                            const std::set<int32_t>& protected_positions = {});
+                            const std::set<int32_t>& protected_positions = {}, bool strict = false);
 
  private:
   CacheCompression(std::unique_ptr<Compressor> c, const CompressionSpec& spec)

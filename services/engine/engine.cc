@@ -138,6 +138,8 @@ absl::StatusOr<GenerateResult> Engine::Generate(
       }
       KVG_RETURN_IF_ERROR(compression->AfterForward(cache, c, rope, /*prefill=*/step == 0));
     }
+    result.retained_per_step.push_back(cache.Stats().retained_slots /
+                                       std::max<int64_t>(1, c.num_layers * c.num_kv_heads));
     if (step == 0) {
       result.prefill_seconds = SecondsSince(start);
       start = std::chrono::steady_clock::now();
@@ -208,7 +210,8 @@ absl::StatusOr<std::vector<std::vector<std::vector<int32_t>>>> Engine::Kept(
     const std::vector<int32_t>& ids, const compress::CompressionSpec& spec) {
   LlamaModel& model = *impl_->model;
   KVG_ASSIGN_OR_RETURN(Prefilled p, Prefill(model, ids, spec));
-  KVG_RETURN_IF_ERROR(p.compression->AfterForward(*p.cache, config(), RopeOf(model), true));
+  KVG_RETURN_IF_ERROR(
+      p.compression->AfterForward(*p.cache, config(), RopeOf(model), true, {}, /*strict=*/true));
   std::vector<std::vector<std::vector<int32_t>>> kept;
   for (int64_t l = 0; l < config().num_layers; ++l) kept.push_back(p.cache->Positions(l));
   return kept;

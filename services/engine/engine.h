@@ -52,6 +52,7 @@ struct GenerateResult {
   int64_t kv_bytes = 0;              // final cache bytes
   int64_t retained_tokens = 0;       // final retained slots per layer and head (mean)
   int64_t evicted_slots = 0;         // removed by compression, over layers and heads
+  std::vector<int64_t> retained_per_step;  // mean retained slots per layer/head after each step's compression
   double prefill_seconds = 0;
   double decode_seconds = 0;
 };
