@@ -15,5 +15,6 @@ absl::Status RunGenerate(int argc, char** argv);
 absl::Status RunBench(int argc, char** argv);
 absl::Status RunKept(int argc, char** argv);
 absl::Status RunCompressors(int argc, char** argv);
+absl::Status RunBenchCompressors(int argc, char** argv);
 
 }  // namespace kvguard::cli

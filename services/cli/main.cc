@@ -22,6 +22,8 @@ commands:
   kept      --model PATH --ids 1,2,3 --compressor NAME --ratio R [--compressor-opt key=value]...
             [--scores]
   compressors   (JSON: every compressor with its options and defaults)
+  bench-compressors --model PATH [--compressors a,b] [--ratios 0.5,0.9] [--prompt-tokens N]
+            [--decode-tokens N] [--compress-every N] [--repeats N] [--threads N] [--out DIR]
   bench     --model PATH [--device D] [--dtype T] [--batch B] [--prompt-tokens N]
             [--decode-tokens N] [--threads N] [--json]
 )";
@@ -42,6 +44,7 @@ int main(int argc, char** argv) {
     else if (command == "generate") status = kvguard::cli::RunGenerate(argc - 2, argv + 2);
     else if (command == "bench") status = kvguard::cli::RunBench(argc - 2, argv + 2);
     else if (command == "kept") status = kvguard::cli::RunKept(argc - 2, argv + 2);
+    else if (command == "bench-compressors") status = kvguard::cli::RunBenchCompressors(argc - 2, argv + 2);
     else if (command == "compressors") status = kvguard::cli::RunCompressors(argc - 2, argv + 2);
     else {
       std::cerr << "kvguard: unknown command '" << command << "'\n" << kUsage;

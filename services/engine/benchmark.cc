@@ -74,4 +74,55 @@ absl::StatusOr<BenchmarkResult> RunBenchmark(const std::string& model_path,
   return result;
 }
 
+absl::StatusOr<std::vector<CompressorBenchmarkRow>> RunCompressorBenchmark(
+    Engine& engine, const CompressorBenchmarkOptions& options,
+    const std::function<void(int, int)>& on_progress) {
+  const ModelConfig& c = engine.config();
+  if (options.prompt_tokens + options.decode_tokens > c.max_position_embeddings) {
+    return absl::InvalidArgumentError("prompt + decode tokens exceed the model context");
+  }
+  std::mt19937 rng(7);
+  std::uniform_int_distribution<int32_t> pick(3, static_cast<int32_t>(c.vocab_size - 1));
+  GenerateRequest base;
+  for (int64_t i = 0; i < options.prompt_tokens; ++i) base.prompt_ids.push_back(pick(rng));
+  base.max_new_tokens = static_cast<int32_t>(options.decode_tokens);
+  base.ignore_eos = true;
+  auto measure = [&](const GenerateRequest& req) -> absl::StatusOr<std::pair<double, int64_t>> {
+    double best = 1e30;
+    int64_t bytes = 0;
+    for (int r = 0; r < std::max(1, options.repeats); ++r) {
+      KVG_ASSIGN_OR_RETURN(GenerateResult out, engine.Generate(req));
+      best = std::min(best, 1000.0 * out.decode_seconds / std::max<size_t>(1, out.output_ids.size() - 1));
+      bytes = out.kv_bytes;
+    }
+    return std::make_pair(best, bytes);
+  };
+  const int total = 1 + static_cast<int>(options.compressors.size() * options.ratios.size());
+  KVG_ASSIGN_OR_RETURN(auto plain, measure(base));
+  if (on_progress) on_progress(1, total);
+  std::vector<CompressorBenchmarkRow> rows = {
+      {.compressor = "none", .ratio = 0, .kv_bytes = plain.second, .ms_per_step = plain.first}};
+  int done = 1;
+  for (const std::string& name : options.compressors) {
+    for (double ratio : options.ratios) {
+      GenerateRequest req = base;
+      req.compression = {.compressor = name, .ratio = ratio, .compress_every = options.compress_every};
+      if (name == "snapkv" || name == "pyramidkv") req.compression.options = {"window_size=16"};
+      if (name == "q2c") {
+        req.compression.options = {absl::StrCat("question_begin=", options.prompt_tokens - 16),
+                                   absl::StrCat("question_end=", options.prompt_tokens)};
+      }
+      KVG_ASSIGN_OR_RETURN(auto m, measure(req));
+      rows.push_back({.compressor = name,
+                      .ratio = ratio,
+                      .kv_bytes = m.second,
+                      .kv_fraction = double(m.second) / double(plain.second),
+                      .ms_per_step = m.first,
+                      .relative_step_time = m.first / plain.first});
+      if (on_progress) on_progress(++done, total);
+    }
+  }
+  return rows;
+}
+
 }  // namespace kvguard::engine

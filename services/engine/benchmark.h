@@ -7,7 +7,9 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "services/engine/engine.h"
@@ -27,6 +29,31 @@ struct BenchmarkResult {
   double decode_ms_per_step = 0;
   int64_t steps = 0;
 };
+
+// Per compressor and ratio: final KV bytes and decode time per step relative
+// to no compression, measured in the same run on the same prompt.
+struct CompressorBenchmarkOptions {
+  std::vector<std::string> compressors;  // empty = every built-in
+  std::vector<double> ratios = {0.25, 0.5, 0.75, 0.9};
+  int64_t prompt_tokens = 256;
+  int64_t decode_tokens = 128;
+  int64_t compress_every = 0;
+  int repeats = 3;  // best-of, to damp noise on a shared machine
+};
+
+struct CompressorBenchmarkRow {
+  std::string compressor;
+  double ratio = 0;
+  int64_t kv_bytes = 0;
+  double kv_fraction = 1;        // kv_bytes / uncompressed kv_bytes
+  double ms_per_step = 0;
+  double relative_step_time = 1;  // ms_per_step / uncompressed ms_per_step
+};
+
+// `on_progress(done, total)` is called after each configuration.
+absl::StatusOr<std::vector<CompressorBenchmarkRow>> RunCompressorBenchmark(
+    Engine& engine, const CompressorBenchmarkOptions& options,
+    const std::function<void(int, int)>& on_progress = nullptr);
 
 absl::StatusOr<BenchmarkResult> RunBenchmark(const std::string& model_path,
                                              const EngineOptions& engine_options,
