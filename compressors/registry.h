@@ -1,7 +1,7 @@
 // File: compressors/registry.h
 //
 // Compressors by name. Built-ins register themselves; external plugins are
-// added by LoadPlugin (plugin_loader.h). Options are validated against each
+// added by LoadCompressorPlugin (plugin_loader.h). Options are validated against each
 // compressor's declared specs before its factory runs.
 //
 //   KVG_ASSIGN_OR_RETURN(auto c, Registry::Global().Create("snapkv", {"window_size=8"}));

@@ -6,7 +6,7 @@
 // n_keep slots are the newest. Option bonus_sinks = N gives the first N
 // positions +inf so they are always kept too (StreamingLLM's attention sinks).
 //
-//   kvguard kept --plugin build/lib/libkvg_example_recent.so --compressor example_recent \
+//   kvguard kept --plugin build/lib/libkvg_example_recent.so --compressor example_recent
 //       --compressor-opt bonus_sinks=4 --ratio 0.5 --model M --ids 1,2,3,...
 #include <cmath>
 #include <memory>
@@ -22,8 +22,8 @@ struct kvg_compressor {
 namespace {
 
 constexpr char kName[] = "example_recent";
-constexpr char kOptions[] = R"([{"name": "bonus_sinks", "type": "int", "default": 0,
-  "min": 0, "max": 1048576, "help": "the first N positions are always kept (attention sinks)"}])";
+constexpr char kOptions[] = R"json([{"name": "bonus_sinks", "type": "int", "default": 0,
+  "min": 0, "max": 1048576, "help": "the first N positions are always kept (attention sinks)"}])json";
 
 int32_t Create(const char* config_json, kvg_compressor_t** out) {
   KVG_API_BEGIN

@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/status_macros.h"
+#include "compressors/plugin_loader.h"
 #include "compressors/registry.h"
 #include "services/cli/cli_args.h"
 #include "services/cli/commands.h"
@@ -11,7 +12,10 @@ namespace kvguard::cli {
 
 absl::Status RunCompressors(int argc, char** argv) {
   CliArgs args;
-  KVG_RETURN_IF_ERROR(args.Parse(argc, argv, {}, {}));
+  KVG_RETURN_IF_ERROR(args.Parse(argc, argv, {"plugin"}, {}));
+  for (const std::string& path : args.GetAll("plugin")) {
+    KVG_RETURN_IF_ERROR(compress::LoadCompressorPlugin(path, compress::Registry::Global()));
+  }
   nlohmann::json list = nlohmann::json::array();
   for (const auto& info : compress::Registry::Global().List()) {
     nlohmann::json options = nlohmann::json::array();

@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "compressors/plugin_loader.h"
 #include "services/cli/cli_args.h"
 #include "services/cli/commands.h"
 #include "services/engine/benchmark.h"
@@ -157,8 +158,11 @@ absl::Status RunGenerate(int argc, char** argv) {
       argc, argv,
       {"model", "prompt", "ids", "max-new-tokens", "temperature", "top-k", "top-p", "seed",
        "repetition-penalty", "stop", "stop-id", "logprobs", "device", "dtype", "threads",
-       "compressor", "ratio", "compressor-opt", "compress-every"},
+       "compressor", "ratio", "compressor-opt", "compress-every", "plugin"},
       {"ignore-eos", "json"}));
+  for (const std::string& path : args.GetAll("plugin")) {
+    KVG_RETURN_IF_ERROR(compress::LoadCompressorPlugin(path, compress::Registry::Global()));
+  }
   KVG_ASSIGN_OR_RETURN(std::string model, args.Require("model"));
   KVG_ASSIGN_OR_RETURN(EngineOptions options, EngineOptionsFrom(args));
   KVG_ASSIGN_OR_RETURN(auto eng, Engine::Load(model, options));
@@ -183,8 +187,11 @@ absl::Status RunKept(int argc, char** argv) {
   CliArgs args;
   KVG_RETURN_IF_ERROR(args.Parse(argc, argv,
                                  {"model", "ids", "compressor", "ratio", "compressor-opt", "device",
-                                  "dtype", "threads"},
+                                  "dtype", "threads", "plugin"},
                                  {"scores"}));
+  for (const std::string& path : args.GetAll("plugin")) {
+    KVG_RETURN_IF_ERROR(compress::LoadCompressorPlugin(path, compress::Registry::Global()));
+  }
   KVG_ASSIGN_OR_RETURN(std::string model, args.Require("model"));
   KVG_ASSIGN_OR_RETURN(std::string ids_text, args.Require("ids"));
   KVG_ASSIGN_OR_RETURN(std::vector<int32_t> ids, ParseIdList(ids_text));

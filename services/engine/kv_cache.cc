@@ -29,10 +29,17 @@ bool AttentionNeeds::any() const {
 }
 
 SequenceKvCache::SequenceKvCache(const KvCacheOptions& options) : options_(options) {
+  const LayerShape shape{.kv_heads = options.num_kv_heads, .head_dim = options.head_dim,
+                         .dtype = options.dtype, .device = options.device};
   layers_.resize(options.num_layers);
-  for (Layer& layer : layers_) {
+  for (int64_t l = 0; l < options.num_layers; ++l) {
+    Layer& layer = layers_[l];
+    const auto& fp = options.full_precision_layers;
+    layer.quantized = options.quantize && std::find(fp.begin(), fp.end(), l) == fp.end();
+    layer.store = layer.quantized ? NewQuantizedLayerStore(shape, options.kivi)
+                                  : NewDenseLayerStore(shape, options.reserve_slots);
     layer.positions.resize(options.num_kv_heads);
-    if (options.reserve_slots > 0) Grow(layer, options.reserve_slots);
+    layer.approx_positions.resize(options.num_kv_heads);
   }
 }
 
@@ -40,31 +47,53 @@ void SequenceKvCache::AppendTokenIds(const std::vector<int32_t>& ids) {
   token_ids_.insert(token_ids_.end(), ids.begin(), ids.end());
 }
 
-void SequenceKvCache::Grow(Layer& layer, int64_t needed) {
-  const int64_t capacity = layer.keys.defined() ? layer.keys.size(1) : 0;
+void SequenceKvCache::GrowStats(Layer& layer, int64_t needed) {
+  if (!options_.needs.attention_sums) return;
+  LayerAttentionStats& st = layer.stats;
+  const int64_t capacity = st.attention_sum.defined() ? st.attention_sum.size(2) : 0;
   if (needed <= capacity) return;
   const int64_t new_capacity = std::max({needed, 2 * capacity, int64_t{16}});
-  auto opts = at::TensorOptions().dtype(options_.dtype).device(options_.device);
-  at::Tensor keys = at::empty({options_.num_kv_heads, new_capacity, options_.head_dim}, opts);
-  at::Tensor values = at::empty_like(keys);
+  const int64_t group = options_.num_heads / options_.num_kv_heads;
+  auto f32 = at::TensorOptions().dtype(at::kFloat).device(options_.device);
+  at::Tensor sum = at::zeros({options_.num_kv_heads, group, new_capacity}, f32);
+  at::Tensor count = at::zeros({options_.num_kv_heads, new_capacity}, f32);
   if (layer.size > 0) {
-    keys.narrow(1, 0, layer.size).copy_(layer.keys.narrow(1, 0, layer.size));
-    values.narrow(1, 0, layer.size).copy_(layer.values.narrow(1, 0, layer.size));
+    sum.narrow(2, 0, layer.size).copy_(st.attention_sum.narrow(2, 0, layer.size));
+    count.narrow(1, 0, layer.size).copy_(st.attention_count.narrow(1, 0, layer.size));
   }
-  layer.keys = std::move(keys);
-  layer.values = std::move(values);
-  if (options_.needs.attention_sums) {
-    const int64_t group = options_.num_heads / options_.num_kv_heads;
-    auto f32 = at::TensorOptions().dtype(at::kFloat).device(options_.device);
-    at::Tensor sum = at::zeros({options_.num_kv_heads, group, new_capacity}, f32);
-    at::Tensor count = at::zeros({options_.num_kv_heads, new_capacity}, f32);
-    if (layer.size > 0) {
-      sum.narrow(2, 0, layer.size).copy_(layer.stats.attention_sum.narrow(2, 0, layer.size));
-      count.narrow(1, 0, layer.size).copy_(layer.stats.attention_count.narrow(1, 0, layer.size));
-    }
-    layer.stats.attention_sum = std::move(sum);
-    layer.stats.attention_count = std::move(count);
+  st.attention_sum = std::move(sum);
+  st.attention_count = std::move(count);
+}
+
+void SequenceKvCache::Append(int64_t layer_index, const at::Tensor& k, const at::Tensor& v,
+                             int64_t first_position) {
+  Layer& layer = layers_[layer_index];
+  const int64_t n = k.size(1);
+  GrowStats(layer, layer.size + n);
+  layer.store->Append(k, v);
+  layer.size += n;
+  for (auto& head_positions : layer.positions) {
+    for (int64_t i = 0; i < n; ++i) head_positions.push_back(static_cast<int32_t>(first_position + i));
   }
+}
+
+at::Tensor SequenceKvCache::Keys(int64_t layer) const { return layers_[layer].store->Keys(); }
+at::Tensor SequenceKvCache::Values(int64_t layer) const { return layers_[layer].store->Values(); }
+
+at::Tensor SequenceKvCache::AttentionKeys(int64_t layer) const {
+  const Layer& l = layers_[layer];
+  if (!l.approx_keys.defined()) return Keys(layer);
+  return at::cat({l.approx_keys, Keys(layer)}, 1);
+}
+
+at::Tensor SequenceKvCache::AttentionValues(int64_t layer) const {
+  const Layer& l = layers_[layer];
+  if (!l.approx_keys.defined()) return Values(layer);
+  // v_hat = k @ W + b per kv head, W and b stacked as [head_dim + 1, head_dim].
+  const int64_t d = options_.head_dim;
+  at::Tensor w = l.regression.narrow(1, 0, d), b = l.regression.narrow(1, d, 1);
+  at::Tensor predicted = at::baddbmm(b, l.approx_keys, w).to(options_.dtype);
+  return at::cat({predicted, Values(layer)}, 1);
 }
 
 at::Tensor SequenceKvCache::AttentionSum(int64_t layer) const {
@@ -79,107 +108,132 @@ at::Tensor SequenceKvCache::AttentionCount(int64_t layer) const {
   return l.stats.attention_count.narrow(1, 0, l.size);
 }
 
-void SequenceKvCache::Append(int64_t layer_index, const at::Tensor& k, const at::Tensor& v,
-                             int64_t first_position) {
-  Layer& layer = layers_[layer_index];
-  const int64_t n = k.size(1);
-  Grow(layer, layer.size + n);
-  layer.keys.narrow(1, layer.size, n).copy_(k);
-  layer.values.narrow(1, layer.size, n).copy_(v);
-  layer.size += n;
-  for (auto& head_positions : layer.positions) {
-    for (int64_t i = 0; i < n; ++i) head_positions.push_back(static_cast<int32_t>(first_position + i));
-  }
+at::Tensor SequenceKvCache::IndexTensor(const std::vector<int64_t>& flat, int64_t heads,
+                                        int64_t n) const {
+  return at::tensor(flat, at::kLong).view({heads, n}).to(options_.device);
 }
 
-at::Tensor SequenceKvCache::Keys(int64_t layer) const {
-  const Layer& l = layers_[layer];
-  if (l.size == 0) {
-    return at::empty({options_.num_kv_heads, 0, options_.head_dim},
-                     at::TensorOptions().dtype(options_.dtype).device(options_.device));
+namespace {
+
+// Checks a per-head slot plan (equal counts, in range, no repeats) and returns
+// it flattened, each head's slots sorted by original position.
+absl::StatusOr<std::vector<int64_t>> FlattenPlan(const std::vector<std::vector<int64_t>>& plan,
+                                                 const std::vector<std::vector<int32_t>>& positions,
+                                                 int64_t size) {
+  const int64_t heads = static_cast<int64_t>(positions.size());
+  if (static_cast<int64_t>(plan.size()) != heads) {
+    return absl::InvalidArgumentError(absl::StrCat("plan has ", plan.size(), " heads, cache has ", heads));
   }
-  return l.keys.narrow(1, 0, l.size);
+  std::vector<int64_t> flat;
+  for (int64_t h = 0; h < heads; ++h) {
+    if (plan[h].size() != plan[0].size()) {
+      return absl::InvalidArgumentError("plan keeps different counts in different heads");
+    }
+    std::vector<int64_t> slots = plan[h];
+    for (int64_t s : slots) {
+      if (s < 0 || s >= size) return absl::InvalidArgumentError(absl::StrCat("plan: slot ", s, " out of range"));
+    }
+    std::sort(slots.begin(), slots.end(),
+              [&](int64_t a, int64_t b) { return positions[h][a] < positions[h][b]; });
+    if (std::adjacent_find(slots.begin(), slots.end()) != slots.end()) {
+      return absl::InvalidArgumentError(absl::StrCat("plan: repeated slot in head ", h));
+    }
+    flat.insert(flat.end(), slots.begin(), slots.end());
+  }
+  return flat;
 }
 
-at::Tensor SequenceKvCache::Values(int64_t layer) const {
-  const Layer& l = layers_[layer];
-  if (l.size == 0) return Keys(layer);
-  return l.values.narrow(1, 0, l.size);
-}
+}  // namespace
 
 absl::Status SequenceKvCache::Retain(int64_t layer_index,
                                      const std::vector<std::vector<int64_t>>& keep) {
   Layer& layer = layers_[layer_index];
+  auto flat = FlattenPlan(keep, layer.positions, layer.size);
+  if (!flat.ok()) return flat.status();
   const int64_t heads = options_.num_kv_heads;
-  if (static_cast<int64_t>(keep.size()) != heads) {
-    return absl::InvalidArgumentError(absl::StrCat("retain plan has ", keep.size(),
-                                                   " heads, cache has ", heads));
-  }
   const int64_t n_keep = static_cast<int64_t>(keep[0].size());
-  // Sort each head's kept slots by original position so slot order stays
-  // chronological (compressors and RECOVERY rely on it).
-  std::vector<int64_t> flat;
-  flat.reserve(heads * n_keep);
+  bool identity = n_keep == layer.size;
+  for (int64_t i = 0; i < heads * n_keep && identity; ++i) identity = (*flat)[i] == i % n_keep;
+  if (identity) return absl::OkStatus();
   std::vector<std::vector<int32_t>> new_positions(heads);
   for (int64_t h = 0; h < heads; ++h) {
-    if (static_cast<int64_t>(keep[h].size()) != n_keep) {
-      return absl::InvalidArgumentError("retain plan keeps different counts in different heads");
-    }
-    std::vector<int64_t> slots = keep[h];
-    std::sort(slots.begin(), slots.end(), [&](int64_t a, int64_t b) {
-      return layer.positions[h][a] < layer.positions[h][b];
-    });
-    for (size_t i = 0; i < slots.size(); ++i) {
-      if (slots[i] < 0 || slots[i] >= layer.size || (i > 0 && slots[i] == slots[i - 1])) {
-        return absl::InvalidArgumentError(absl::StrCat("retain plan: bad or repeated slot ",
-                                                       slots[i], " in head ", h));
-      }
-      flat.push_back(slots[i]);
-      new_positions[h].push_back(layer.positions[h][slots[i]]);
-    }
+    for (int64_t i = 0; i < n_keep; ++i) new_positions[h].push_back(layer.positions[h][(*flat)[h * n_keep + i]]);
   }
-  if (n_keep == layer.size) {
-    bool identity = true;
-    for (int64_t i = 0; i < heads * n_keep && identity; ++i) identity = flat[i] == i % n_keep;
-    if (identity) return absl::OkStatus();
-  }
-  at::Tensor index = at::tensor(flat, at::kLong).view({heads, n_keep, 1}).to(options_.device);
-  const at::Tensor gather_index = index.expand({heads, n_keep, options_.head_dim});
-  // gather() allocates new, tight tensors; the old storage is released here.
-  at::Tensor keys = at::gather(Keys(layer_index), 1, gather_index);
-  at::Tensor values = at::gather(Values(layer_index), 1, gather_index);
+  at::Tensor index = IndexTensor(*flat, heads, n_keep);
+  layer.store->Gather(index);
   if (layer.stats.attention_sum.defined()) {
     const int64_t group = layer.stats.attention_sum.size(1);
     at::Tensor sum_index = index.view({heads, 1, n_keep}).expand({heads, group, n_keep});
     layer.stats.attention_sum = at::gather(AttentionSum(layer_index), 2, sum_index);
-    layer.stats.attention_count = at::gather(AttentionCount(layer_index), 1, index.view({heads, n_keep}));
+    layer.stats.attention_count = at::gather(AttentionCount(layer_index), 1, index);
   }
   evicted_slots_ += heads * (layer.size - n_keep);
-  layer.keys = std::move(keys);
-  layer.values = std::move(values);
   layer.size = n_keep;
   layer.positions = std::move(new_positions);
   return absl::OkStatus();
 }
 
+absl::Status SequenceKvCache::Approximate(int64_t layer_index,
+                                          const std::vector<std::vector<int64_t>>& approx,
+                                          const at::Tensor& regression) {
+  Layer& layer = layers_[layer_index];
+  const int64_t heads = options_.num_kv_heads, d = options_.head_dim;
+  if (!regression.defined() || regression.sizes() != at::IntArrayRef({heads, d + 1, d})) {
+    return absl::InvalidArgumentError("approximation needs a [kv_heads, head_dim + 1, head_dim] regression");
+  }
+  auto flat = FlattenPlan(approx, layer.positions, layer.size);
+  if (!flat.ok()) return flat.status();
+  const int64_t n = static_cast<int64_t>(approx[0].size());
+  if (n == 0) return absl::OkStatus();
+  // The complement stays retained.
+  std::vector<std::vector<int64_t>> keep(heads);
+  for (int64_t h = 0; h < heads; ++h) {
+    std::vector<bool> moved(layer.size, false);
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t slot = (*flat)[h * n + i];
+      moved[slot] = true;
+      layer.approx_positions[h].push_back(layer.positions[h][slot]);
+    }
+    for (int64_t s = 0; s < layer.size; ++s) {
+      if (!moved[s]) keep[h].push_back(s);
+    }
+  }
+  at::Tensor index = IndexTensor(*flat, heads, n).unsqueeze(-1).expand({heads, n, d});
+  at::Tensor moved_keys = at::gather(Keys(layer_index), 1, index).to(at::kFloat);
+  layer.approx_keys = layer.approx_keys.defined() ? at::cat({layer.approx_keys, moved_keys}, 1) : moved_keys;
+  layer.regression = regression.to(options_.device, at::kFloat);
+  const int64_t evicted_before = evicted_slots_;
+  absl::Status s = Retain(layer_index, keep);
+  evicted_slots_ = evicted_before;  // moved, not evicted
+  approximated_slots_ += heads * n;
+  return s;
+}
+
+int64_t SequenceKvCache::ApproximatedSlots(int64_t layer) const {
+  const Layer& l = layers_[layer];
+  return l.approx_keys.defined() ? l.approx_keys.size(1) : 0;
+}
+
 int64_t SequenceKvCache::LayerBytes(int64_t layer) const {
-  const int64_t elem = static_cast<int64_t>(c10::elementSize(options_.dtype));
-  return 2 * layers_[layer].size * options_.num_kv_heads * options_.head_dim * elem;
+  const Layer& l = layers_[layer];
+  const int64_t approx = l.approx_keys.defined()
+                             ? l.approx_keys.numel() * static_cast<int64_t>(c10::elementSize(options_.dtype))
+                             : 0;
+  return l.store->Bytes() + approx;
 }
 
 KvCacheStats SequenceKvCache::Stats() const {
   KvCacheStats s;
   s.total_tokens = num_positions();
   s.evicted_slots = evicted_slots_;
-  const int64_t elem = static_cast<int64_t>(c10::elementSize(options_.dtype));
+  s.approximated_slots = approximated_slots_;
   for (int64_t l = 0; l < options_.num_layers; ++l) {
     const Layer& layer = layers_[l];
-    const int64_t capacity = layer.keys.defined() ? layer.keys.size(1) : 0;
     s.retained_slots += layer.size * options_.num_kv_heads;
-    s.capacity_slots += capacity * options_.num_kv_heads;
     s.bytes += LayerBytes(l);
-    s.allocated_bytes += 2 * capacity * options_.num_kv_heads * options_.head_dim * elem;
+    s.allocated_bytes += layer.store->AllocatedBytes() + (LayerBytes(l) - layer.store->Bytes());
   }
+  s.capacity_slots = s.retained_slots;
   return s;
 }
 

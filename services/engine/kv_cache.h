@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "services/engine/kv_layer_store.h"
 
 namespace kvguard::engine {
 
@@ -61,6 +62,10 @@ struct KvCacheOptions {
   int64_t reserve_slots = 0;  // slots preallocated per layer (grows by doubling past it)
   int64_t num_heads = 0;      // query heads (for attention statistics)
   AttentionNeeds needs;
+  // KIVI-style packed storage for every layer not listed in full_precision_layers.
+  bool quantize = false;
+  KiviOptions kivi;
+  std::vector<int64_t> full_precision_layers;
 };
 
 struct KvCacheStats {
@@ -70,6 +75,7 @@ struct KvCacheStats {
   int64_t bytes = 0;            // bytes of retained keys + values
   int64_t allocated_bytes = 0;  // bytes held by the tensors, slack included
   int64_t evicted_slots = 0;    // cumulative
+  int64_t approximated_slots = 0;  // cumulative (VECTOR)
 };
 
 class SequenceKvCache {
@@ -85,9 +91,14 @@ class SequenceKvCache {
   // Appends n new entries for all heads at positions first_position..+n-1.
   // k, v: [kv_heads, n, head_dim] in the cache's dtype and device.
   void Append(int64_t layer, const at::Tensor& k, const at::Tensor& v, int64_t first_position);
-  // Views of the retained entries, [kv_heads, retained, head_dim] (strided).
+  // The retained entries, [kv_heads, retained, head_dim] (views or dequantized).
   [[nodiscard]] at::Tensor Keys(int64_t layer) const;
   [[nodiscard]] at::Tensor Values(int64_t layer) const;
+  // What attention reads: approximated entries (see Approximate) first, then
+  // the retained ones, so the newest tokens stay the last columns.
+  [[nodiscard]] at::Tensor AttentionKeys(int64_t layer) const;
+  [[nodiscard]] at::Tensor AttentionValues(int64_t layer) const;
+  [[nodiscard]] bool quantized(int64_t layer) const { return layers_[layer].quantized; }
   // Original position of each retained slot, per kv head.
   [[nodiscard]] const std::vector<std::vector<int32_t>>& Positions(int64_t layer) const {
     return layers_[layer].positions;
@@ -98,6 +109,14 @@ class SequenceKvCache {
   // slots; all heads keep the same count) and frees the rest. Slots are
   // re-ordered by original position. InvalidArgument on a bad plan.
   absl::Status Retain(int64_t layer, const std::vector<std::vector<int64_t>>& keep);
+
+  // VECTOR's middle route: moves slots approx[h] (equal count per head) out of
+  // the retained set into a keys-only pool whose values are predicted as
+  // [k, 1] @ regression[h] (regression: [kv_heads, head_dim + 1, head_dim]).
+  // Their value memory is freed. Retain() then sees only the retained slots.
+  absl::Status Approximate(int64_t layer, const std::vector<std::vector<int64_t>>& approx,
+                           const at::Tensor& regression);
+  [[nodiscard]] int64_t ApproximatedSlots(int64_t layer) const;
 
   // --- attention statistics (filled by the forward pass; see AttentionNeeds) ---
   [[nodiscard]] const LayerAttentionStats& AttentionStats(int64_t layer) const {
@@ -114,18 +133,24 @@ class SequenceKvCache {
 
  private:
   struct Layer {
-    at::Tensor keys;    // [kv_heads, capacity, head_dim]
-    at::Tensor values;  // [kv_heads, capacity, head_dim]
+    std::unique_ptr<LayerStore> store;
+    bool quantized = false;
     int64_t size = 0;
     std::vector<std::vector<int32_t>> positions;  // [kv_heads][size]
     LayerAttentionStats stats;
+    // VECTOR's approximated entries: keys only, values from the regression.
+    at::Tensor approx_keys;                            // [kv_heads, A, head_dim]
+    at::Tensor regression;                             // [kv_heads, head_dim + 1, head_dim]
+    std::vector<std::vector<int32_t>> approx_positions;  // [kv_heads][A]
   };
-  void Grow(Layer& layer, int64_t needed);
+  void GrowStats(Layer& layer, int64_t needed);
+  at::Tensor IndexTensor(const std::vector<int64_t>& flat, int64_t heads, int64_t n) const;
 
   KvCacheOptions options_;
   std::vector<Layer> layers_;
   std::vector<int32_t> token_ids_;
   int64_t evicted_slots_ = 0;
+  int64_t approximated_slots_ = 0;
 };
 
 }  // namespace kvguard::engine

@@ -215,9 +215,14 @@ at::Tensor LlamaModel::Impl::Rope(const at::Tensor& x, const at::Tensor& cos,
 // H2O-style statistics: the attention each slot received, and from how many
 // queries (a new token at offset i is seen by n - i of the n new queries).
 void AccumulateAttention(SequenceKvCache& cache, int64_t layer, const at::Tensor& probs, int64_t n) {
-  const int64_t total = probs.size(2), hkv = probs.size(0);
-  at::Tensor sum = cache.AttentionSum(layer);  // [hkv, group, total]
-  sum.add_(probs.view({hkv, sum.size(1), n, total}).sum(2));
+  int64_t total = probs.size(2);
+  const int64_t hkv = probs.size(0);
+  at::Tensor sum = cache.AttentionSum(layer);  // [hkv, group, retained]
+  // Approximated entries (if any) come first in the attention columns.
+  const int64_t retained = sum.size(2);
+  at::Tensor own = probs.view({hkv, sum.size(1), n, total}).narrow(3, total - retained, retained);
+  sum.add_(own.sum(2));
+  total = retained;
   at::Tensor count = cache.AttentionCount(layer);
   if (total > n) count.narrow(1, 0, total - n).add_(static_cast<double>(n));
   count.narrow(1, total - n, n).add_(at::arange(n, 0, -1, count.options()));
@@ -268,8 +273,8 @@ at::Tensor LlamaModel::Impl::Attention(const ForwardItem& item, int64_t layer, c
   const int64_t n = q.size(0), hkv = config.num_kv_heads, hd = config.head_dim;
   const int64_t group = config.num_heads / hkv;
   item.cache->Append(layer, k.transpose(0, 1), v.transpose(0, 1), first_pos);
-  at::Tensor keys = item.cache->Keys(layer);      // [hkv, T, hd]
-  at::Tensor values = item.cache->Values(layer);  // [hkv, T, hd]
+  at::Tensor keys = item.cache->AttentionKeys(layer);      // [hkv, T, hd]
+  at::Tensor values = item.cache->AttentionValues(layer);  // [hkv, T, hd]
   const int64_t total = keys.size(1);
   // Group query heads under their kv head: [hkv, group * n, hd].
   at::Tensor qg = q.view({n, hkv, group, hd}).permute({1, 2, 0, 3}).reshape({hkv, group * n, hd});

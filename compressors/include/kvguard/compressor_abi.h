@@ -67,12 +67,12 @@ typedef struct kvg_layer_view {
   int64_t num_kv_heads; /* K/V heads (grouped-query attention shares them) */
   int64_t num_heads;    /* query heads */
   int64_t head_dim;
-  int64_t num_slots;     /* T: entries this layer currently retains, per kv head */
-  int64_t num_positions; /* tokens the sequence has had (>= num_slots) */
-  int64_t n_keep;        /* the budget: slots the host will keep per kv head */
-  double ratio;          /* fraction of entries to remove, in [0, 1) (kvpress) */
-  const float* keys;       /* [num_kv_heads, num_slots, head_dim] */
-  const float* values;     /* [num_kv_heads, num_slots, head_dim] */
+  int64_t num_slots;        /* T: entries this layer currently retains, per kv head */
+  int64_t num_positions;    /* tokens the sequence has had (>= num_slots) */
+  int64_t n_keep;           /* the budget: slots the host will keep per kv head */
+  double ratio;             /* fraction of entries to remove, in [0, 1) (kvpress) */
+  const float* keys;        /* [num_kv_heads, num_slots, head_dim] */
+  const float* values;      /* [num_kv_heads, num_slots, head_dim] */
   const int32_t* positions; /* [num_kv_heads, num_slots]: original token position */
 } kvg_layer_view;
 
@@ -101,8 +101,7 @@ typedef struct kvg_compressor_vtable_v1 {
   void (*destroy)(kvg_compressor_t* compressor);
   /* Writes num_kv_heads * num_slots scores (row-major [kv_head][slot]) into
    * scores_out; higher = keep. NaN counts as lowest, +inf always wins. */
-  int32_t (*score)(kvg_compressor_t* compressor, const kvg_layer_view* view,
-                   float* scores_out);
+  int32_t (*score)(kvg_compressor_t* compressor, const kvg_layer_view* view, float* scores_out);
   /* Message of the last failed call on the calling thread (never NULL;
    * valid until the next call into the plugin on that thread). */
   const char* (*last_error)(void);
@@ -115,7 +114,8 @@ static_assert(sizeof(void*) != 8 || sizeof(kvg_layer_view) == 104, "kvg_layer_vi
 static_assert(sizeof(void*) != 8 || sizeof(kvg_compressor_vtable_v1) == 64,
               "kvg_compressor_vtable_v1 layout changed");
 #elif defined(__STDC_VERSION__) && __STDC_VERSION__ >= 201112L
-_Static_assert(sizeof(void*) != 8 || sizeof(kvg_layer_view) == 104, "kvg_layer_view layout changed");
+_Static_assert(sizeof(void*) != 8 || sizeof(kvg_layer_view) == 104,
+               "kvg_layer_view layout changed");
 _Static_assert(sizeof(void*) != 8 || sizeof(kvg_compressor_vtable_v1) == 64,
                "kvg_compressor_vtable_v1 layout changed");
 #endif

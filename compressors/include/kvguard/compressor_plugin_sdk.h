@@ -15,10 +15,13 @@
 //   }
 //   ... .last_error = kvg::sdk::LastError, ...
 //
-// Build plugins with -fvisibility=hidden: otherwise GCC exports the SDK's
-// inline variables as process-wide unique symbols that two plugins would share.
+// Build plugins with -fvisibility=hidden so only the two entry points are
+// exported. The SDK hides its own symbols regardless: GCC would otherwise
+// export its inline variables as process-wide unique symbols, and two
+// plugins would share one error string (RTLD_LOCAL does not separate those).
 #pragma once
 
+#include <cctype>
 #include <cerrno>
 #include <cstdint>
 #include <cstdlib>
@@ -30,7 +33,13 @@
 
 #include "kvguard/compressor_abi.h"
 
-namespace kvg::sdk {
+#if defined(__GNUC__)
+#define KVG_SDK_HIDDEN __attribute__((visibility("hidden")))
+#else
+#define KVG_SDK_HIDDEN
+#endif
+
+namespace kvg::sdk KVG_SDK_HIDDEN {
 
 // The calling thread's last error (the ABI's last_error is thread-local).
 inline thread_local std::string last_error_message;
@@ -109,6 +118,7 @@ class Config {
 
   // Just enough JSON for one object of scalars; nested values are rejected.
   struct Parser {
+    static constexpr char kHexDigits[] = "0123456789abcdef";
     const char* p;
 
     void Object(std::map<std::string, Value>& out) {
@@ -154,14 +164,28 @@ class Config {
           continue;
         }
         switch (*++p) {
-          case 'n': s += '\n'; break;
-          case 't': s += '\t'; break;
-          case 'r': s += '\r'; break;
-          case 'b': s += '\b'; break;
-          case 'f': s += '\f'; break;
-          case 'u': AppendUtf8(s, Hex4()); break;
-          case '\0': Throw("config: unterminated string");
-          default: s += *p;  // \" \\ \/
+          case 'n':
+            s += '\n';
+            break;
+          case 't':
+            s += '\t';
+            break;
+          case 'r':
+            s += '\r';
+            break;
+          case 'b':
+            s += '\b';
+            break;
+          case 'f':
+            s += '\f';
+            break;
+          case 'u':
+            AppendUtf8(s, Hex4());
+            break;
+          case '\0':
+            Throw("config: unterminated string");
+          default:
+            s += *p;  // \" \\ \/
         }
       }
       ++p;
@@ -171,11 +195,11 @@ class Config {
       uint32_t cp = 0;
       for (int i = 0; i < 4; ++i) {
         const char c = *++p;
-        const int d = c >= '0' && c <= '9' ? c - '0'
-                      : (c | 32) >= 'a' && (c | 32) <= 'f' ? (c | 32) - 'a' + 10
-                                                            : -1;
-        if (d < 0) Throw("config: bad \\u escape");
-        cp = cp * 16 + static_cast<uint32_t>(d);
+        const char* digit =
+            c == '\0' ? nullptr
+                      : std::strchr(kHexDigits, std::tolower(static_cast<unsigned char>(c)));
+        if (digit == nullptr) Throw("config: bad \\u escape");
+        cp = cp * 16 + static_cast<uint32_t>(digit - kHexDigits);
       }
       return cp;
     }
@@ -209,18 +233,18 @@ class Config {
   std::map<std::string, Value> values_;
 };
 
-}  // namespace kvg::sdk
+}  // namespace kvg::sdkKVG_SDK_HIDDEN
 
 // Exception barrier for a vtable function returning int32_t: the body runs
 // inside try; falling off the end returns KVG_OK, an exception returns
 // KVG_ERROR with its message recorded for last_error().
 #define KVG_API_BEGIN try {
-#define KVG_API_END                                                  \
-  }                                                                  \
-  catch (const std::exception& kvg_api_error_) {                     \
-    return ::kvg::sdk::Fail(kvg_api_error_.what());                  \
-  }                                                                  \
-  catch (...) {                                                      \
-    return ::kvg::sdk::Fail("unknown C++ exception in the plugin");  \
-  }                                                                  \
+#define KVG_API_END                                                 \
+  }                                                                 \
+  catch (const std::exception& kvg_api_error_) {                    \
+    return ::kvg::sdk::Fail(kvg_api_error_.what());                 \
+  }                                                                 \
+  catch (...) {                                                     \
+    return ::kvg::sdk::Fail("unknown C++ exception in the plugin"); \
+  }                                                                 \
   return KVG_OK;
