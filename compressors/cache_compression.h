@@ -32,6 +32,11 @@ class CacheCompression {
   static absl::StatusOr<std::unique_ptr<CacheCompression>> Create(const CompressionSpec& spec);
 
   [[nodiscard]] engine::AttentionNeeds Needs() const { return compressor_->Needs(); }
+  // Sets what the compressor needs on a cache about to be created.
+  void ConfigureCache(engine::KvCacheOptions& options) const {
+    options.needs = compressor_->Needs();
+    compressor_->ConfigureStorage(options);
+  }
   [[nodiscard]] double ratio() const { return ratio_; }
   // Takes effect at the next AfterForward(). InvalidArgument outside [0, 1).
   absl::Status set_ratio(double ratio);

@@ -69,6 +69,9 @@ class Compressor {
   // Statistics the engine must gather during the forward pass (set when the
   // sequence's cache is created).
   [[nodiscard]] virtual engine::AttentionNeeds Needs() const { return {}; }
+  // How the cache should store entries, for methods that quantize rather
+  // than evict (KIVI): applied when the sequence's cache is created.
+  virtual void ConfigureStorage(engine::KvCacheOptions& /*options*/) const {}
   // Number of entries layer `layer` should keep (the budget) given the context.
   [[nodiscard]] virtual int64_t Budget(const CompressContext& ctx, int64_t layer) const;
   // Plans layer `layer`. Must keep every protected position that is retained.

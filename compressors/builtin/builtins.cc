@@ -4,7 +4,7 @@ namespace kvguard::compress {
 
 void RegisterBuiltins(Registry& registry) {
   for (auto info : {KnormInfo(), StreamingLlmInfo(), SnapKvInfo(), PyramidKvInfo(), TovaInfo(),
-                    ObservedAttentionInfo(), ExpectedAttentionInfo(), KeyDiffInfo(), Q2cInfo()}) {
+                    ObservedAttentionInfo(), ExpectedAttentionInfo(), KeyDiffInfo(), Q2cInfo(), KiviInfo()}) {
     (void)registry.Register(std::move(info));
   }
 }

@@ -16,5 +16,6 @@ CompressorInfo ObservedAttentionInfo();
 CompressorInfo ExpectedAttentionInfo();
 CompressorInfo KeyDiffInfo();
 CompressorInfo Q2cInfo();
+CompressorInfo KiviInfo();
 
 }  // namespace kvguard::compress

@@ -114,13 +114,12 @@ absl::StatusOr<GenerateResult> Engine::Generate(
   const int64_t budget = std::min<int64_t>(
       request.max_new_tokens, c.max_position_embeddings - static_cast<int64_t>(request.prompt_ids.size()));
   std::unique_ptr<compress::CacheCompression> compression;
-  AttentionNeeds needs;
+  KvCacheOptions cache_options = model.CacheOptions(static_cast<int64_t>(request.prompt_ids.size()) + budget);
   if (!request.compression.compressor.empty()) {
     KVG_ASSIGN_OR_RETURN(compression, compress::CacheCompression::Create(request.compression));
-    needs = compression->Needs();
+    compression->ConfigureCache(cache_options);
   }
-  SequenceKvCache cache(
-      model.CacheOptions(static_cast<int64_t>(request.prompt_ids.size()) + budget, needs));
+  SequenceKvCache cache(cache_options);
   const compress::RopeFn rope = RopeOf(model);
   Sampler sampler(request.sampling);
   GenerateResult result;
@@ -197,8 +196,9 @@ absl::StatusOr<Prefilled> Prefill(LlamaModel& model, const std::vector<int32_t>&
   if (ids.empty()) return absl::InvalidArgumentError("ids must not be empty");
   Prefilled p;
   KVG_ASSIGN_OR_RETURN(p.compression, compress::CacheCompression::Create(spec));
-  p.cache = std::make_unique<SequenceKvCache>(
-      model.CacheOptions(static_cast<int64_t>(ids.size()), p.compression->Needs()));
+  KvCacheOptions options = model.CacheOptions(static_cast<int64_t>(ids.size()));
+  p.compression->ConfigureCache(options);
+  p.cache = std::make_unique<SequenceKvCache>(options);
   ForwardItem item{.cache = p.cache.get(), .tokens = ids};
   KVG_RETURN_IF_ERROR(model.Forward({&item, 1}).status());
   return p;

@@ -39,7 +39,8 @@
 #define KVG_SDK_HIDDEN
 #endif
 
-namespace kvg::sdk KVG_SDK_HIDDEN {
+namespace kvg {
+namespace sdk KVG_SDK_HIDDEN {
 
 // The calling thread's last error (the ABI's last_error is thread-local).
 inline thread_local std::string last_error_message;
@@ -233,7 +234,8 @@ class Config {
   std::map<std::string, Value> values_;
 };
 
-}  // namespace kvg::sdkKVG_SDK_HIDDEN
+}  // namespace sdk
+}  // namespace kvg
 
 // Exception barrier for a vtable function returning int32_t: the body runs
 // inside try; falling off the end returns KVG_OK, an exception returns
