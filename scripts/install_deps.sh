@@ -7,6 +7,9 @@ PACKAGES=(
   build-essential cmake ninja-build pkg-config git python3
   libabsl-dev nlohmann-json3-dev libpcre2-dev libgtest-dev
   libtorch-dev
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
+  prometheus-cpp-dev libxgboost-dev
+  python3-grpcio python3-grpc-tools python3-protobuf
 )
 
 missing=()
