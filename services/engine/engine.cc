@@ -12,13 +12,10 @@
 #include "compressors/cache_compression.h"
 #include "services/engine/checkpoint.h"
 #include "services/engine/llama_model.h"
+#include "services/engine/sequence.h"
 
 namespace kvguard::engine {
 namespace {
-
-double SecondsSince(std::chrono::steady_clock::time_point start) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-}
 
 // Copies one row of float32 logits to host memory.
 std::vector<float> HostRow(const at::Tensor& logits, int64_t row) {
@@ -38,6 +35,7 @@ const char* FinishReasonName(FinishReason reason) {
     case FinishReason::kLength: return "length";
     case FinishReason::kEos: return "eos";
     case FinishReason::kStop: return "stop";
+    case FinishReason::kCancelled: return "cancelled";
   }
   return "unknown";
 }
@@ -109,78 +107,15 @@ absl::Status Engine::ValidateRequest(const GenerateRequest& request) const {
 absl::StatusOr<GenerateResult> Engine::Generate(
     const GenerateRequest& request, const std::function<void(const SampledToken&)>& on_token) {
   KVG_RETURN_IF_ERROR(ValidateRequest(request));
-  const ModelConfig& c = config();
   LlamaModel& model = *impl_->model;
-  const int64_t budget = std::min<int64_t>(
-      request.max_new_tokens, c.max_position_embeddings - static_cast<int64_t>(request.prompt_ids.size()));
-  std::unique_ptr<compress::CacheCompression> compression;
-  KvCacheOptions cache_options = model.CacheOptions(static_cast<int64_t>(request.prompt_ids.size()) + budget);
-  if (!request.compression.compressor.empty()) {
-    KVG_ASSIGN_OR_RETURN(compression, compress::CacheCompression::Create(request.compression));
-    compression->ConfigureCache(cache_options);
-  }
-  SequenceKvCache cache(cache_options);
-  const compress::RopeFn rope = RopeOf(model);
-  Sampler sampler(request.sampling);
-  GenerateResult result;
-  result.prompt_ids = request.prompt_ids;
-  std::vector<int32_t> history = request.prompt_ids;
-  bool cut_at_stop_string = false;
-  ForwardItem item{.cache = &cache, .tokens = request.prompt_ids};
-  auto start = std::chrono::steady_clock::now();
-  for (int64_t step = 0; step < budget; ++step) {
-    KVG_ASSIGN_OR_RETURN(at::Tensor logits, model.Forward({&item, 1}));
+  KVG_ASSIGN_OR_RETURN(auto seq, Sequence::Create(model, impl_->tokenizer.get(), request, {}));
+  while (ForwardItem* item = seq->NextForward()) {
+    KVG_ASSIGN_OR_RETURN(at::Tensor logits, model.Forward({item, 1}));
     std::vector<float> row = HostRow(logits, 0);
-    if (compression != nullptr) {
-      for (const auto& [at_step, ratio] : request.compression.ratio_schedule) {
-        if (at_step == step) KVG_RETURN_IF_ERROR(compression->set_ratio(ratio));
-      }
-      KVG_RETURN_IF_ERROR(compression->AfterForward(cache, c, rope, /*prefill=*/step == 0));
-    }
-    result.retained_per_step.push_back(cache.Stats().retained_slots /
-                                       std::max<int64_t>(1, c.num_layers * c.num_kv_heads));
-    if (step == 0) {
-      result.prefill_seconds = SecondsSince(start);
-      start = std::chrono::steady_clock::now();
-    }
-    SampledToken token = sampler.Sample(row, history);
-    history.push_back(token.id);
-    result.output_ids.push_back(token.id);
-    result.tokens.push_back(token);
-    if (on_token) on_token(token);
-    const bool is_eos = std::find(c.eos_token_ids.begin(), c.eos_token_ids.end(), token.id) !=
-                        c.eos_token_ids.end();
-    if (is_eos && !request.ignore_eos) {
-      result.finish_reason = FinishReason::kEos;
-      break;
-    }
-    if (std::find(request.stop_token_ids.begin(), request.stop_token_ids.end(), token.id) !=
-        request.stop_token_ids.end()) {
-      result.finish_reason = FinishReason::kStop;
-      break;
-    }
-    if (!request.stop_strings.empty()) {
-      std::string text = impl_->tokenizer->Decode(result.output_ids);
-      size_t cut = std::string::npos;
-      for (const std::string& s : request.stop_strings) cut = std::min(cut, text.find(s));
-      if (cut != std::string::npos) {
-        result.finish_reason = FinishReason::kStop;
-        result.text = text.substr(0, cut);
-        cut_at_stop_string = true;
-        break;
-      }
-    }
-    item.tokens = {token.id};
+    KVG_ASSIGN_OR_RETURN(StepResult step, seq->AfterForward(row.data()));
+    if (on_token) on_token(step.token);
   }
-  result.decode_seconds = SecondsSince(start);
-  if (impl_->tokenizer != nullptr && !cut_at_stop_string) {
-    result.text = impl_->tokenizer->Decode(result.output_ids);
-  }
-  const KvCacheStats stats = cache.Stats();
-  result.kv_bytes = stats.bytes;
-  result.retained_tokens = stats.retained_slots / std::max<int64_t>(1, c.num_layers * c.num_kv_heads);
-  result.evicted_slots = stats.evicted_slots;
-  return result;
+  return seq->Result();
 }
 
 namespace {

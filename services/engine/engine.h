@@ -40,8 +40,8 @@ struct GenerateRequest {
   compress::CompressionSpec compression;  // KV-cache compression (none by default)
 };
 
-enum class FinishReason { kLength, kEos, kStop };
-const char* FinishReasonName(FinishReason reason);  // "length", "eos", "stop"
+enum class FinishReason { kLength, kEos, kStop, kCancelled };
+const char* FinishReasonName(FinishReason reason);  // "length", "eos", "stop", "cancelled"
 
 struct GenerateResult {
   std::vector<int32_t> prompt_ids;
@@ -52,7 +52,8 @@ struct GenerateResult {
   int64_t kv_bytes = 0;              // final cache bytes
   int64_t retained_tokens = 0;       // final retained slots per layer and head (mean)
   int64_t evicted_slots = 0;         // removed by compression, over layers and heads
-  std::vector<int64_t> retained_per_step;  // mean retained slots per layer/head after each step's compression
+  std::vector<int64_t> retained_per_step;
+  int64_t recomputed_positions = 0;  // restored by RECOVERY  // mean retained slots per layer/head after each step's compression
   double prefill_seconds = 0;
   double decode_seconds = 0;
 };

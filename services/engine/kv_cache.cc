@@ -77,6 +77,21 @@ void SequenceKvCache::Append(int64_t layer_index, const at::Tensor& k, const at:
   }
 }
 
+absl::Status SequenceKvCache::Insert(int64_t layer_index, const at::Tensor& k, const at::Tensor& v,
+                                     const std::vector<int32_t>& positions) {
+  Layer& layer = layers_[layer_index];
+  const int64_t n = static_cast<int64_t>(positions.size());
+  if (k.size(1) != n) return absl::InvalidArgumentError("insert: positions and entries differ in count");
+  GrowStats(layer, layer.size + n);
+  layer.store->Append(k.to(options_.dtype), v.to(options_.dtype));
+  layer.size += n;
+  for (auto& head : layer.positions) head.insert(head.end(), positions.begin(), positions.end());
+  // Retain everything: Retain orders slots by original position.
+  std::vector<int64_t> all(layer.size);
+  std::iota(all.begin(), all.end(), 0);
+  return Retain(layer_index, std::vector<std::vector<int64_t>>(options_.num_kv_heads, all));
+}
+
 at::Tensor SequenceKvCache::Keys(int64_t layer) const { return layers_[layer].store->Keys(); }
 at::Tensor SequenceKvCache::Values(int64_t layer) const { return layers_[layer].store->Values(); }
 

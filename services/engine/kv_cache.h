@@ -117,6 +117,14 @@ class SequenceKvCache {
   absl::Status Approximate(int64_t layer, const std::vector<std::vector<int64_t>>& approx,
                            const at::Tensor& regression);
   [[nodiscard]] int64_t ApproximatedSlots(int64_t layer) const;
+  [[nodiscard]] const std::vector<std::vector<int32_t>>& ApproximatedPositions(int64_t layer) const {
+    return layers_[layer].approx_positions;
+  }
+
+  // RECOVERY: puts recomputed entries (k, v: [kv_heads, n, head_dim]) for
+  // `positions` back into every head, then restores position order.
+  absl::Status Insert(int64_t layer, const at::Tensor& k, const at::Tensor& v,
+                      const std::vector<int32_t>& positions);
 
   // --- attention statistics (filled by the forward pass; see AttentionNeeds) ---
   [[nodiscard]] const LayerAttentionStats& AttentionStats(int64_t layer) const {

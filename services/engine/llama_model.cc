@@ -131,8 +131,15 @@ struct LlamaModel::Impl {
   at::Tensor Rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) const;
   at::Tensor Attention(const ForwardItem& item, int64_t layer, const at::Tensor& q,
                        const at::Tensor& k, const at::Tensor& v, int64_t first_pos) const;
+  struct Projected {
+    at::Tensor q_pre, q, k, v;  // [rows, heads, hd] (q_pre before RoPE), k/v [rows, kv_heads, hd]
+  };
+  Projected Project(int64_t l, const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) const;
+  at::Tensor Finish(int64_t l, const at::Tensor& x, const at::Tensor& attn) const;
   at::Tensor Layer(int64_t l, std::span<ForwardItem> batch, const std::vector<int64_t>& offsets,
                    const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
+  at::Tensor RecomputeAttention(const SequenceKvCache& cache, int64_t l, const Projected& p,
+                                const std::vector<int32_t>& positions) const;
   absl::Status Validate(std::span<ForwardItem> batch) const;
 };
 
@@ -295,42 +302,53 @@ at::Tensor LlamaModel::Impl::Attention(const ForwardItem& item, int64_t layer, c
   return out.view({hkv, group, n, hd}).permute({2, 0, 1, 3}).reshape({n, hkv * group * hd});
 }
 
-at::Tensor LlamaModel::Impl::Layer(int64_t l, std::span<ForwardItem> batch,
-                                   const std::vector<int64_t>& offsets, const at::Tensor& x,
-                                   const at::Tensor& cos, const at::Tensor& sin) {
+LlamaModel::Impl::Projected LlamaModel::Impl::Project(int64_t l, const at::Tensor& x,
+                                                      const at::Tensor& cos, const at::Tensor& sin) const {
   const LayerWeights& w = layers[l];
   const ModelConfig& c = config;
   const int64_t rows = x.size(0), hd = c.head_dim;
-  at::Tensor h = RmsNorm(x, w.input_norm);
-  at::Tensor qkv = at::linear(h, w.qkv, w.qkv_bias);
-  at::Tensor q = qkv.narrow(1, 0, c.num_heads * hd).view({rows, c.num_heads, hd});
-  at::Tensor k = qkv.narrow(1, c.num_heads * hd, c.num_kv_heads * hd).view({rows, c.num_kv_heads, hd});
-  at::Tensor v = qkv.narrow(1, (c.num_heads + c.num_kv_heads) * hd, c.num_kv_heads * hd)
-                     .view({rows, c.num_kv_heads, hd});
+  at::Tensor qkv = at::linear(RmsNorm(x, w.input_norm), w.qkv, w.qkv_bias);
+  Projected p;
+  p.q_pre = qkv.narrow(1, 0, c.num_heads * hd).view({rows, c.num_heads, hd});
+  p.k = qkv.narrow(1, c.num_heads * hd, c.num_kv_heads * hd).view({rows, c.num_kv_heads, hd});
+  p.v = qkv.narrow(1, (c.num_heads + c.num_kv_heads) * hd, c.num_kv_heads * hd)
+            .view({rows, c.num_kv_heads, hd});
   if (c.qk_norm) {
-    q = RmsNorm(q, w.q_norm);
-    k = RmsNorm(k, w.k_norm);
+    p.q_pre = RmsNorm(p.q_pre, w.q_norm);
+    p.k = RmsNorm(p.k, w.k_norm);
   }
-  const at::Tensor q_pre = q;
-  q = Rope(q, cos, sin);
-  k = Rope(k, cos, sin);
-  at::Tensor attn = batch.size() == 1 ? at::Tensor() : at::empty({rows, c.num_heads * hd}, x.options());
+  p.q = Rope(p.q_pre, cos, sin);
+  p.k = Rope(p.k, cos, sin);
+  return p;
+}
+
+at::Tensor LlamaModel::Impl::Finish(int64_t l, const at::Tensor& x, const at::Tensor& attn) const {
+  const LayerWeights& w = layers[l];
+  at::Tensor x1 = x + at::linear(attn, w.o, w.o_bias);
+  at::Tensor gu = at::linear(RmsNorm(x1, w.post_norm), w.gate_up);
+  const int64_t f = config.intermediate_size;
+  at::Tensor act = at::silu(gu.narrow(1, 0, f)) * gu.narrow(1, f, f);
+  return x1 + at::linear(act, w.down);
+}
+
+at::Tensor LlamaModel::Impl::Layer(int64_t l, std::span<ForwardItem> batch,
+                                   const std::vector<int64_t>& offsets, const at::Tensor& x,
+                                   const at::Tensor& cos, const at::Tensor& sin) {
+  const int64_t rows = x.size(0);
+  Projected p = Project(l, x, cos, sin);
+  at::Tensor attn = batch.size() == 1 ? at::Tensor() : at::empty({rows, config.num_heads * config.head_dim}, x.options());
   for (size_t i = 0; i < batch.size(); ++i) {
     const int64_t r0 = offsets[i], n = offsets[i + 1] - offsets[i];
     const int64_t first_pos = batch[i].cache->num_positions() - n;
     if (batch[i].cache->options().needs.any()) {
-      RecordQueries(*batch[i].cache, l, q_pre.narrow(0, r0, n), q.narrow(0, r0, n), first_pos);
+      RecordQueries(*batch[i].cache, l, p.q_pre.narrow(0, r0, n), p.q.narrow(0, r0, n), first_pos);
     }
-    at::Tensor out = Attention(batch[i], l, q.narrow(0, r0, n), k.narrow(0, r0, n),
-                               v.narrow(0, r0, n), first_pos);
+    at::Tensor out = Attention(batch[i], l, p.q.narrow(0, r0, n), p.k.narrow(0, r0, n),
+                               p.v.narrow(0, r0, n), first_pos);
     if (batch.size() == 1) attn = out;
     else attn.narrow(0, r0, n).copy_(out);
   }
-  at::Tensor x1 = x + at::linear(attn, w.o, w.o_bias);
-  at::Tensor gu = at::linear(RmsNorm(x1, w.post_norm), w.gate_up);
-  const int64_t f = c.intermediate_size;
-  at::Tensor act = at::silu(gu.narrow(1, 0, f)) * gu.narrow(1, f, f);
-  return x1 + at::linear(act, w.down);
+  return Finish(l, x, attn);
 }
 
 absl::Status LlamaModel::Impl::Validate(std::span<ForwardItem> batch) const {
@@ -405,6 +423,69 @@ absl::StatusOr<at::Tensor> LlamaModel::Forward(std::span<ForwardItem> batch) {
   } catch (const std::exception& e) {
     return absl::InternalError(absl::StrCat("forward pass failed: ", e.what()));
   }
+}
+
+// Attention of the recomputed rows over the cache (incl. approximated
+// entries) plus each other, masked by original position: row i sees every
+// entry at a position <= its own.
+at::Tensor LlamaModel::Impl::RecomputeAttention(const SequenceKvCache& cache, int64_t l, const Projected& p,
+                                                const std::vector<int32_t>& positions) const {
+  const int64_t n = p.q.size(0), hkv = config.num_kv_heads, hd = config.head_dim;
+  const int64_t group = config.num_heads / hkv;
+  at::Tensor keys = at::cat({cache.AttentionKeys(l), p.k.transpose(0, 1)}, 1);
+  at::Tensor values = at::cat({cache.AttentionValues(l), p.v.transpose(0, 1)}, 1);
+  const int64_t total = keys.size(1);
+  std::vector<uint8_t> mask(hkv * n * total);
+  for (int64_t h = 0; h < hkv; ++h) {
+    std::vector<int32_t> kp = cache.ApproximatedPositions(l)[h];
+    kp.insert(kp.end(), cache.Positions(l)[h].begin(), cache.Positions(l)[h].end());
+    kp.insert(kp.end(), positions.begin(), positions.end());
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < total; ++j) mask[(h * n + i) * total + j] = kp[j] > positions[i];
+  }
+  at::Tensor m = at::from_blob(mask.data(), {hkv, 1, n, total}, at::kByte).to(device, at::kBool);
+  at::Tensor qg = p.q.view({n, hkv, group, hd}).permute({1, 2, 0, 3}).reshape({hkv, group * n, hd});
+  at::Tensor scores = at::matmul(qg, keys.transpose(1, 2)).mul_(1.0 / std::sqrt(double(hd)));
+  scores = scores.view({hkv, group, n, total}).masked_fill(m, -INFINITY).view({hkv, group * n, total});
+  at::Tensor probs = at::softmax(scores, -1, at::kFloat).to(dtype);
+  at::Tensor out = at::matmul(probs, values);
+  return out.view({hkv, group, n, hd}).permute({2, 0, 1, 3}).reshape({n, hkv * group * hd});
+}
+
+absl::Status LlamaModel::Recompute(SequenceKvCache& cache, const std::vector<int32_t>& positions) {
+  Impl& m = *impl_;
+  if (positions.empty()) return absl::OkStatus();
+  for (int32_t p : positions) {
+    if (p < 0 || p >= cache.num_positions()) {
+      return absl::InvalidArgumentError(absl::StrCat("recompute position ", p, " was never seen"));
+    }
+  }
+  try {
+    c10::InferenceMode guard;
+    std::vector<int64_t> ids, pos;
+    for (int32_t p : positions) {
+      ids.push_back(cache.token_ids()[p]);
+      pos.push_back(p);
+    }
+    at::Tensor pos_t = at::tensor(pos, at::kLong).to(m.device);
+    at::Tensor cos = m.rope_cos.index_select(0, pos_t).unsqueeze(1);
+    at::Tensor sin = m.rope_sin.index_select(0, pos_t).unsqueeze(1);
+    at::Tensor x = m.embed.index_select(0, at::tensor(ids, at::kLong).to(m.device));
+    std::vector<std::pair<at::Tensor, at::Tensor>> kv;
+    for (int64_t l = 0; l < m.config.num_layers; ++l) {
+      Impl::Projected p = m.Project(l, x, cos, sin);
+      kv.emplace_back(p.k.transpose(0, 1).contiguous(), p.v.transpose(0, 1).contiguous());
+      x = m.Finish(l, x, m.RecomputeAttention(cache, l, p, positions));
+    }
+    // Insert only after every layer is computed: lower layers' new entries
+    // must not be visible twice.
+    for (int64_t l = 0; l < m.config.num_layers; ++l) {
+      KVG_RETURN_IF_ERROR(cache.Insert(l, kv[l].first, kv[l].second, positions));
+    }
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("recompute failed: ", e.what()));
+  }
+  return absl::OkStatus();
 }
 
 KvCacheOptions LlamaModel::CacheOptions(int64_t reserve_slots, const AttentionNeeds& needs) const {

@@ -1,0 +1,225 @@
+#include "services/engine/sequence.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <map>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+
+namespace kvguard::engine {
+namespace {
+
+double SecondsSince(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
+
+// Mean received attention of every retained position over layers and heads
+// (only when the cache gathers attention sums).
+std::map<int32_t, std::pair<double, int>> PositionAttention(const SequenceKvCache& cache) {
+  std::map<int32_t, std::pair<double, int>> out;
+  for (int64_t l = 0; l < cache.options().num_layers; ++l) {
+    at::Tensor sum = cache.AttentionSum(l);
+    if (!sum.defined()) return out;
+    at::Tensor mean = (sum.mean(1) / cache.AttentionCount(l).clamp_min(1)).to(at::kCPU).contiguous();
+    const auto& positions = cache.Positions(l);
+    const float* m = mean.data_ptr<float>();
+    for (size_t h = 0; h < positions.size(); ++h) {
+      for (size_t i = 0; i < positions[h].size(); ++i) {
+        auto& [total, n] = out[positions[h][i]];
+        total += m[h * positions[h].size() + i];
+        ++n;
+      }
+    }
+  }
+  return out;
+}
+
+std::set<int32_t> RetainedPositions(const SequenceKvCache& cache) {
+  std::set<int32_t> out;
+  for (int64_t l = 0; l < cache.options().num_layers; ++l) {
+    for (const auto& head : cache.Positions(l)) out.insert(head.begin(), head.end());
+  }
+  return out;
+}
+
+}  // namespace
+
+Sequence::Sequence(LlamaModel& model, const Tokenizer* tokenizer, const GenerateRequest& request)
+    : model_(model), tokenizer_(tokenizer), request_(request) {}
+
+Sequence::~Sequence() = default;
+
+absl::StatusOr<std::unique_ptr<Sequence>> Sequence::Create(LlamaModel& model, const Tokenizer* tokenizer,
+                                                           const GenerateRequest& request,
+                                                           const SequenceOptions& options) {
+  std::unique_ptr<Sequence> s(new Sequence(model, tokenizer, request));
+  s->options_ = options;
+  const int64_t prompt = static_cast<int64_t>(request.prompt_ids.size());
+  s->budget_ = std::min<int64_t>(request.max_new_tokens, model.config().max_position_embeddings - prompt);
+  KvCacheOptions cache_options = model.CacheOptions(prompt + s->budget_);
+  if (!request.compression.compressor.empty()) {
+    KVG_ASSIGN_OR_RETURN(s->compression_, compress::CacheCompression::Create(request.compression));
+    s->compression_->ConfigureCache(cache_options);
+  }
+  if (options.gather_attention) cache_options.needs.attention_sums = true;
+  s->cache_ = std::make_unique<SequenceKvCache>(cache_options);
+  SamplingParams sampling = request.sampling;
+  sampling.logprobs = std::max(sampling.logprobs, options.report_top_logprobs);
+  s->sampler_ = std::make_unique<Sampler>(sampling);
+  if (tokenizer != nullptr) s->decoder_ = std::make_unique<IncrementalDecoder>(tokenizer);
+  for (const std::string& stop : request.stop_strings) s->max_stop_len_ = std::max(s->max_stop_len_, stop.size());
+  s->history_ = request.prompt_ids;
+  s->item_ = ForwardItem{.cache = s->cache_.get(), .tokens = request.prompt_ids};
+  s->result_.prompt_ids = request.prompt_ids;
+  s->start_ = std::chrono::steady_clock::now();
+  if (s->budget_ <= 0) s->finished_ = true;
+  return s;
+}
+
+ForwardItem* Sequence::NextForward() { return finished_ ? nullptr : &item_; }
+
+double Sequence::ratio() const { return compression_ ? compression_->ratio() : 0.0; }
+
+absl::Status Sequence::SetRatio(double ratio) {
+  if (compression_ == nullptr) return absl::OkStatus();
+  return compression_->set_ratio(ratio);
+}
+
+absl::Status Sequence::Compress(std::vector<int32_t>& evicted, std::vector<float>& evicted_attention) {
+  if (compression_ == nullptr || eviction_paused_) return absl::OkStatus();
+  for (const auto& [at_step, ratio] : request_.compression.ratio_schedule) {
+    if (at_step == step_) KVG_RETURN_IF_ERROR(compression_->set_ratio(ratio));
+  }
+  const int64_t evicted_before = cache_->Stats().evicted_slots;
+  const bool track = options_.gather_attention;
+  std::map<int32_t, std::pair<double, int>> attention;
+  std::set<int32_t> before;
+  if (track) {
+    attention = PositionAttention(*cache_);
+    before = RetainedPositions(*cache_);
+  }
+  compress::RopeFn rope = [this](int64_t f, int64_t n) { return model_.RopeCosSin(f, n); };
+  KVG_RETURN_IF_ERROR(compression_->AfterForward(*cache_, model_.config(), rope, step_ == 0, protected_));
+  if (!track || cache_->Stats().evicted_slots == evicted_before) return absl::OkStatus();
+  const std::set<int32_t> after = RetainedPositions(*cache_);
+  for (int32_t p : before) {
+    if (after.count(p)) continue;
+    evicted.push_back(p);
+    const auto& [total, n] = attention[p];
+    evicted_attention.push_back(n ? static_cast<float>(total / n) : 0.0f);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<StepResult> Sequence::AfterForward(const float* logits_row) {
+  if (finished_) return absl::FailedPreconditionError("sequence already finished");
+  StepResult r;
+  r.step = step_;
+  KVG_RETURN_IF_ERROR(Compress(r.evicted_positions, r.evicted_attention));
+  const int64_t vocab = model_.config().vocab_size;
+  SampledToken token = sampler_->Sample(std::span<const float>(logits_row, vocab), history_);
+  r.report_top = token.top_logprobs;
+  if (static_cast<int32_t>(token.top_logprobs.size()) > request_.sampling.logprobs) {
+    token.top_logprobs.resize(request_.sampling.logprobs);
+  }
+  if (step_ == 0) ttft_s_ = SecondsSince(start_);
+  history_.push_back(token.id);
+  result_.output_ids.push_back(token.id);
+  result_.tokens.push_back(token);
+  CheckStop(token, r);
+  r.token = token;
+  r.kv = cache_->Stats();
+  r.ratio = ratio();
+  result_.retained_per_step.push_back(
+      r.kv.retained_slots / std::max<int64_t>(1, model_.config().num_layers * model_.config().num_kv_heads));
+  ++step_;
+  if (!r.finished && step_ >= budget_) {
+    r.finished = true;
+    r.finish_reason = FinishReason::kLength;
+  }
+  if (r.finished) {
+    finished_ = true;
+    result_.finish_reason = r.finish_reason;
+  }
+  r.text_delta = TakeText(r.finished);
+  item_.tokens = {token.id};
+  return r;
+}
+
+void Sequence::CheckStop(const SampledToken& token, StepResult& r) {
+  const auto& eos = model_.config().eos_token_ids;
+  if (!request_.ignore_eos && std::find(eos.begin(), eos.end(), token.id) != eos.end()) {
+    r.finished = true;
+    r.finish_reason = FinishReason::kEos;
+  } else if (std::find(request_.stop_token_ids.begin(), request_.stop_token_ids.end(), token.id) !=
+             request_.stop_token_ids.end()) {
+    r.finished = true;
+    r.finish_reason = FinishReason::kStop;
+  }
+  if (decoder_ == nullptr) return;
+  text_ += decoder_->Push(token.id);
+  if (r.finished && r.finish_reason != FinishReason::kStop) text_ += decoder_->Flush();
+  // Search only where a stop string could newly end.
+  const size_t from = emitted_ > max_stop_len_ ? emitted_ - max_stop_len_ : 0;
+  size_t cut = std::string::npos;
+  for (const std::string& s : request_.stop_strings) cut = std::min(cut, text_.find(s, from));
+  if (cut != std::string::npos) {
+    text_.resize(cut);
+    r.finished = true;
+    r.finish_reason = FinishReason::kStop;
+  }
+}
+
+// Streams text up to the point where a stop string could still be starting.
+std::string Sequence::TakeText(bool final) {
+  size_t ready = text_.size();
+  if (!final && max_stop_len_ > 0) ready = ready > max_stop_len_ - 1 ? ready - (max_stop_len_ - 1) : 0;
+  // Never split a UTF-8 code point when holding back.
+  while (ready > emitted_ && ready < text_.size() && (static_cast<uint8_t>(text_[ready]) & 0xC0) == 0x80) {
+    --ready;
+  }
+  if (ready <= emitted_) return "";
+  std::string delta = text_.substr(emitted_, ready - emitted_);
+  emitted_ = ready;
+  return delta;
+}
+
+void Sequence::Cancel() {
+  if (finished_) return;
+  finished_ = true;
+  result_.finish_reason = FinishReason::kCancelled;
+  cache_ = std::make_unique<SequenceKvCache>(KvCacheOptions{});  // frees the KV now
+  item_.cache = cache_.get();
+}
+
+absl::StatusOr<int64_t> Sequence::Recompute(const std::vector<int32_t>& positions) {
+  if (finished_) return 0;
+  const std::set<int32_t> retained = RetainedPositions(*cache_);
+  std::vector<int32_t> todo;
+  for (int32_t p : positions) {
+    if (p >= 0 && p < cache_->num_positions() - 1 && !retained.count(p)) todo.push_back(p);
+  }
+  std::sort(todo.begin(), todo.end());
+  todo.erase(std::unique(todo.begin(), todo.end()), todo.end());
+  if (todo.empty()) return 0;
+  KVG_RETURN_IF_ERROR(model_.Recompute(*cache_, todo));
+  result_.recomputed_positions += static_cast<int64_t>(todo.size());
+  return static_cast<int64_t>(todo.size());
+}
+
+GenerateResult Sequence::Result() const {
+  GenerateResult r = result_;
+  if (tokenizer_ != nullptr) r.text = text_;
+  const KvCacheStats stats = cache_->Stats();
+  const ModelConfig& c = model_.config();
+  r.kv_bytes = stats.bytes;
+  r.retained_tokens = stats.retained_slots / std::max<int64_t>(1, c.num_layers * c.num_kv_heads);
+  r.evicted_slots = stats.evicted_slots;
+  r.prefill_seconds = ttft_s_;
+  r.decode_seconds = std::max(0.0, SecondsSince(start_) - ttft_s_);
+  return r;
+}
+
+}  // namespace kvguard::engine

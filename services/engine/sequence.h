@@ -1,0 +1,116 @@
+// File: services/engine/sequence.h
+//
+// One generation in flight: its KV cache, sampler, compression, stopping
+// rules, streamed text and result. The scheduler (or Engine::Generate for a
+// single request) drives it one step at a time:
+//
+//   KVG_ASSIGN_OR_RETURN(auto seq, Sequence::Create(model, tokenizer, request, {}));
+//   while (!seq->finished()) {
+//     ForwardItem* item = seq->NextForward();           // prompt first, then the last token
+//     ... model.Forward(batch of items) ...
+//     KVG_ASSIGN_OR_RETURN(StepResult r, seq->AfterForward(logits_row));
+//     ... stream r.text_delta; guard directives: seq->SetRatio(), SetProtected(), Recompute() ...
+//   }
+//   GenerateResult result = seq->Result();
+//
+// The per-step hook point is between AfterForward() and the next
+// NextForward(): whatever is set there applies to the next step.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <chrono>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "compressors/cache_compression.h"
+#include "services/engine/engine.h"
+#include "services/engine/kv_cache.h"
+#include "services/engine/llama_model.h"
+#include "services/engine/sampler.h"
+#include "services/engine/tokenizer.h"
+
+namespace kvguard::engine {
+
+struct SequenceOptions {
+  int32_t report_top_logprobs = 0;  // top logprobs to compute for the guard (e.g. 20)
+  bool gather_attention = false;    // accumulate received attention (RECOVERY anchors)
+};
+
+struct StepResult {
+  int64_t step = 0;              // 0 = the token sampled after prefill
+  SampledToken token;            // with top logprobs as requested by the client
+  std::vector<TokenLogprob> report_top;  // top logprobs for the guard
+  std::string text_delta;        // new text (UTF-8 safe, stop strings withheld)
+  bool finished = false;
+  FinishReason finish_reason = FinishReason::kLength;
+  KvCacheStats kv;
+  double ratio = 0;              // ratio in force after this step's compression
+  std::vector<int32_t> evicted_positions;  // gone from every layer and head this step
+  std::vector<float> evicted_attention;    // mean attention each had received
+};
+
+class Sequence {
+ public:
+  // Validates nothing: call Engine::ValidateRequest (or equivalent) first.
+  static absl::StatusOr<std::unique_ptr<Sequence>> Create(LlamaModel& model, const Tokenizer* tokenizer,
+                                                          const GenerateRequest& request,
+                                                          const SequenceOptions& options);
+  ~Sequence();
+
+  // --- the step protocol ---
+  ForwardItem* NextForward();
+  absl::StatusOr<StepResult> AfterForward(const float* logits_row);
+  [[nodiscard]] bool finished() const { return finished_; }
+  // Ends the sequence now (client cancel, deadline, shutdown) and frees its KV.
+  void Cancel();
+
+  // --- control between steps (the guard's directive) ---
+  absl::Status SetRatio(double ratio);
+  void SetProtected(std::set<int32_t> positions) { protected_ = std::move(positions); }
+  // Holds eviction while set (SAFE mode: the ratio relaxes but nothing more is evicted).
+  void SetEvictionPaused(bool paused) { eviction_paused_ = paused; }
+  // RECOVERY: recomputes the KV of fully evicted `positions` from their token
+  // ids and puts them back. Returns how many were restored.
+  absl::StatusOr<int64_t> Recompute(const std::vector<int32_t>& positions);
+
+  [[nodiscard]] GenerateResult Result() const;
+  [[nodiscard]] const SequenceKvCache& cache() const { return *cache_; }
+  [[nodiscard]] int64_t step() const { return step_; }
+  [[nodiscard]] double ratio() const;
+  [[nodiscard]] const GenerateRequest& request() const { return request_; }
+  [[nodiscard]] double time_to_first_token_s() const { return ttft_s_; }
+
+ private:
+  Sequence(LlamaModel& model, const Tokenizer* tokenizer, const GenerateRequest& request);
+  absl::Status Compress(std::vector<int32_t>& evicted, std::vector<float>& evicted_attention);
+  void CheckStop(const SampledToken& token, StepResult& r);
+  std::string TakeText(bool final);
+
+  LlamaModel& model_;
+  const Tokenizer* tokenizer_;
+  GenerateRequest request_;
+  SequenceOptions options_;
+  std::unique_ptr<SequenceKvCache> cache_;
+  std::unique_ptr<compress::CacheCompression> compression_;
+  std::unique_ptr<Sampler> sampler_;
+  std::unique_ptr<IncrementalDecoder> decoder_;
+  ForwardItem item_;
+  std::vector<int32_t> history_;
+  std::set<int32_t> protected_;
+  bool eviction_paused_ = false;
+  int64_t step_ = 0;
+  int64_t budget_ = 0;
+  bool finished_ = false;
+  GenerateResult result_;
+  std::string text_;       // decoded so far (stop strings cut)
+  size_t emitted_ = 0;     // bytes of text_ already streamed
+  size_t max_stop_len_ = 0;
+  std::chrono::steady_clock::time_point start_;
+  double ttft_s_ = 0;
+};
+
+}  // namespace kvguard::engine
