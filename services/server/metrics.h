@@ -1,0 +1,77 @@
+// File: services/server/metrics.h
+//
+// Every Prometheus metric family of kvguard-server, defined in one place
+// (prometheus-cpp 1.0.1). The scheduler and the service update them; the
+// Exposer serves them on --metrics_listen at /metrics.
+#pragma once
+
+#include <prometheus/counter.h>
+#include <prometheus/exposer.h>
+#include <prometheus/family.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+
+#include <memory>
+#include <string>
+
+namespace kvguard::server {
+
+class ServerMetrics {
+ public:
+  ServerMetrics();
+
+  // Starts serving /metrics; throws nothing, returns false on a bad address.
+  bool Serve(const std::string& address);
+  [[nodiscard]] std::shared_ptr<prometheus::Registry> registry() const { return registry_; }
+
+  void RequestFinished(const std::string& status);
+  void RequestRejected(const std::string& reason);
+  void Tokens(int64_t prompt, int64_t completion);
+  void TimeToFirstToken(double seconds) { ttft_->Observe(seconds); }
+  void InterTokenLatency(double seconds) { itl_->Observe(seconds); }
+  void RequestDuration(double seconds) { duration_->Observe(seconds); }
+  void DecodeStep(double seconds, int64_t batch_size);
+  void Queue(int64_t queued, int64_t active);
+  void KvBytes(int64_t bytes) { kv_bytes_->Set(static_cast<double>(bytes)); }
+  void RetainedFraction(double fraction) { retained_->Observe(fraction); }
+  void Mode(const std::string& mode) { mode_steps_->Add({{"mode", mode}}).Increment(); }
+  void ModeTransition(const std::string& from, const std::string& to);
+  void Hazard(double hazard) { hazard_->Observe(hazard); }
+  void GuardRoundTrip(double seconds) { guard_rtt_->Observe(seconds); }
+  void FailSafe(const std::string& reason) { fail_safe_->Add({{"reason", reason}}).Increment(); }
+  void GuardConnected(bool connected) { guard_connected_->Set(connected ? 1 : 0); }
+  void Generation(const std::string& compressor, bool guarded, bool loop, bool non_terminated,
+                  bool wrong_answer);
+  void KvBytesSaved(int64_t bytes) { kv_saved_->Increment(static_cast<double>(bytes)); }
+  void Recovered(int64_t positions) { recovered_->Increment(static_cast<double>(positions)); }
+
+ private:
+  std::shared_ptr<prometheus::Registry> registry_;
+  std::unique_ptr<prometheus::Exposer> exposer_;
+  prometheus::Family<prometheus::Counter>* requests_;
+  prometheus::Family<prometheus::Counter>* rejected_;
+  prometheus::Counter* prompt_tokens_;
+  prometheus::Counter* generated_tokens_;
+  prometheus::Histogram* ttft_;
+  prometheus::Histogram* itl_;
+  prometheus::Histogram* duration_;
+  prometheus::Histogram* step_;
+  prometheus::Histogram* batch_;
+  prometheus::Gauge* queue_depth_;
+  prometheus::Gauge* active_;
+  prometheus::Gauge* kv_bytes_;
+  prometheus::Histogram* retained_;
+  prometheus::Family<prometheus::Counter>* mode_steps_;
+  prometheus::Family<prometheus::Counter>* transitions_;
+  prometheus::Histogram* hazard_;
+  prometheus::Histogram* guard_rtt_;
+  prometheus::Family<prometheus::Counter>* fail_safe_;
+  prometheus::Gauge* guard_connected_;
+  prometheus::Family<prometheus::Counter>* generations_;
+  prometheus::Family<prometheus::Counter>* catastrophes_;
+  prometheus::Counter* kv_saved_;
+  prometheus::Counter* recovered_;
+};
+
+}  // namespace kvguard::server

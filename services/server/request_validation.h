@@ -1,0 +1,34 @@
+// File: services/server/request_validation.h
+//
+// Turns a client's GenerateRequest into an engine request, or an
+// INVALID_ARGUMENT status whose message names the offending field
+// ("stopping.max_new_tokens must be >= 1", "prompt.token_ids[3] = 9999 is
+// outside the vocabulary [0, 640)", "compression.options: compressor
+// 'snapkv' has no option 'window'", ...).
+#pragma once
+
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "kvguard/v1/generation.pb.h"
+#include "services/engine/engine.h"
+
+namespace kvguard::server {
+
+struct ServerDefaults {
+  std::string compressor;  // used when the request names none
+  double ratio = 0.0;
+  bool guard_available = false;
+};
+
+struct ValidatedRequest {
+  engine::GenerateRequest request;
+  bool guarded = false;
+};
+
+absl::StatusOr<ValidatedRequest> ValidateGenerateRequest(const v1::GenerateRequest& in,
+                                                         const engine::ModelConfig& config,
+                                                         const engine::Tokenizer* tokenizer,
+                                                         const ServerDefaults& defaults);
+
+}  // namespace kvguard::server

@@ -1,0 +1,388 @@
+#include "services/server/scheduler.h"
+
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+
+#include <algorithm>
+#include <map>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "research/catastrophe.h"
+#include "services/engine/llama_model.h"
+#include "services/engine/sequence.h"
+
+namespace kvguard::server {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+std::string ModeName(v1::Mode mode) {
+  switch (mode) {
+    case v1::MODE_ALERT: return "alert";
+    case v1::MODE_SAFE: return "safe";
+    case v1::MODE_RECOVERY: return "recovery";
+    default: return "normal";
+  }
+}
+
+v1::FinishReason ToProto(engine::FinishReason r) {
+  switch (r) {
+    case engine::FinishReason::kLength: return v1::FINISH_REASON_LENGTH;
+    case engine::FinishReason::kEos: return v1::FINISH_REASON_EOS;
+    case engine::FinishReason::kStop: return v1::FINISH_REASON_STOP;
+    case engine::FinishReason::kCancelled: return v1::FINISH_REASON_CANCELLED;
+  }
+  return v1::FINISH_REASON_UNSPECIFIED;
+}
+
+}  // namespace
+
+struct Scheduler::Active {
+  Submission sub;
+  std::unique_ptr<engine::Sequence> seq;
+  uint64_t cache_id = 0;
+  uint64_t cache_version = 0;
+  v1::Mode mode = v1::MODE_NORMAL;
+  float hazard = 0;
+  std::map<std::string, uint32_t> mode_steps;
+  uint32_t fail_safe_events = 0;
+  Clock::time_point admitted, last_token;
+  bool done = false;
+};
+
+Scheduler::Scheduler(engine::LlamaModel& model, const engine::Tokenizer* tokenizer,
+                     SchedulerOptions options, GuardLink* guard, ServerMetrics* metrics)
+    : model_(model), tokenizer_(tokenizer), options_(options), guard_(guard), metrics_(metrics) {
+  thread_ = std::thread([this] { Loop(); });
+}
+
+Scheduler::~Scheduler() { Drain(std::chrono::milliseconds(0)); }
+
+absl::Status Scheduler::Submit(Submission submission) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (draining_) {
+    if (metrics_) metrics_->RequestRejected("draining");
+    return absl::UnavailableError("server is shutting down");
+  }
+  if (static_cast<int>(queue_.size()) >= options_.max_queue) {
+    if (metrics_) metrics_->RequestRejected("queue_full");
+    return absl::ResourceExhaustedError(
+        absl::StrCat("queue is full (", options_.max_queue, " requests waiting); retry later"));
+  }
+  queue_.push_back(std::move(submission));
+  cv_.notify_all();
+  return absl::OkStatus();
+}
+
+void Scheduler::Drain(std::chrono::milliseconds grace) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!draining_) {
+      draining_ = true;
+      drain_deadline_ = Clock::now() + grace;
+    }
+    // Requests still waiting never started: refuse them now.
+    for (Submission& s : queue_) s.sink->Finish(absl::UnavailableError("server is shutting down"));
+    queue_.clear();
+    cv_.notify_all();
+  }
+  if (thread_.joinable()) thread_.join();
+}
+
+Scheduler::Stats Scheduler::stats() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return stats_;
+}
+
+void Scheduler::Loop() {
+  c10::InferenceMode inference;
+  while (true) {
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait_for(lock, std::chrono::milliseconds(100),
+                   [&] { return !queue_.empty() || !active_.empty() || draining_; });
+      if (draining_ && Clock::now() >= drain_deadline_) {
+        for (auto& a : active_) {
+          a->seq->Cancel();
+          a->sub.sink->Finish(absl::UnavailableError("server shut down before the generation finished"));
+          a->done = true;
+        }
+        active_.clear();
+      }
+      if (draining_ && queue_.empty() && active_.empty()) break;
+    }
+    Admit();
+    RunStep();
+  }
+}
+
+void Scheduler::Admit() {
+  std::vector<Submission> admitted;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    while (!queue_.empty() && static_cast<int>(active_.size() + admitted.size()) < options_.max_concurrent) {
+      admitted.push_back(std::move(queue_.front()));
+      queue_.pop_front();
+    }
+    stats_.queued = static_cast<int64_t>(queue_.size());
+  }
+  for (Submission& s : admitted) {
+    engine::SequenceOptions so{.report_top_logprobs = s.guarded ? options_.report_top_logprobs : 0,
+                               .gather_attention = s.guarded};
+    auto seq = engine::Sequence::Create(model_, tokenizer_, s.request, so);
+    if (!seq.ok()) {
+      s.sink->Finish(seq.status());
+      continue;
+    }
+    auto a = std::make_unique<Active>();
+    a->cache_id = ++next_cache_id_;
+    a->seq = std::move(*seq);
+    a->admitted = a->last_token = Clock::now();
+    if (s.guarded) {
+      v1::SessionStart* start = pending_.add_starts();
+      start->set_session_id(s.request_id);
+      start->set_compressor(s.request.compression.compressor);
+      start->set_requested_ratio(s.request.compression.ratio);
+      start->set_prompt_tokens(static_cast<uint32_t>(s.request.prompt_ids.size()));
+      start->set_max_new_tokens(static_cast<uint32_t>(s.request.max_new_tokens));
+    }
+    a->sub = std::move(s);
+    active_.push_back(std::move(a));
+  }
+}
+
+bool Scheduler::RunStep() {
+  for (auto& a : active_) {
+    if (!a->done && a->sub.sink->Cancelled()) {
+      a->seq->Cancel();  // frees the KV at once
+      Complete(*a, absl::CancelledError("cancelled by the client"));
+    }
+  }
+  std::erase_if(active_, [](const auto& a) { return a->done; });
+  if (metrics_) {
+    metrics_->Queue(stats().queued, static_cast<int64_t>(active_.size()));
+    int64_t held = 0;
+    for (const auto& a : active_) held += a->seq->cache().Stats().bytes;
+    metrics_->KvBytes(held);
+  }
+  if (active_.empty()) return false;
+  const auto t0 = Clock::now();
+  std::vector<engine::ForwardItem> items;
+  for (auto& a : active_) items.push_back(*a->seq->NextForward());
+  auto logits = model_.Forward(items);
+  if (!logits.ok()) {
+    for (auto& a : active_) Complete(*a, logits.status());
+    active_.clear();
+    return false;
+  }
+  at::Tensor host = logits->to(at::kCPU).contiguous();
+  std::vector<Active*> stepped;
+  v1::StepBatch reports;
+  for (size_t i = 0; i < active_.size(); ++i) {
+    Active& a = *active_[i];
+    const float* row = host[static_cast<int64_t>(i)].data_ptr<float>();
+    auto r = a.seq->AfterForward(row);
+    if (!r.ok()) {
+      Complete(a, r.status());
+      continue;
+    }
+    const auto now = Clock::now();
+    if (metrics_) {
+      if (r->step == 0) metrics_->TimeToFirstToken(Seconds(now - a.admitted));
+      else metrics_->InterTokenLatency(Seconds(now - a.last_token));
+      metrics_->RetainedFraction(r->kv.total_tokens ? double(r->kv.retained_slots) /
+          double(r->kv.total_tokens * model_.config().num_layers * model_.config().num_kv_heads) : 1.0);
+      metrics_->Mode(ModeName(a.mode));
+      if (a.sub.guarded) metrics_->Hazard(a.hazard);
+    }
+    a.last_token = now;
+    ++a.mode_steps[ModeName(a.mode)];
+    if (!r->evicted_positions.empty()) ++a.cache_version;
+    v1::GenerateResponse msg;
+    msg.set_request_id(a.sub.request_id);
+    v1::TokenChunk* chunk = msg.mutable_chunk();
+    chunk->add_token_ids(r->token.id);
+    chunk->set_text_delta(r->text_delta);
+    if (a.sub.request.sampling.logprobs > 0) {
+      v1::StepLogprobs* lp = chunk->add_logprobs();
+      lp->set_token_id(r->token.id);
+      lp->set_logprob(r->token.logprob);
+      for (const auto& t : r->token.top_logprobs) {
+        v1::TokenLogprob* top = lp->add_top();
+        top->set_token_id(t.id);
+        top->set_logprob(t.logprob);
+      }
+    }
+    v1::StepState* state = chunk->mutable_state();
+    state->set_step(static_cast<uint32_t>(r->step));
+    state->set_mode(a.mode);
+    state->set_hazard(a.hazard);
+    state->set_ratio(r->ratio);
+    state->set_kv_bytes(r->kv.bytes);
+    state->set_retained_tokens(r->kv.retained_slots /
+                               std::max<int64_t>(1, model_.config().num_layers * model_.config().num_kv_heads));
+    a.sub.sink->Send(std::move(msg));
+    if (a.sub.guarded) *reports.add_reports() = Report(a, *r, options_.research_logits ? row : nullptr);
+    if (r->finished) Complete(a, absl::OkStatus());
+    else stepped.push_back(&a);
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++stats_.steps;
+    stats_.active = static_cast<int64_t>(active_.size());
+  }
+  if (metrics_) metrics_->DecodeStep(Seconds(Clock::now() - t0), static_cast<int64_t>(items.size()));
+  for (auto& r : *reports.mutable_reports()) *pending_.add_reports() = std::move(r);
+  ExchangeGuard(stepped);
+  return true;
+}
+
+v1::StepReport Scheduler::Report(const Active& a, const engine::StepResult& r, const float* logits) const {
+  v1::StepReport rep;
+  rep.set_session_id(a.sub.request_id);
+  rep.set_step(static_cast<uint32_t>(r.step));
+  rep.set_token_id(r.token.id);
+  if (tokenizer_ != nullptr) rep.set_token_text(tokenizer_->TokenBytes(r.token.id));
+  rep.set_entropy(r.token.entropy);
+  for (const auto& t : r.report_top) rep.add_top_logprobs(t.logprob);
+  rep.set_chosen_logprob(r.token.logprob);
+  rep.set_logit_margin(r.token.margin);
+  v1::KvHandle* kv = rep.mutable_kv();
+  const auto& c = model_.config();
+  kv->set_cache_id(a.cache_id);
+  kv->set_version(a.cache_version);
+  kv->set_retained_tokens(r.kv.retained_slots / std::max<int64_t>(1, c.num_layers * c.num_kv_heads));
+  kv->set_total_tokens(r.kv.total_tokens);
+  kv->set_bytes(r.kv.bytes);
+  kv->set_ratio(r.ratio);
+  kv->set_mode(a.mode);
+  for (int32_t p : r.evicted_positions) rep.add_evicted_positions(p);
+  for (float s : r.evicted_attention) rep.add_evicted_attention(s);
+  if (logits != nullptr) rep.mutable_logits()->Add(logits, logits + c.vocab_size);
+  return rep;
+}
+
+void Scheduler::ExchangeGuard(std::vector<Active*>& stepped) {
+  if (guard_ == nullptr) return;
+  if (metrics_) metrics_->GuardConnected(guard_->connected());
+  if (pending_.starts_size() == 0 && pending_.reports_size() == 0 && pending_.ends_size() == 0) return;
+  pending_.set_batch_id(++batch_id_);
+  const uint64_t sent_id = batch_id_;
+  const auto t0 = Clock::now();
+  guard_->Send(pending_);
+  const bool had_reports = pending_.reports_size() > 0;
+  pending_.Clear();
+  if (!had_reports) return;
+  const uint64_t wait_id = options_.guard_lag > 0 ? sent_id - 1 : sent_id;
+  if (wait_id == 0 || stepped.empty()) return;
+  auto reply = guard_->Await(wait_id, t0 + options_.guard_deadline);
+  if (!reply) {
+    ApplyFailSafe(stepped, guard_->connected() ? "deadline" : "disconnected");
+    return;
+  }
+  if (metrics_ && options_.guard_lag == 0) metrics_->GuardRoundTrip(Seconds(Clock::now() - t0));
+  std::map<std::string, Active*> by_id;
+  for (Active* a : stepped) by_id[a->sub.request_id] = a;
+  for (const v1::Directive& d : reply->directives()) {
+    auto it = by_id.find(d.session_id());
+    if (it != by_id.end()) ApplyDirective(*it->second, d);
+  }
+}
+
+void Scheduler::ApplyDirective(Active& a, const v1::Directive& d) {
+  if (d.mode() != a.mode && d.mode() != v1::MODE_UNSPECIFIED) {
+    if (metrics_) metrics_->ModeTransition(ModeName(a.mode), ModeName(d.mode()));
+    a.mode = d.mode();
+  }
+  a.hazard = d.hazard();
+  if (d.target_ratio() >= 0 && d.target_ratio() < 1) (void)a.seq->SetRatio(d.target_ratio());
+  a.seq->SetProtected(std::set<int32_t>(d.protect_positions().begin(), d.protect_positions().end()));
+  a.seq->SetEvictionPaused(a.mode == v1::MODE_SAFE || a.mode == v1::MODE_RECOVERY);
+  if (d.recompute_positions_size() > 0) {
+    std::vector<int32_t> positions(d.recompute_positions().begin(), d.recompute_positions().end());
+    auto restored = a.seq->Recompute(positions);
+    if (restored.ok() && *restored > 0) {
+      ++a.cache_version;
+      if (metrics_) metrics_->Recovered(*restored);
+    }
+  }
+}
+
+void Scheduler::ApplyFailSafe(std::vector<Active*>& stepped, const char* reason) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++stats_.fail_safe_steps;
+  }
+  if (metrics_) metrics_->FailSafe(reason);
+  for (Active* a : stepped) {
+    ++a->fail_safe_events;
+    if (options_.fail_safe == FailSafePolicy::kHold) continue;
+    if (a->mode != v1::MODE_SAFE && metrics_) metrics_->ModeTransition(ModeName(a->mode), "safe");
+    a->mode = v1::MODE_SAFE;
+    (void)a->seq->SetRatio(options_.r_safe);
+    a->seq->SetEvictionPaused(true);
+  }
+}
+
+void Scheduler::Complete(Active& a, const absl::Status& status) {
+  if (a.done) return;
+  a.done = true;
+  engine::GenerateResult result = a.seq->Result();
+  if (a.sub.guarded) {
+    v1::SessionEnd* end = pending_.add_ends();
+    end->set_session_id(a.sub.request_id);
+    end->set_finish_reason(ToProto(result.finish_reason));
+  }
+  if (!status.ok()) {
+    if (metrics_) metrics_->RequestFinished(absl::StatusCodeToString(status.code()));
+    a.sub.sink->Finish(status);
+    a.seq.reset();
+    return;
+  }
+  std::optional<int64_t> gold;
+  int64_t g;
+  if (!a.sub.gold_answer.empty() && absl::SimpleAtoi(a.sub.gold_answer, &g)) gold = g;
+  const auto outcome = research::Classify(result.output_ids, result.text,
+                                          result.finish_reason == engine::FinishReason::kLength,
+                                          result.finish_reason == engine::FinishReason::kEos, gold);
+  const auto& c = model_.config();
+  const int64_t per_position = 2 * c.num_layers * c.num_kv_heads * c.head_dim *
+                               static_cast<int64_t>(c10::elementSize(model_.dtype()));
+  const int64_t uncompressed = per_position * static_cast<int64_t>(a.seq->cache().num_positions());
+  v1::GenerateResponse msg;
+  msg.set_request_id(a.sub.request_id);
+  v1::GenerationComplete* done = msg.mutable_complete();
+  done->set_finish_reason(ToProto(result.finish_reason));
+  done->mutable_usage()->set_prompt_tokens(static_cast<uint32_t>(result.prompt_ids.size()));
+  done->mutable_usage()->set_completion_tokens(static_cast<uint32_t>(result.output_ids.size()));
+  done->set_kv_bytes(result.kv_bytes);
+  done->set_kv_bytes_saved(std::max<int64_t>(0, uncompressed - result.kv_bytes));
+  v1::Catastrophes* cat = done->mutable_catastrophes();
+  cat->set_looping(outcome.looped);
+  cat->set_loop_onset(outcome.loop_onset);
+  cat->set_non_termination(outcome.non_terminated);
+  cat->set_wrong_answer(outcome.wrong_answer);
+  cat->set_answered(outcome.answer.has_value());
+  cat->set_answer(outcome.answer.value_or(0));
+  done->set_text(result.text);
+  done->set_time_to_first_token_ms(1000.0 * a.seq->time_to_first_token_s());
+  done->set_total_ms(1000.0 * Seconds(Clock::now() - a.admitted));
+  for (const auto& [mode, steps] : a.mode_steps) (*done->mutable_mode_steps())[mode] = steps;
+  done->set_fail_safe_events(a.fail_safe_events);
+  a.sub.sink->Send(std::move(msg));
+  a.sub.sink->Finish(absl::OkStatus());
+  if (metrics_) {
+    metrics_->RequestFinished("OK");
+    metrics_->Tokens(static_cast<int64_t>(result.prompt_ids.size()), static_cast<int64_t>(result.output_ids.size()));
+    metrics_->RequestDuration(Seconds(Clock::now() - a.admitted));
+    metrics_->Generation(a.sub.request.compression.compressor, a.sub.guarded, outcome.looped,
+                         outcome.non_terminated, outcome.wrong_answer);
+    metrics_->KvBytesSaved(std::max<int64_t>(0, uncompressed - result.kv_bytes));
+  }
+  a.seq.reset();  // frees the KV
+}
+
+}  // namespace kvguard::server

@@ -1,0 +1,128 @@
+// File: services/server/scheduler.h
+//
+// Continuous batching over one model: requests join and leave between decode
+// steps. One thread runs the step loop:
+//
+//   Admit()          queued requests become sequences (up to max_concurrent)
+//   RunForward()     one batched forward for every active sequence (prefill
+//                    rows of new sequences and one decode row of the others)
+//   EmitResults()    sample, compress, stream a TokenChunk per sequence,
+//                    finish the ones that stopped
+//   ExchangeGuard()  the step hook: send the step batch to the guard and
+//                    apply its directives (mode, ratio, protected and
+//                    recompute positions) before the next step; strict (lag
+//                    0) waits for this step's answer, lag 1 applies the
+//                    previous step's so the round trip overlaps the step
+//
+// A guard that misses its deadline or is down never fails a request: the
+// fail-safe policy holds the last directive or goes SAFE.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "kvguard/v1/generation.pb.h"
+#include "services/engine/engine.h"
+#include "services/server/guard_link.h"
+#include "services/server/metrics.h"
+
+namespace kvguard::engine {
+class LlamaModel;
+class Tokenizer;
+struct StepResult;
+}  // namespace kvguard::engine
+
+namespace kvguard::server {
+
+// Where a request's responses go (the gRPC stream). Implementations queue
+// and never block the scheduler.
+class ResponseSink {
+ public:
+  virtual ~ResponseSink() = default;
+  virtual void Send(v1::GenerateResponse response) = 0;
+  // Ends the stream: OK after the final GenerationComplete, or an error.
+  virtual void Finish(const absl::Status& status) = 0;
+  // The client cancelled or its deadline passed.
+  [[nodiscard]] virtual bool Cancelled() const = 0;
+};
+
+enum class FailSafePolicy { kHold, kSafe };
+
+struct SchedulerOptions {
+  int max_concurrent = 16;
+  int max_queue = 64;
+  std::chrono::milliseconds guard_deadline{50};
+  int guard_lag = 0;  // 0 = strict, 1 = apply one step later
+  FailSafePolicy fail_safe = FailSafePolicy::kSafe;
+  double r_safe = 0.0;  // ratio under the SAFE fail-safe
+  int report_top_logprobs = 20;
+  bool research_logits = false;  // stream full logits to the guard
+};
+
+// A validated request plus what the server adds.
+struct Submission {
+  std::string request_id;
+  engine::GenerateRequest request;
+  bool guarded = false;
+  std::string gold_answer;
+  std::shared_ptr<ResponseSink> sink;
+};
+
+class Scheduler {
+ public:
+  Scheduler(engine::LlamaModel& model, const engine::Tokenizer* tokenizer, SchedulerOptions options,
+            GuardLink* guard, ServerMetrics* metrics);
+  ~Scheduler();
+
+  // RESOURCE_EXHAUSTED past max_queue; UNAVAILABLE while draining.
+  absl::Status Submit(Submission submission);
+  // Stops admitting; in-flight sequences run on until `grace` passes, then
+  // are cancelled. Returns when the loop has stopped.
+  void Drain(std::chrono::milliseconds grace);
+
+  struct Stats {
+    int64_t queued = 0, active = 0, steps = 0, fail_safe_steps = 0;
+  };
+  [[nodiscard]] Stats stats() const;
+
+ private:
+  struct Active;
+  void Loop();
+  void Admit();
+  bool RunStep();
+  void ExchangeGuard(std::vector<Active*>& stepped);
+  void ApplyDirective(Active& a, const v1::Directive& d);
+  void ApplyFailSafe(std::vector<Active*>& stepped, const char* reason);
+  void Complete(Active& a, const absl::Status& status);
+  v1::StepReport Report(const Active& a, const engine::StepResult& r, const float* logits) const;
+
+  engine::LlamaModel& model_;
+  const engine::Tokenizer* tokenizer_;
+  SchedulerOptions options_;
+  GuardLink* guard_;
+  ServerMetrics* metrics_;
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Submission> queue_;
+  bool draining_ = false;
+  bool stop_ = false;
+  std::chrono::steady_clock::time_point drain_deadline_;
+  Stats stats_;
+
+  // Owned by the loop thread.
+  std::vector<std::unique_ptr<Active>> active_;
+  v1::StepBatch pending_;  // starts / ends waiting for the next batch
+  uint64_t batch_id_ = 0;
+  uint64_t next_cache_id_ = 0;
+  std::thread thread_;
+};
+
+}  // namespace kvguard::server
