@@ -1,0 +1,94 @@
+// kvguard-client: stream one generation from a kvguard-server.
+//
+//   build/bin/kvguard-client --server 127.0.0.1:50051 --prompt "Tom has 3 apples." --max_new_tokens 32
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
+#include "services/client/generation_client.h"
+
+ABSL_FLAG(std::string, server, "127.0.0.1:50051", "kvguard-server address");
+ABSL_FLAG(std::string, prompt, "", "prompt text");
+ABSL_FLAG(std::string, ids, "", "prompt token ids, comma separated (instead of --prompt)");
+ABSL_FLAG(int, max_new_tokens, 64, "tokens to generate");
+ABSL_FLAG(double, temperature, 0.0, "0 = greedy");
+ABSL_FLAG(int, top_k, 0, "0 = off");
+ABSL_FLAG(double, top_p, 1.0, "nucleus mass");
+ABSL_FLAG(int64_t, seed, 0, "sampling seed");
+ABSL_FLAG(bool, ignore_eos, false, "keep generating past EOS");
+ABSL_FLAG(std::string, compressor, "", "compressor name (empty = server default)");
+ABSL_FLAG(double, ratio, -1, "compression ratio (negative = server default)");
+ABSL_FLAG(std::string, guard, "", "true | false | empty (server default)");
+ABSL_FLAG(int, deadline_ms, 0, "call deadline (0 = none)");
+ABSL_FLAG(bool, json, false, "print the token ids and the final message as JSON");
+ABSL_FLAG(bool, info, false, "print the model info and exit");
+
+int main(int argc, char** argv) {
+  absl::ParseCommandLine(argc, argv);
+  using namespace kvguard;
+  client::GenerationClient client(absl::GetFlag(FLAGS_server));
+  if (absl::GetFlag(FLAGS_info)) {
+    auto info = client.GetModelInfo();
+    if (!info.ok()) {
+      std::cerr << "kvguard-client: " << info.status().message() << "\n";
+      return 1;
+    }
+    std::cout << info->DebugString();
+    return 0;
+  }
+  v1::GenerateRequest req;
+  if (!absl::GetFlag(FLAGS_ids).empty()) {
+    for (absl::string_view part : absl::StrSplit(absl::GetFlag(FLAGS_ids), ',', absl::SkipEmpty())) {
+      int32_t id;
+      if (!absl::SimpleAtoi(part, &id)) {
+        std::cerr << "kvguard-client: bad id '" << part << "' in --ids\n";
+        return 2;
+      }
+      req.mutable_token_ids()->add_ids(id);
+    }
+  } else {
+    req.set_text(absl::GetFlag(FLAGS_prompt));
+  }
+  req.mutable_stopping()->set_max_new_tokens(absl::GetFlag(FLAGS_max_new_tokens));
+  req.mutable_stopping()->set_ignore_eos(absl::GetFlag(FLAGS_ignore_eos));
+  req.mutable_sampling()->set_temperature(static_cast<float>(absl::GetFlag(FLAGS_temperature)));
+  req.mutable_sampling()->set_top_k(absl::GetFlag(FLAGS_top_k));
+  req.mutable_sampling()->mutable_top_p()->set_value(static_cast<float>(absl::GetFlag(FLAGS_top_p)));
+  req.mutable_sampling()->mutable_seed()->set_value(static_cast<uint64_t>(absl::GetFlag(FLAGS_seed)));
+  req.mutable_compression()->set_compressor(absl::GetFlag(FLAGS_compressor));
+  if (absl::GetFlag(FLAGS_ratio) >= 0) req.mutable_compression()->mutable_ratio()->set_value(absl::GetFlag(FLAGS_ratio));
+  if (!absl::GetFlag(FLAGS_guard).empty()) {
+    req.mutable_compression()->mutable_guard()->set_value(absl::GetFlag(FLAGS_guard) == "true");
+  }
+  client::CallOptions options;
+  if (absl::GetFlag(FLAGS_deadline_ms) > 0) options.deadline = std::chrono::milliseconds(absl::GetFlag(FLAGS_deadline_ms));
+  const bool json = absl::GetFlag(FLAGS_json);
+  auto out = client.Generate(req, [&](const v1::TokenChunk& c) {
+    if (!json) std::cout << c.text_delta() << std::flush;
+  }, options);
+  if (!out.ok()) {
+    std::cerr << "kvguard-client: " << absl::StatusCodeToString(out.status().code()) << ": "
+              << out.status().message() << "\n";
+    return 1;
+  }
+  const auto& c = out->complete;
+  if (json) {
+    nlohmann::json j = {{"output_ids", out->token_ids},
+                        {"text", out->text},
+                        {"finish_reason", v1::FinishReason_Name(c.finish_reason())},
+                        {"kv_bytes", c.kv_bytes()},
+                        {"kv_bytes_saved", c.kv_bytes_saved()},
+                        {"looping", c.catastrophes().looping()},
+                        {"non_termination", c.catastrophes().non_termination()},
+                        {"ttft_ms", 1000 * out->time_to_first_token_s},
+                        {"total_ms", 1000 * out->total_s}};
+    std::cout << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+  } else {
+    std::cout << "\n[" << c.usage().completion_tokens() << " tokens, " << v1::FinishReason_Name(c.finish_reason())
+              << ", kv " << c.kv_bytes() << " B, saved " << c.kv_bytes_saved() << " B]\n";
+  }
+  return 0;
+}

@@ -1,0 +1,63 @@
+// File: services/client/generation_client.h
+//
+// A small synchronous C++ client for GenerationService, used by the
+// kvguard-client tool, the load generator and the tests.
+//
+//   GenerationClient client("127.0.0.1:50051");
+//   v1::GenerateRequest req;  req.set_text("Tom has 3 apples.");
+//   req.mutable_stopping()->set_max_new_tokens(32);
+//   auto done = client.Generate(req, [](const v1::TokenChunk& c) { std::cout << c.text_delta(); });
+#pragma once
+
+#include <grpcpp/grpcpp.h>
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "kvguard/v1/generation.grpc.pb.h"
+
+namespace kvguard::client {
+
+struct GenerateOutcome {
+  std::vector<int32_t> token_ids;
+  std::string text;                      // concatenated text deltas
+  v1::GenerationComplete complete;
+  double time_to_first_token_s = 0;      // client-side, from the call start
+  std::vector<double> inter_token_s;     // client-side gaps between chunks
+  double total_s = 0;
+};
+
+struct CallOptions {
+  std::optional<std::chrono::milliseconds> deadline;
+  // Cancel the call after this many chunks (tests of cancellation).
+  std::optional<int> cancel_after_chunks;
+};
+
+class GenerationClient {
+ public:
+  explicit GenerationClient(const std::string& address);
+  explicit GenerationClient(std::shared_ptr<grpc::Channel> channel);
+
+  // Streams one generation; `on_chunk` (optional) sees each chunk as it
+  // arrives. The gRPC status of a failed call becomes the returned status.
+  absl::StatusOr<GenerateOutcome> Generate(const v1::GenerateRequest& request,
+                                           const std::function<void(const v1::TokenChunk&)>& on_chunk = nullptr,
+                                           const CallOptions& options = {});
+  absl::StatusOr<v1::ModelInfo> GetModelInfo();
+  absl::StatusOr<v1::ListCompressorsResponse> ListCompressors();
+  // grpc.health.v1 status of the whole server ("" service): SERVING etc.
+  absl::StatusOr<std::string> Health();
+
+ private:
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::GenerationService::Stub> stub_;
+};
+
+absl::Status FromGrpc(const grpc::Status& status);
+
+}  // namespace kvguard::client
