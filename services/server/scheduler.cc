@@ -234,9 +234,14 @@ bool Scheduler::RunStep() {
     ++stats_.steps;
     stats_.active = static_cast<int64_t>(active_.size());
   }
-  if (metrics_) metrics_->DecodeStep(Seconds(Clock::now() - t0), static_cast<int64_t>(items.size()));
+  const auto t1 = Clock::now();
+  if (metrics_) metrics_->DecodeStep(Seconds(t1 - t0), static_cast<int64_t>(items.size()));
   for (auto& r : *reports.mutable_reports()) *pending_.add_reports() = std::move(r);
-  ExchangeGuard(stepped);
+  const bool answered = ExchangeGuard(stepped);
+  if (options_.on_step) {
+    options_.on_step({.batch = static_cast<int64_t>(items.size()), .compute_s = Seconds(t1 - t0),
+                      .guard_s = Seconds(Clock::now() - t1), .guard_missed = guard_ != nullptr && !answered});
+  }
   return true;
 }
 
@@ -265,23 +270,23 @@ v1::StepReport Scheduler::Report(const Active& a, const engine::StepResult& r, c
   return rep;
 }
 
-void Scheduler::ExchangeGuard(std::vector<Active*>& stepped) {
-  if (guard_ == nullptr) return;
+bool Scheduler::ExchangeGuard(std::vector<Active*>& stepped) {
+  if (guard_ == nullptr) return false;
   if (metrics_) metrics_->GuardConnected(guard_->connected());
-  if (pending_.starts_size() == 0 && pending_.reports_size() == 0 && pending_.ends_size() == 0) return;
+  if (pending_.starts_size() == 0 && pending_.reports_size() == 0 && pending_.ends_size() == 0) return false;
   pending_.set_batch_id(++batch_id_);
   const uint64_t sent_id = batch_id_;
   const auto t0 = Clock::now();
   guard_->Send(pending_);
   const bool had_reports = pending_.reports_size() > 0;
   pending_.Clear();
-  if (!had_reports) return;
+  if (!had_reports) return false;
   const uint64_t wait_id = options_.guard_lag > 0 ? sent_id - 1 : sent_id;
-  if (wait_id == 0 || stepped.empty()) return;
+  if (wait_id == 0 || stepped.empty()) return false;
   auto reply = guard_->Await(wait_id, t0 + options_.guard_deadline);
   if (!reply) {
     ApplyFailSafe(stepped, guard_->connected() ? "deadline" : "disconnected");
-    return;
+    return false;
   }
   if (metrics_ && options_.guard_lag == 0) metrics_->GuardRoundTrip(Seconds(Clock::now() - t0));
   std::map<std::string, Active*> by_id;
@@ -290,6 +295,7 @@ void Scheduler::ExchangeGuard(std::vector<Active*>& stepped) {
     auto it = by_id.find(d.session_id());
     if (it != by_id.end()) ApplyDirective(*it->second, d);
   }
+  return true;
 }
 
 void Scheduler::ApplyDirective(Active& a, const v1::Directive& d) {

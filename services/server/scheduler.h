@@ -21,6 +21,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -55,6 +56,14 @@ class ResponseSink {
 
 enum class FailSafePolicy { kHold, kSafe };
 
+// Timing of one decode step, for benchmarks (SchedulerOptions::on_step).
+struct StepTiming {
+  int64_t batch = 0;        // sequences stepped
+  double compute_s = 0;     // forward + sampling + compression + streaming
+  double guard_s = 0;       // send + wait for directives (0 when unguarded)
+  bool guard_missed = false;
+};
+
 struct SchedulerOptions {
   int max_concurrent = 16;
   int max_queue = 64;
@@ -64,6 +73,7 @@ struct SchedulerOptions {
   double r_safe = 0.0;  // ratio under the SAFE fail-safe
   int report_top_logprobs = 20;
   bool research_logits = false;  // stream full logits to the guard
+  std::function<void(const StepTiming&)> on_step;  // called on the loop thread
 };
 
 // A validated request plus what the server adds.
@@ -97,7 +107,8 @@ class Scheduler {
   void Loop();
   void Admit();
   bool RunStep();
-  void ExchangeGuard(std::vector<Active*>& stepped);
+  // Returns whether directives arrived (false: fail-safe applied or nothing to wait for).
+  bool ExchangeGuard(std::vector<Active*>& stepped);
   void ApplyDirective(Active& a, const v1::Directive& d);
   void ApplyFailSafe(std::vector<Active*>& stepped, const char* reason);
   void Complete(Active& a, const absl::Status& status);
