@@ -24,6 +24,7 @@ namespace kvguard::compress {
 struct CompressionStats {
   int64_t runs = 0;            // compressor invocations (layer plans)
   int64_t evicted_slots = 0;   // slots removed, summed over layers and heads
+  int64_t approximated_slots = 0;  // slots whose value was dropped for a prediction (VECTOR)
   int64_t deferred = 0;        // layer plans put off because the method could not run yet
 };
 
@@ -44,7 +45,8 @@ class CacheCompression {
   [[nodiscard]] const CompressionStats& stats() const { return stats_; }
 
   // Call after each forward pass of the sequence. `protected_positions` are
-  // never evicted. A method that cannot run yet (FailedPrecondition: e.g. a
+  // never evicted. Plans with an `approximate` route move those slots to the
+  // cache's keys-only pool before the kept slots are retained. A method that cannot run yet (FailedPrecondition: e.g. a
   // prompt shorter than its window) is deferred to a later step unless
   // `strict`, so a short prompt never fails a generation.
   absl::Status AfterForward(engine::SequenceKvCache& cache, const engine::ModelConfig& config,
@@ -54,6 +56,8 @@ class CacheCompression {
  private:
   CacheCompression(std::unique_ptr<Compressor> c, const CompressionSpec& spec)
       : compressor_(std::move(c)), ratio_(spec.ratio), every_(spec.compress_every) {}
+
+  absl::Status Apply(engine::SequenceKvCache& cache, int64_t layer, const LayerPlan& plan);
 
   std::unique_ptr<Compressor> compressor_;
   double ratio_;

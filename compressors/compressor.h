@@ -55,9 +55,17 @@ struct CompressContext {
 
 // Slots each kv head keeps (indices into the layer's current slots; every
 // head keeps the same number). An empty plan (`keep_all`) changes nothing.
+//
+// Optional third route (VECTOR): `approximate` lists, per kv head, slots whose
+// value is dropped while the key stays; attention then reads the value as
+// [k, 1] @ regression[h]. Same indexing as `keep` (the slots before the plan),
+// equal counts per head, disjoint from `keep`; slots in neither are evicted.
+// Left empty, the plan is a plain keep/evict plan.
 struct LayerPlan {
   bool keep_all = true;
-  std::vector<std::vector<int64_t>> keep;  // [kv_heads][n_keep]
+  std::vector<std::vector<int64_t>> keep;         // [kv_heads][n_keep]
+  std::vector<std::vector<int64_t>> approximate;  // [kv_heads][n_approx], or empty
+  at::Tensor regression;                          // [kv_heads, head_dim + 1, head_dim] with approximate
 };
 
 class Compressor {
@@ -89,6 +97,20 @@ class ScoringCompressor : public Compressor {
   virtual absl::StatusOr<at::Tensor> Score(const CompressContext& ctx, int64_t layer,
                                            int64_t n_keep) = 0;
 };
+
+// Full key+value entries a layer may hold at ctx.ratio: int(seen * (1 - ratio)),
+// before any clamping (Compressor::Budget clamps it to [1, retained]).
+int64_t EntryBudget(const CompressContext& ctx);
+
+// Slot indices 0..total-1 of one head ordered best first by `row` (scores of
+// that head's slots): protected positions first, NaN scores last, ties to the
+// earlier slot.
+std::vector<int64_t> RankSlots(const float* row, int64_t total, const std::vector<int32_t>& positions,
+                               const std::set<int32_t>& protected_positions);
+
+// Largest number of protected positions among the heads' retained slots.
+int64_t MostProtected(const std::vector<std::vector<int32_t>>& positions,
+                      const std::set<int32_t>& protected_positions);
 
 // Selects the top `n_keep` slots of `scores` [kv_heads, T] per head, forcing
 // slots whose position is protected. Exposed for tests and plugins.

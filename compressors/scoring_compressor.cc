@@ -9,12 +9,36 @@
 
 namespace kvguard::compress {
 
-int64_t Compressor::Budget(const CompressContext& ctx, int64_t layer) const {
+int64_t EntryBudget(const CompressContext& ctx) {
   const int64_t seen = ctx.cache->num_positions();
-  const int64_t retained = ctx.cache->RetainedSlots(layer);
   // kvpress: n_kept = int(T * (1 - ratio)); the epsilon keeps 0.5 * 48 at 24, not 23.
-  const int64_t budget = static_cast<int64_t>(std::floor(seen * (1.0 - ctx.ratio) + 1e-9));
-  return std::clamp<int64_t>(budget, 1, retained);
+  return static_cast<int64_t>(std::floor(seen * (1.0 - ctx.ratio) + 1e-9));
+}
+
+int64_t Compressor::Budget(const CompressContext& ctx, int64_t layer) const {
+  return std::clamp<int64_t>(EntryBudget(ctx), 1, ctx.cache->RetainedSlots(layer));
+}
+
+std::vector<int64_t> RankSlots(const float* row, int64_t total, const std::vector<int32_t>& positions,
+                               const std::set<int32_t>& protected_positions) {
+  std::vector<int64_t> order(total);
+  std::iota(order.begin(), order.end(), 0);
+  auto key = [&](int64_t i) {
+    return protected_positions.count(positions[i]) ? INFINITY : (std::isnan(row[i]) ? -INFINITY : row[i]);
+  };
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return key(a) > key(b); });
+  return order;
+}
+
+int64_t MostProtected(const std::vector<std::vector<int32_t>>& positions,
+                      const std::set<int32_t>& protected_positions) {
+  int64_t most = 0;
+  for (const auto& head : positions) {
+    int64_t count = 0;
+    for (int32_t p : head) count += protected_positions.count(p);
+    most = std::max(most, count);
+  }
+  return most;
 }
 
 LayerPlan TopKPlan(const at::Tensor& scores, int64_t n_keep,
@@ -25,25 +49,13 @@ LayerPlan TopKPlan(const at::Tensor& scores, int64_t n_keep,
   LayerPlan plan;
   if (n_keep >= total) return plan;
   // Protected slots are forced in; the kept count grows only if they alone exceed the budget.
-  int64_t most_protected = 0;
-  for (int64_t h = 0; h < heads; ++h) {
-    int64_t count = 0;
-    for (int32_t p : positions[h]) count += protected_positions.count(p);
-    most_protected = std::max(most_protected, count);
-  }
-  n_keep = std::max(n_keep, most_protected);
+  n_keep = std::max(n_keep, MostProtected(positions, protected_positions));
   if (n_keep >= total) return plan;
   plan.keep_all = false;
   plan.keep.resize(heads);
   const float* data = s.data_ptr<float>();
   for (int64_t h = 0; h < heads; ++h) {
-    std::vector<int64_t> order(total);
-    std::iota(order.begin(), order.end(), 0);
-    const float* row = data + h * total;
-    auto key = [&](int64_t i) {
-      return protected_positions.count(positions[h][i]) ? INFINITY : (std::isnan(row[i]) ? -INFINITY : row[i]);
-    };
-    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return key(a) > key(b); });
+    std::vector<int64_t> order = RankSlots(data + h * total, total, positions[h], protected_positions);
     order.resize(n_keep);
     std::sort(order.begin(), order.end());
     plan.keep[h] = std::move(order);

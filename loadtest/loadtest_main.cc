@@ -8,6 +8,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "absl/flags/usage_config.h"
 #include "absl/strings/str_format.h"
 #include "loadtest/campaign.h"
 #include "loadtest/report.h"
@@ -17,6 +18,8 @@ ABSL_FLAG(std::string, target, "", "override the campaign's target (loopback onl
 ABSL_FLAG(std::string, out, "reports/loadtest", "report directory");
 
 int main(int argc, char** argv) {
+  // --help lists this binary's flags (absl matches only files named after the program).
+  absl::SetFlagsUsageConfig({.contains_help_flags = [](absl::string_view) { return true; }});
   absl::ParseCommandLine(argc, argv);
   using namespace kvguard::loadtest;
   auto campaign = LoadCampaign(absl::GetFlag(FLAGS_campaign), absl::GetFlag(FLAGS_target));

@@ -142,7 +142,8 @@ absl::Status WriteCampaignReport(const std::string& dir, const std::string& titl
   std::string csv = "run,prompt_id,status,start_s,ttft_s,e2e_s,output_tokens,looped,non_terminated,correct,kv_bytes,kv_bytes_saved\n";
   for (const LoadResult& r : results) {
     for (const RequestRecord& q : r.records) {
-      absl::StrAppendFormat(&csv, "%s,%s,%s,%.6f,%.6f,%.6f,%d,%d,%d,%d,%d,%d\n", r.spec.name, q.prompt_id, q.status,
+      // Run names from multi-key sweeps contain commas: quote them.
+      absl::StrAppendFormat(&csv, "\"%s\",%s,%s,%.6f,%.6f,%.6f,%d,%d,%d,%d,%d,%d\n", r.spec.name, q.prompt_id, q.status,
                             q.start_s, q.ttft_s, q.e2e_s, q.output_tokens, q.looped, q.non_terminated, q.correct,
                             q.kv_bytes, q.kv_bytes_saved);
     }

@@ -4,7 +4,8 @@ namespace kvguard::compress {
 
 void RegisterBuiltins(Registry& registry) {
   for (auto info : {KnormInfo(), StreamingLlmInfo(), SnapKvInfo(), PyramidKvInfo(), TovaInfo(),
-                    ObservedAttentionInfo(), ExpectedAttentionInfo(), KeyDiffInfo(), Q2cInfo(), KiviInfo()}) {
+                    ObservedAttentionInfo(), ExpectedAttentionInfo(), KeyDiffInfo(), Q2cInfo(), KiviInfo(),
+                    VectorInfo()}) {
     (void)registry.Register(std::move(info));
   }
 }

@@ -17,5 +17,6 @@ CompressorInfo ExpectedAttentionInfo();
 CompressorInfo KeyDiffInfo();
 CompressorInfo Q2cInfo();
 CompressorInfo KiviInfo();
+CompressorInfo VectorInfo();
 
 }  // namespace kvguard::compress

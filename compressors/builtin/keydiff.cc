@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include "compressors/builtin/builtins.h"
+#include "compressors/builtin/key_scores.h"
 
 namespace kvguard::compress {
 namespace {
@@ -11,13 +12,7 @@ class KeyDiffCompressor final : public ScoringCompressor {
  public:
   const std::string& name() const override { return name_; }
   absl::StatusOr<at::Tensor> Score(const CompressContext& ctx, int64_t layer, int64_t) override {
-    at::Tensor k = ctx.cache->Keys(layer).to(at::kFloat);  // [hkv, T, hd]
-    // F.normalize (eps 1e-12), then F.cosine_similarity (eps 1e-8), as kvpress.
-    at::Tensor unit = k / k.norm(2, -1, true).clamp_min(1e-12);
-    at::Tensor anchor = unit.mean(1, true);  // [hkv, 1, hd]
-    at::Tensor dot = (k * anchor).sum(-1);
-    at::Tensor denom = (k.norm(2, -1) * anchor.norm(2, -1)).clamp_min(1e-8);
-    return -(dot / denom);
+    return KeyDiffScore(ctx.cache->Keys(layer));
   }
 
  private:

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include "compressors/builtin/builtins.h"
+#include "compressors/builtin/key_scores.h"
 
 namespace kvguard::compress {
 namespace {
@@ -11,7 +12,7 @@ class KnormCompressor final : public ScoringCompressor {
  public:
   const std::string& name() const override { return name_; }
   absl::StatusOr<at::Tensor> Score(const CompressContext& ctx, int64_t layer, int64_t) override {
-    return -ctx.cache->Keys(layer).to(at::kFloat).norm(2, -1);
+    return KnormScore(ctx.cache->Keys(layer));
   }
 
  private:

@@ -5,7 +5,9 @@
 // during decoding this is H2O's accumulated attention.
 #include <ATen/ATen.h>
 
+#include "absl/strings/str_cat.h"
 #include "compressors/builtin/builtins.h"
+#include "compressors/builtin/key_scores.h"
 
 namespace kvguard::compress {
 namespace {
@@ -15,12 +17,11 @@ class ObservedAttentionCompressor final : public ScoringCompressor {
   const std::string& name() const override { return name_; }
   engine::AttentionNeeds Needs() const override { return {.attention_sums = true}; }
   absl::StatusOr<at::Tensor> Score(const CompressContext& ctx, int64_t layer, int64_t) override {
-    at::Tensor sum = ctx.cache->AttentionSum(layer);      // [hkv, g, T]
-    at::Tensor count = ctx.cache->AttentionCount(layer);  // [hkv, T]
-    if (!sum.defined()) {
-      return absl::FailedPreconditionError("observed_attention: attention sums were not gathered");
+    auto scores = ObservedAttentionScore(*ctx.cache, layer);
+    if (!scores.ok()) {
+      return absl::FailedPreconditionError(absl::StrCat("observed_attention: ", scores.status().message()));
     }
-    return (sum / count.clamp_min(1).unsqueeze(1)).mean(1);
+    return scores;
   }
 
  private:

@@ -16,5 +16,9 @@ absl::Status RunBench(int argc, char** argv);
 absl::Status RunKept(int argc, char** argv);
 absl::Status RunCompressors(int argc, char** argv);
 absl::Status RunBenchCompressors(int argc, char** argv);
+absl::Status RunProblems(int argc, char** argv);
+absl::Status RunTrainLm(int argc, char** argv);
+absl::Status RunEvalLm(int argc, char** argv);
+absl::Status RunCalibrateVector(int argc, char** argv);
 
 }  // namespace kvguard::cli

@@ -22,10 +22,17 @@ commands:
   kept      --model PATH --ids 1,2,3 --compressor NAME --ratio R [--compressor-opt key=value]...
             [--scores]
   compressors   (JSON: every compressor with its options and defaults)
+  calibrate-vector --model PATH --out FILE [--prompts N] [--tokens T] [--ridge LAMBDA] [--seed S]
+            (VECTOR's value regression; use with --compressor vector --compressor-opt calibration=FILE)
+  problems  [--split train|val|test] [--count N] [--start K] [--problem-opt key=value]... [--json]
   bench-compressors --model PATH [--compressors a,b] [--ratios 0.5,0.9] [--prompt-tokens N]
             [--decode-tokens N] [--compress-every N] [--repeats N] [--threads N] [--out DIR]
   bench     --model PATH [--device D] [--dtype T] [--batch B] [--prompt-tokens N]
             [--decode-tokens N] [--threads N] [--json]
+  train-lm  --out DIR [--steps N] [--batch B] [--dim D] [--layers L] [--heads H] [--kv-heads K]
+            [--ffn F] [--lr X] [--seed S] [--threads T] [--train-problems N]
+            [--eval-problems N] [--problem-opt key=value]... [--time-budget SECONDS]
+  eval-lm   --model DIR [--problems N] [--threads T] [--problem-opt key=value]... [--json] [--show]
 )";
 
 }  // namespace
@@ -45,7 +52,11 @@ int main(int argc, char** argv) {
     else if (command == "bench") status = kvguard::cli::RunBench(argc - 2, argv + 2);
     else if (command == "kept") status = kvguard::cli::RunKept(argc - 2, argv + 2);
     else if (command == "bench-compressors") status = kvguard::cli::RunBenchCompressors(argc - 2, argv + 2);
+    else if (command == "problems") status = kvguard::cli::RunProblems(argc - 2, argv + 2);
     else if (command == "compressors") status = kvguard::cli::RunCompressors(argc - 2, argv + 2);
+    else if (command == "calibrate-vector") status = kvguard::cli::RunCalibrateVector(argc - 2, argv + 2);
+    else if (command == "train-lm") status = kvguard::cli::RunTrainLm(argc - 2, argv + 2);
+    else if (command == "eval-lm") status = kvguard::cli::RunEvalLm(argc - 2, argv + 2);
     else {
       std::cerr << "kvguard: unknown command '" << command << "'\n" << kUsage;
       return 2;

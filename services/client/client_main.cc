@@ -6,6 +6,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "absl/flags/usage_config.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "services/client/generation_client.h"
@@ -27,6 +28,8 @@ ABSL_FLAG(bool, json, false, "print the token ids and the final message as JSON"
 ABSL_FLAG(bool, info, false, "print the model info and exit");
 
 int main(int argc, char** argv) {
+  // --help lists this binary's flags (absl matches only files named after the program).
+  absl::SetFlagsUsageConfig({.contains_help_flags = [](absl::string_view) { return true; }});
   absl::ParseCommandLine(argc, argv);
   using namespace kvguard;
   client::GenerationClient client(absl::GetFlag(FLAGS_server));

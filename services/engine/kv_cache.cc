@@ -231,8 +231,9 @@ int64_t SequenceKvCache::ApproximatedSlots(int64_t layer) const {
 
 int64_t SequenceKvCache::LayerBytes(int64_t layer) const {
   const Layer& l = layers_[layer];
+  // Approximated keys are held in float32 (the regression's precision).
   const int64_t approx = l.approx_keys.defined()
-                             ? l.approx_keys.numel() * static_cast<int64_t>(c10::elementSize(options_.dtype))
+                             ? l.approx_keys.numel() * static_cast<int64_t>(l.approx_keys.element_size())
                              : 0;
   return l.store->Bytes() + approx;
 }

@@ -16,6 +16,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "absl/flags/usage_config.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
@@ -112,6 +113,8 @@ Row Run(engine::LlamaModel& model, server::GuardLink* link, int lag, int64_t bat
 }  // namespace
 
 int main(int argc, char** argv) {
+  // --help lists this binary's flags (absl matches only files named after the program).
+  absl::SetFlagsUsageConfig({.contains_help_flags = [](absl::string_view) { return true; }});
   absl::ParseCommandLine(argc, argv);
   at::set_num_threads(absl::GetFlag(FLAGS_threads));
   auto ckpt = engine::OpenCheckpoint(absl::GetFlag(FLAGS_model));

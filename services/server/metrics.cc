@@ -43,6 +43,7 @@ ServerMetrics::ServerMetrics() : registry_(std::make_shared<prometheus::Registry
   // Touch the labelled series the dashboards and alerts query, so they exist from the start.
   for (const char* m : {"normal", "alert", "safe", "recovery"}) mode_steps_->Add({{"mode", m}});
   for (const char* reason : {"deadline", "disconnected"}) fail_safe_->Add({{"reason", reason}});
+  for (const char* reason : {"queue_full", "invalid_argument", "draining"}) rejected_->Add({{"reason", reason}});
 }
 
 bool ServerMetrics::Serve(const std::string& address) {

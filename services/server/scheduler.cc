@@ -11,6 +11,7 @@
 #include "research/catastrophe.h"
 #include "services/engine/llama_model.h"
 #include "services/engine/sequence.h"
+#include "services/server/step_report.h"
 
 namespace kvguard::server {
 namespace {
@@ -237,56 +238,39 @@ bool Scheduler::RunStep() {
   const auto t1 = Clock::now();
   if (metrics_) metrics_->DecodeStep(Seconds(t1 - t0), static_cast<int64_t>(items.size()));
   for (auto& r : *reports.mutable_reports()) *pending_.add_reports() = std::move(r);
-  const bool answered = ExchangeGuard(stepped);
+  const GuardOutcome guard = ExchangeGuard(stepped);
   if (options_.on_step) {
     options_.on_step({.batch = static_cast<int64_t>(items.size()), .compute_s = Seconds(t1 - t0),
-                      .guard_s = Seconds(Clock::now() - t1), .guard_missed = guard_ != nullptr && !answered});
+                      .guard_s = Seconds(Clock::now() - t1), .guard_missed = guard == GuardOutcome::kMissed});
   }
   return true;
 }
 
 v1::StepReport Scheduler::Report(const Active& a, const engine::StepResult& r, const float* logits) const {
-  v1::StepReport rep;
-  rep.set_session_id(a.sub.request_id);
-  rep.set_step(static_cast<uint32_t>(r.step));
-  rep.set_token_id(r.token.id);
-  if (tokenizer_ != nullptr) rep.set_token_text(tokenizer_->TokenBytes(r.token.id));
-  rep.set_entropy(r.token.entropy);
-  for (const auto& t : r.report_top) rep.add_top_logprobs(t.logprob);
-  rep.set_chosen_logprob(r.token.logprob);
-  rep.set_logit_margin(r.token.margin);
-  v1::KvHandle* kv = rep.mutable_kv();
-  const auto& c = model_.config();
-  kv->set_cache_id(a.cache_id);
-  kv->set_version(a.cache_version);
-  kv->set_retained_tokens(r.kv.retained_slots / std::max<int64_t>(1, c.num_layers * c.num_kv_heads));
-  kv->set_total_tokens(r.kv.total_tokens);
-  kv->set_bytes(r.kv.bytes);
-  kv->set_ratio(r.ratio);
-  kv->set_mode(a.mode);
-  for (int32_t p : r.evicted_positions) rep.add_evicted_positions(p);
-  for (float s : r.evicted_attention) rep.add_evicted_attention(s);
-  if (logits != nullptr) rep.mutable_logits()->Add(logits, logits + c.vocab_size);
-  return rep;
+  return MakeStepReport(r, model_.config(), tokenizer_,
+                        {.session_id = a.sub.request_id, .cache_id = a.cache_id, .cache_version = a.cache_version,
+                         .mode = a.mode, .logits = logits});
 }
 
-bool Scheduler::ExchangeGuard(std::vector<Active*>& stepped) {
-  if (guard_ == nullptr) return false;
+Scheduler::GuardOutcome Scheduler::ExchangeGuard(std::vector<Active*>& stepped) {
+  if (guard_ == nullptr) return GuardOutcome::kNone;
   if (metrics_) metrics_->GuardConnected(guard_->connected());
-  if (pending_.starts_size() == 0 && pending_.reports_size() == 0 && pending_.ends_size() == 0) return false;
+  if (pending_.starts_size() == 0 && pending_.reports_size() == 0 && pending_.ends_size() == 0) {
+    return GuardOutcome::kNone;
+  }
   pending_.set_batch_id(++batch_id_);
   const uint64_t sent_id = batch_id_;
   const auto t0 = Clock::now();
   guard_->Send(pending_);
   const bool had_reports = pending_.reports_size() > 0;
   pending_.Clear();
-  if (!had_reports) return false;
+  if (!had_reports) return GuardOutcome::kNone;
   const uint64_t wait_id = options_.guard_lag > 0 ? sent_id - 1 : sent_id;
-  if (wait_id == 0 || stepped.empty()) return false;
+  if (wait_id == 0 || stepped.empty()) return GuardOutcome::kNone;
   auto reply = guard_->Await(wait_id, t0 + options_.guard_deadline);
   if (!reply) {
     ApplyFailSafe(stepped, guard_->connected() ? "deadline" : "disconnected");
-    return false;
+    return GuardOutcome::kMissed;
   }
   if (metrics_ && options_.guard_lag == 0) metrics_->GuardRoundTrip(Seconds(Clock::now() - t0));
   std::map<std::string, Active*> by_id;
@@ -295,7 +279,7 @@ bool Scheduler::ExchangeGuard(std::vector<Active*>& stepped) {
     auto it = by_id.find(d.session_id());
     if (it != by_id.end()) ApplyDirective(*it->second, d);
   }
-  return true;
+  return GuardOutcome::kAnswered;
 }
 
 void Scheduler::ApplyDirective(Active& a, const v1::Directive& d) {
@@ -378,8 +362,7 @@ void Scheduler::Complete(Active& a, const absl::Status& status) {
   done->set_total_ms(1000.0 * Seconds(Clock::now() - a.admitted));
   for (const auto& [mode, steps] : a.mode_steps) (*done->mutable_mode_steps())[mode] = steps;
   done->set_fail_safe_events(a.fail_safe_events);
-  a.sub.sink->Send(std::move(msg));
-  a.sub.sink->Finish(absl::OkStatus());
+  // Metrics first: a client that sees its stream end must see them counted.
   if (metrics_) {
     metrics_->RequestFinished("OK");
     metrics_->Tokens(static_cast<int64_t>(result.prompt_ids.size()), static_cast<int64_t>(result.output_ids.size()));
@@ -388,6 +371,8 @@ void Scheduler::Complete(Active& a, const absl::Status& status) {
                          outcome.non_terminated, outcome.wrong_answer);
     metrics_->KvBytesSaved(std::max<int64_t>(0, uncompressed - result.kv_bytes));
   }
+  a.sub.sink->Send(std::move(msg));
+  a.sub.sink->Finish(absl::OkStatus());
   a.seq.reset();  // frees the KV
 }
 

@@ -107,8 +107,8 @@ class Scheduler {
   void Loop();
   void Admit();
   bool RunStep();
-  // Returns whether directives arrived (false: fail-safe applied or nothing to wait for).
-  bool ExchangeGuard(std::vector<Active*>& stepped);
+  enum class GuardOutcome { kNone, kAnswered, kMissed };
+  GuardOutcome ExchangeGuard(std::vector<Active*>& stepped);
   void ApplyDirective(Active& a, const v1::Directive& d);
   void ApplyFailSafe(std::vector<Active*>& stepped, const char* reason);
   void Complete(Active& a, const absl::Status& status);

@@ -15,6 +15,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "absl/flags/usage_config.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "services/engine/checkpoint.h"
@@ -58,6 +59,8 @@ int Fail(const std::string& message) {
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("kvguard-server --model PATH [--listen ADDR] [--guard ADDR] ...");
+  // --help lists this binary's flags (absl matches only files named after the program).
+  absl::SetFlagsUsageConfig({.contains_help_flags = [](absl::string_view) { return true; }});
   absl::ParseCommandLine(argc, argv);
   using namespace kvguard;
   const std::string model_path = absl::GetFlag(FLAGS_model);

@@ -1,0 +1,131 @@
+// kvguard-guard: the guard sidecar (GuardService over gRPC).
+//
+//   build/bin/kvguard-guard [--listen 127.0.0.1:50052] [--model hazard.json]
+//       [--config guard_sidecar/config/controller.json] [--metrics_listen 127.0.0.1:9092]
+//
+// flags -> config -> hazard model (or the fallback rule) -> metrics -> serve
+// (health SERVING once the model is loaded) -> SIGTERM/SIGINT -> shut down, exit 0.
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <semaphore.h>
+
+#include <csignal>
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage_config.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "common/file_util.h"
+#include "common/status_macros.h"
+#include "guard_sidecar/guard_service.h"
+
+ABSL_FLAG(std::string, listen, "127.0.0.1:50052", "gRPC listen address (port 0 picks a free one)");
+ABSL_FLAG(std::string, model, "", "XGBoost hazard model (.json/.ubj); empty = the fallback rule");
+ABSL_FLAG(std::string, config, "",
+          "controller JSON (see guard_sidecar/config/controller.json); empty = built-in defaults");
+ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9092",
+          "Prometheus /metrics address (port 0 picks one); empty = off");
+ABSL_FLAG(
+    int, threads, 1,
+    "XGBoost threads per batched prediction (1 is fastest for per-step batches, guard.md 6.2)");
+
+namespace {
+
+using namespace kvguard;  // NOLINT: a binary's main file
+
+sem_t g_shutdown;
+void OnSignal(int) { sem_post(&g_shutdown); }
+
+int Fail(const absl::Status& status) {
+  std::cerr << "kvguard-guard: " << status << std::endl;
+  return 1;
+}
+
+struct Setup {
+  guard::ControllerConfig controller;
+  guard::FallbackHazardConfig fallback;
+  std::unique_ptr<guard::HazardPredictor> hazard;
+};
+
+absl::Status LoadConfig(const std::string& path, Setup& setup) {
+  if (path.empty()) return absl::OkStatus();
+  KVG_ASSIGN_OR_RETURN(setup.controller, guard::ControllerConfig::Load(path));
+  KVG_ASSIGN_OR_RETURN(const std::string text, ReadFileToString(path));
+  const nlohmann::json j = nlohmann::json::parse(text, nullptr, false);
+  auto fallback =
+      guard::FallbackHazardConfig::FromJson(j.value("fallback_hazard", nlohmann::json()));
+  if (!fallback.ok())
+    return absl::InvalidArgumentError(absl::StrCat(path, ": ", fallback.status().message()));
+  setup.fallback = *fallback;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Setup> Prepare() {
+  Setup setup;
+  KVG_RETURN_IF_ERROR(LoadConfig(absl::GetFlag(FLAGS_config), setup));
+  const std::string model_path = absl::GetFlag(FLAGS_model);
+  if (model_path.empty()) {
+    setup.hazard = std::make_unique<guard::FallbackHazard>(setup.fallback);
+    return setup;
+  }
+  // The model's stored feature names must all be features this guard computes.
+  KVG_ASSIGN_OR_RETURN(auto model,
+                       guard::HazardModel::Load(model_path, absl::GetFlag(FLAGS_threads)));
+  KVG_ASSIGN_OR_RETURN(setup.hazard, guard::ModelHazard::Create(std::move(model)));
+  return setup;
+}
+
+std::string Host(const std::string& address) { return address.substr(0, address.rfind(':')); }
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage("kvguard-guard [--listen ADDR] [--model PATH] [--config PATH] ...");
+  // --help lists this binary's flags (absl matches only files named after the program).
+  absl::SetFlagsUsageConfig({.contains_help_flags = [](absl::string_view) { return true; }});
+  absl::ParseCommandLine(argc, argv);
+  auto setup = Prepare();
+  if (!setup.ok()) return Fail(setup.status());
+
+  guard::GuardMetrics metrics;
+  const std::string metrics_addr = absl::GetFlag(FLAGS_metrics_listen);
+  std::string metrics_where = "off";
+  if (!metrics_addr.empty()) {
+    auto port = metrics.Serve(metrics_addr);
+    if (!port.ok()) return Fail(port.status());
+    metrics_where = absl::StrCat(Host(metrics_addr), ":", *port);
+  }
+
+  guard::GuardEngine engine(*setup->hazard, setup->controller, &metrics);
+  guard::GuardServiceImpl service(engine);
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int port = 0;
+  const std::string listen = absl::GetFlag(FLAGS_listen);
+  builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (!server || port == 0) return Fail(absl::UnavailableError("cannot listen on " + listen));
+  // The model is loaded and warmed up: ready.
+  server->GetHealthCheckService()->SetServingStatus(true);
+  std::cout << "kvguard-guard listening on " << Host(listen) << ":" << port << " (metrics "
+            << metrics_where << ", hazard " << setup->hazard->Describe() << ")" << std::endl;
+
+  sem_init(&g_shutdown, 0, 0);
+  std::signal(SIGTERM, OnSignal);
+  std::signal(SIGINT, OnSignal);
+  while (sem_wait(&g_shutdown) != 0) {
+  }
+  // Open streams are the server's long-lived links: give them a moment, then
+  // cancel (the server reconnects to the next guard with fresh sessions).
+  server->GetHealthCheckService()->SetServingStatus(false);
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
+  server->Wait();
+  std::cout << "kvguard-guard: stopped" << std::endl;
+  return 0;
+}
