@@ -24,6 +24,10 @@ commands:
   compressors   (JSON: every compressor with its options and defaults)
   calibrate-vector --model PATH --out FILE [--prompts N] [--tokens T] [--ridge LAMBDA] [--seed S]
             (VECTOR's value regression; use with --compressor vector --compressor-opt calibration=FILE)
+  sweep     --model DIR --out TRACES [--compressors a,b] [--ratios 0.5,0.75] [--prompts N] [--split S]
+            [--problem-opt key=value]... [--max-new-tokens N] [--batch B] [--threads T]
+  train-predictor --traces TRACES --out DIR [--horizon 32] [--seed S] [--rounds N] [--target-fpr 0.05]
+  evaluate  --model DIR --traces TRACES --predictor DIR --out DIR [--live] [--config controller.json]
   problems  [--split train|val|test] [--count N] [--start K] [--problem-opt key=value]... [--json]
   bench-compressors --model PATH [--compressors a,b] [--ratios 0.5,0.9] [--prompt-tokens N]
             [--decode-tokens N] [--compress-every N] [--repeats N] [--threads N] [--out DIR]
@@ -52,6 +56,9 @@ int main(int argc, char** argv) {
     else if (command == "bench") status = kvguard::cli::RunBench(argc - 2, argv + 2);
     else if (command == "kept") status = kvguard::cli::RunKept(argc - 2, argv + 2);
     else if (command == "bench-compressors") status = kvguard::cli::RunBenchCompressors(argc - 2, argv + 2);
+    else if (command == "sweep") status = kvguard::cli::RunSweepCommand(argc - 2, argv + 2);
+    else if (command == "train-predictor") status = kvguard::cli::RunTrainPredictor(argc - 2, argv + 2);
+    else if (command == "evaluate") status = kvguard::cli::RunEvaluate(argc - 2, argv + 2);
     else if (command == "problems") status = kvguard::cli::RunProblems(argc - 2, argv + 2);
     else if (command == "compressors") status = kvguard::cli::RunCompressors(argc - 2, argv + 2);
     else if (command == "calibrate-vector") status = kvguard::cli::RunCalibrateVector(argc - 2, argv + 2);

@@ -1,0 +1,293 @@
+#include "research/pipeline/evaluate.h"
+
+#include <filesystem>
+#include <fstream>
+#include <future>
+#include <map>
+#include <mutex>
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/child_process.h"
+#include "common/status_macros.h"
+#include "common/svg_plot.h"
+#include "guard_sidecar/controller.h"
+#include "guard_sidecar/hazard_model.h"
+#include "research/catastrophe.h"
+#include "research/pipeline/predictor.h"
+#include "research/pipeline/traces.h"
+#include "research/problems.h"
+#include "services/client/generation_client.h"
+
+namespace kvguard::research {
+namespace {
+
+using Key = std::pair<std::string, double>;  // (compressor, ratio)
+
+struct Counts {
+  int64_t n = 0, catastrophic = 0, correct = 0;
+  int64_t false_positive = 0, clean = 0;  // guarded: clean traces that left NORMAL
+  double saved = 0;                        // summed bytes saved
+};
+
+// Replays the controller on one trace; returns the first step outside NORMAL (-1: never).
+int64_t FirstEscalation(const Trace& t, const std::vector<float>& hazard, const guard::ControllerConfig& config) {
+  auto controller = guard::ModeController(config);
+  for (int64_t i = 0; i < t.tokens; ++i) {
+    guard::Decision d = controller.Step({.hazard = hazard[i], .position = static_cast<int32_t>(i),
+                                         .requested_ratio = t.ratio});
+    if (d.mode != v1::MODE_NORMAL) return i;
+  }
+  return -1;
+}
+
+struct Offline {
+  std::map<Key, Counts> static_counts, guarded_counts;
+  double fpr = 0;
+};
+
+Offline Simulate(const std::vector<const Trace*>& traces, const std::map<const Trace*, std::vector<float>>& hazards,
+                 const guard::ControllerConfig& config) {
+  Offline o;
+  int64_t clean = 0, fp = 0;
+  for (const Trace* t : traces) {
+    if (t->compressor == "none") continue;
+    const Key key{t->compressor, t->ratio};
+    const int64_t first = FirstEscalation(*t, hazards.at(t), config);
+    Counts& s = o.static_counts[key];
+    Counts& g = o.guarded_counts[key];
+    ++s.n, ++g.n;
+    s.catastrophic += t->catastrophic;
+    const bool averted = t->catastrophic && first >= 0 && first < t->onset;
+    g.catastrophic += t->catastrophic && !averted;
+    if (!t->catastrophic) {
+      ++clean;
+      fp += first >= 0;
+    }
+  }
+  o.fpr = clean ? double(fp) / clean : 0;
+  return o;
+}
+
+absl::StatusOr<guard::ControllerConfig> TuneThresholds(const std::vector<const Trace*>& val,
+                                                       const std::map<const Trace*, std::vector<float>>& hazards,
+                                                       guard::ControllerConfig base, double target_fpr,
+                                                       std::string* log) {
+  guard::ControllerConfig best = base;
+  bool found = false;
+  for (double tau = 0.05; tau <= 0.951; tau += 0.05) {
+    guard::ControllerConfig c = base;
+    c.alert.enter = tau;
+    c.alert.exit = 0.7 * tau;
+    c.safe.enter = std::min(0.97, tau + 0.2);
+    c.safe.exit = 0.7 * c.safe.enter;
+    c.recovery.enter = std::min(0.99, c.safe.enter + 0.1);
+    if (!c.Validate().ok()) continue;
+    const Offline o = Simulate(val, hazards, c);
+    int64_t cat = 0, left = 0;
+    for (const auto& [k, v] : o.static_counts) cat += v.catastrophic;
+    for (const auto& [k, v] : o.guarded_counts) left += v.catastrophic;
+    absl::StrAppendFormat(log, "| %.2f | %.3f | %d / %d |\n", tau, o.fpr, cat - left, cat);
+    if (o.fpr <= target_fpr) {
+      best = c;
+      found = true;
+      break;  // the lowest threshold within the FPR budget catches the most
+    }
+  }
+  if (!found) {
+    best.alert.enter = 0.95, best.alert.exit = 0.66, best.safe.enter = 0.97, best.safe.exit = 0.68;
+    best.recovery.enter = 0.99;
+  }
+  return best;
+}
+
+struct LiveResult {
+  std::map<Key, Counts> by_mode[3];  // static, guarded, guarded without RECOVERY
+};
+
+absl::StatusOr<std::unique_ptr<ChildProcess>> Spawn(const std::string& bin, std::vector<std::string> args,
+                                                    std::string* address) {
+  auto p = std::make_unique<ChildProcess>(bin, args);
+  auto port = p->WaitFor("listening on 127\\.0\\.0\\.1:([0-9]+)", std::chrono::seconds(60));
+  if (!port) return absl::InternalError(absl::StrCat(bin, " did not start: ", p->output()));
+  *address = "127.0.0.1:" + *port;
+  return p;
+}
+
+absl::Status RunLive(const EvaluateOptions& o, const std::vector<Problem>& problems, const std::set<Key>& configs,
+                     const std::string& controller_path, const std::string& no_recovery_path, LiveResult& out) {
+  const std::string hazard = o.predictor_dir + "/hazard.json";
+  std::string guard_addr, guard2_addr, server_addr, server2_addr;
+  KVG_ASSIGN_OR_RETURN(auto guard, Spawn(o.bin_dir + "/kvguard-guard",
+      {"--listen", "127.0.0.1:0", "--metrics_listen", "", "--model", hazard, "--config", controller_path}, &guard_addr));
+  KVG_ASSIGN_OR_RETURN(auto guard2, Spawn(o.bin_dir + "/kvguard-guard",
+      {"--listen", "127.0.0.1:0", "--metrics_listen", "", "--model", hazard, "--config", no_recovery_path}, &guard2_addr));
+  const std::vector<std::string> common = {"--model", o.model_dir, "--listen", "127.0.0.1:0", "--metrics_listen", "",
+                                           "--max_concurrent", std::to_string(o.concurrency), "--guard_deadline_ms", "500"};
+  auto with_guard = [&](const std::string& g) { auto a = common; a.push_back("--guard"); a.push_back(g); return a; };
+  KVG_ASSIGN_OR_RETURN(auto server, Spawn(o.bin_dir + "/kvguard-server", with_guard(guard_addr), &server_addr));
+  KVG_ASSIGN_OR_RETURN(auto server2, Spawn(o.bin_dir + "/kvguard-server", with_guard(guard2_addr), &server2_addr));
+  std::mutex mu;
+  for (const Key& key : configs) {
+    for (int mode = 0; mode < 3; ++mode) {
+      const std::string addr = mode == 2 ? server2_addr : server_addr;
+      std::vector<std::future<void>> jobs;
+      std::atomic<size_t> next{0};
+      for (int w = 0; w < o.concurrency; ++w) {
+        jobs.push_back(std::async(std::launch::async, [&, mode] {
+          client::GenerationClient client(addr);
+          for (size_t i = next++; i < problems.size(); i = next++) {
+            v1::GenerateRequest r;
+            r.set_text(problems[i].prompt);
+            r.mutable_stopping()->set_max_new_tokens(o.max_new_tokens);
+            r.mutable_compression()->set_compressor(key.first);
+            r.mutable_compression()->mutable_ratio()->set_value(key.second);
+            r.mutable_compression()->mutable_guard()->set_value(mode != 0);
+            r.set_gold_answer(absl::StrCat(problems[i].answer));
+            auto res = client.Generate(r);
+            if (!res.ok()) continue;
+            const auto& c = res->complete;
+            std::lock_guard<std::mutex> lock(mu);
+            Counts& k = out.by_mode[mode][key];
+            ++k.n;
+            const bool cat = c.catastrophes().looping() || c.catastrophes().non_termination();
+            k.catastrophic += cat;
+            k.correct += c.catastrophes().answered() && c.catastrophes().answer() == problems[i].answer;
+            k.saved += static_cast<double>(c.kv_bytes_saved());
+            bool left_normal = false;
+            for (const auto& [m, steps] : c.mode_steps()) left_normal |= m != "normal" && steps > 0;
+            if (!cat) {
+              ++k.clean;
+              k.false_positive += left_normal;
+            }
+          }
+        }));
+      }
+      for (auto& j : jobs) j.get();
+    }
+  }
+  return absl::OkStatus();
+}
+
+std::string CfrCell(const Counts& c) {
+  const RateCI ci = WilsonInterval(c.catastrophic, c.n);
+  return absl::StrFormat("%.3f [%.3f, %.3f]", ci.rate, ci.lo, ci.hi);
+}
+
+}  // namespace
+
+absl::Status Evaluate(const EvaluateOptions& o, std::string* summary) {
+  int64_t nf = 0;
+  KVG_ASSIGN_OR_RETURN(std::vector<Trace> traces, LoadTraces(o.traces_dir, &nf));
+  KVG_ASSIGN_OR_RETURN(auto model, guard::HazardModel::Load(o.predictor_dir + "/hazard.json"));
+  KVG_ASSIGN_OR_RETURN(auto schema, guard::FeatureSchema::FromNames(model->feature_names()));
+  const auto split = SplitPrompts(traces, o.seed);
+  std::map<const Trace*, std::vector<float>> hazards;
+  std::vector<const Trace*> val, test;
+  for (const Trace& t : traces) {
+    KVG_ASSIGN_OR_RETURN(auto h, model->PredictBatch(schema.ProjectRows(t.features)));
+    hazards[&t] = std::move(h);
+    if (split.at(t.prompt_id) == PromptSet::kVal) val.push_back(&t);
+    if (split.at(t.prompt_id) == PromptSet::kTest) test.push_back(&t);
+  }
+  guard::ControllerConfig base;
+  if (!o.controller_config.empty()) {
+    KVG_ASSIGN_OR_RETURN(base, guard::ControllerConfig::Load(o.controller_config));
+  }
+  std::string tuning = "| alert threshold | val FPR | val catastrophes averted |\n| --- | --- | --- |\n";
+  KVG_ASSIGN_OR_RETURN(guard::ControllerConfig tuned, TuneThresholds(val, hazards, base, o.target_fpr, &tuning));
+  std::filesystem::create_directories(o.out_dir);
+  const std::string controller_path = o.out_dir + "/controller.json";
+  KVG_RETURN_IF_ERROR(WriteTextFile(controller_path, tuned.ToJson().dump(2)));
+  guard::ControllerConfig no_recovery = tuned;
+  no_recovery.recovery.enabled = false;
+  const std::string no_recovery_path = o.out_dir + "/controller_no_recovery.json";
+  KVG_RETURN_IF_ERROR(WriteTextFile(no_recovery_path, no_recovery.ToJson().dump(2)));
+  const Offline off = Simulate(test, hazards, tuned);
+
+  std::set<Key> configs;
+  std::set<std::string> test_prompts;
+  for (const Trace* t : test) {
+    if (t->compressor != "none") configs.insert({t->compressor, t->ratio});
+    test_prompts.insert(t->prompt_id);
+  }
+  LiveResult live;
+  if (o.live) {
+    std::ifstream mf(o.traces_dir + "/manifest.json");
+    nlohmann::json manifest = nlohmann::json::parse(mf);
+    KVG_ASSIGN_OR_RETURN(ProblemOptions popts, OptionsFromJson(manifest["problem_options"]));
+    KVG_ASSIGN_OR_RETURN(Split psplit, ParseSplit(manifest.value("split", "test")));
+    KVG_ASSIGN_OR_RETURN(auto all, GenerateProblems(popts, psplit, manifest.value("first_prompt", 0),
+                                                    manifest.value("prompts", 0)));
+    std::vector<Problem> held_out;
+    for (auto& p : all) if (test_prompts.count(p.id)) held_out.push_back(std::move(p));
+    KVG_RETURN_IF_ERROR(RunLive(o, held_out, configs, controller_path, no_recovery_path, live));
+  }
+
+  std::string md = absl::StrCat(
+      "# CFR vs budget: static vs guarded\n\nHeld-out prompts: ", test_prompts.size(),
+      " (prompt-level split, seed ", o.seed, "). Controller thresholds tuned on the validation prompts for FPR <= ",
+      o.target_fpr, ":\n\n", tuning, "\nChosen: alert.enter = ", tuned.alert.enter, ", safe.enter = ", tuned.safe.enter,
+      ", recovery.enter = ", tuned.recovery.enter, " (", controller_path, ").\n\nOffline FPR on test traces: ",
+      absl::StrFormat("%.3f", off.fpr), "\n\n| compressor | ratio | static CFR (traces) | guarded CFR offline |");
+  if (o.live) md += " static CFR live | guarded CFR live | reduction [95% CI] | guarded w/o RECOVERY | savings kept | live FPR | acc static / guarded |";
+  md += "\n| --- | --- | --- | --- |";
+  if (o.live) md += " --- | --- | --- | --- | --- | --- | --- |";
+  md += "\n";
+  nlohmann::json rows = nlohmann::json::array();
+  std::string csv = "compressor,ratio,static_cfr_traces,guarded_cfr_offline,static_cfr_live,guarded_cfr_live,guarded_norec_cfr_live,savings_kept,live_fpr\n";
+  std::map<std::string, PlotSpec> plots;
+  for (const Key& key : configs) {
+    const Counts& s = off.static_counts.at(key);
+    const Counts& g = off.guarded_counts.at(key);
+    absl::StrAppendFormat(&md, "| %s | %.3g | %s | %s |", key.first, key.second, CfrCell(s), CfrCell(g));
+    nlohmann::json row = {{"compressor", key.first}, {"ratio", key.second},
+                          {"static_cfr_traces", double(s.catastrophic) / std::max<int64_t>(1, s.n)},
+                          {"guarded_cfr_offline", double(g.catastrophic) / std::max<int64_t>(1, g.n)}};
+    double ls = NAN, lg = NAN, ln = NAN, kept = NAN, fpr = NAN;
+    if (o.live) {
+      const Counts& a = live.by_mode[0][key];
+      const Counts& b = live.by_mode[1][key];
+      const Counts& c = live.by_mode[2][key];
+      ls = double(a.catastrophic) / std::max<int64_t>(1, a.n);
+      lg = double(b.catastrophic) / std::max<int64_t>(1, b.n);
+      ln = double(c.catastrophic) / std::max<int64_t>(1, c.n);
+      kept = a.saved > 0 ? b.saved / a.saved : NAN;
+      fpr = b.clean ? double(b.false_positive) / b.clean : NAN;
+      const RateCI d = NewcombeDifference(a.catastrophic, a.n, b.catastrophic, b.n);
+      absl::StrAppendFormat(&md, " %s | %s | %.3f [%.3f, %.3f] | %s | %.2f | %.3f | %.2f / %.2f |", CfrCell(a), CfrCell(b),
+                            d.rate, d.lo, d.hi, CfrCell(c), kept, fpr, double(a.correct) / std::max<int64_t>(1, a.n),
+                            double(b.correct) / std::max<int64_t>(1, b.n));
+      row["live"] = {{"static_cfr", ls}, {"guarded_cfr", lg}, {"guarded_no_recovery_cfr", ln}, {"savings_kept", kept},
+                     {"fpr", fpr}, {"reduction", d.rate}, {"reduction_ci", {d.lo, d.hi}}, {"n", a.n}};
+    }
+    md += "\n";
+    rows.push_back(row);
+    absl::StrAppendFormat(&csv, "%s,%g,%g,%g,%g,%g,%g,%g,%g\n", key.first, key.second, row["static_cfr_traces"].get<double>(),
+                          row["guarded_cfr_offline"].get<double>(), ls, lg, ln, kept, fpr);
+    PlotSpec& p = plots[key.first];
+    if (p.series.empty()) {
+      p = {.title = "CFR vs ratio: " + key.first, .x_label = "compression ratio (fraction of KV removed)", .y_label = "CFR"};
+      p.series = {{.name = "static (sweep)"}, {.name = "guarded (offline)"}};
+      if (o.live) p.series.push_back({.name = "static (live)"}), p.series.push_back({.name = "guarded (live)"}),
+          p.series.push_back({.name = "guarded w/o RECOVERY (live)"});
+    }
+    p.series[0].x.push_back(key.second), p.series[0].y.push_back(row["static_cfr_traces"]);
+    p.series[1].x.push_back(key.second), p.series[1].y.push_back(row["guarded_cfr_offline"]);
+    if (o.live) {
+      p.series[2].x.push_back(key.second), p.series[2].y.push_back(ls);
+      p.series[3].x.push_back(key.second), p.series[3].y.push_back(lg);
+      p.series[4].x.push_back(key.second), p.series[4].y.push_back(ln);
+    }
+  }
+  for (const auto& [name, plot] : plots) KVG_RETURN_IF_ERROR(WriteSvgPlot(plot, o.out_dir + "/cfr_vs_ratio_" + name + ".svg"));
+  KVG_RETURN_IF_ERROR(WriteTextFile(o.out_dir + "/evaluation.md", md));
+  KVG_RETURN_IF_ERROR(WriteTextFile(o.out_dir + "/evaluation.csv", csv));
+  KVG_RETURN_IF_ERROR(WriteTextFile(o.out_dir + "/evaluation.json",
+                                    nlohmann::json{{"rows", rows}, {"offline_fpr", off.fpr}, {"controller", tuned.ToJson()}}.dump(2)));
+  if (summary) *summary = md;
+  return absl::OkStatus();
+}
+
+}  // namespace kvguard::research

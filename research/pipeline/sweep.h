@@ -1,0 +1,38 @@
+// File: research/pipeline/sweep.h
+//
+// `kvguard sweep`: prompts x (uncompressed + compressors x ratios) through
+// the real engine, each trace recorded the way the live guard sees it: the
+// server's StepReport for every token turned into the guard's feature row,
+// plus the trace's outcome (loop / non-termination / wrong / correct) and
+// catastrophe onset. Sequences of one configuration are decoded together
+// (continuous batching); finished shards are skipped on re-runs (resume).
+#pragma once
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "research/problems.h"
+
+namespace kvguard::research {
+
+struct SweepOptions {
+  std::string model_path;
+  std::string out_dir;
+  std::vector<std::string> compressors = {"streaming_llm", "snapkv", "tova", "knorm"};
+  std::vector<double> ratios = {0.5, 0.75, 0.875};
+  std::vector<std::string> compressor_options;  // "name:key=value" applied to that compressor
+  int64_t prompts = 100;
+  int64_t first_prompt = 0;
+  Split split = Split::kTest;
+  ProblemOptions problem_options;
+  int max_new_tokens = 256;
+  int batch = 16;
+  int threads = 0;  // CPU intra-op threads (0 = libtorch default)
+};
+
+// Progress: (traces done, traces total).
+absl::Status RunSweep(const SweepOptions& options, const std::function<void(int64_t, int64_t)>& progress);
+
+}  // namespace kvguard::research

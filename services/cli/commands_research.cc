@@ -1,0 +1,138 @@
+// The research loop's commands: sweep (traces), train-predictor (hazard
+// model), each with progress and a written report.
+#include <unistd.h>
+
+#include <iostream>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
+#include "common/status_macros.h"
+#include "research/pipeline/evaluate.h"
+#include "research/pipeline/predictor.h"
+#include "research/pipeline/sweep.h"
+#include "services/cli/cli_args.h"
+#include "services/cli/commands.h"
+#include "services/cli/progress.h"
+
+namespace kvguard::cli {
+
+absl::StatusOr<research::ProblemOptions> ProblemOptionsFrom(const std::vector<std::string>& overrides);
+
+namespace {
+
+// Where this kvguard binary lives (kvguard-server / kvguard-guard sit beside it).
+std::string BinaryDir() {
+  char buf[4096];
+  const ssize_t n = readlink("/proc/self/exe", buf, sizeof(buf) - 1);
+  if (n <= 0) return "build/bin";
+  std::string path(buf, static_cast<size_t>(n));
+  return path.substr(0, path.rfind('/'));
+}
+
+absl::StatusOr<std::vector<double>> Doubles(const std::string& text) {
+  std::vector<double> out;
+  for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipEmpty())) {
+    double v;
+    if (!absl::SimpleAtod(part, &v)) return absl::InvalidArgumentError(absl::StrCat("bad number '", part, "'"));
+    out.push_back(v);
+  }
+  return out;
+}
+
+}  // namespace
+
+absl::Status RunSweepCommand(int argc, char** argv) {
+  CliArgs args;
+  KVG_RETURN_IF_ERROR(args.Parse(argc, argv,
+                                 {"model", "out", "compressors", "ratios", "compressor-opt", "prompts", "first-prompt",
+                                  "split", "problem-opt", "max-new-tokens", "batch", "threads"},
+                                 {}));
+  research::SweepOptions o;
+  KVG_ASSIGN_OR_RETURN(o.model_path, args.Require("model"));
+  KVG_ASSIGN_OR_RETURN(o.out_dir, args.Require("out"));
+  if (args.Has("compressors")) o.compressors = absl::StrSplit(args.Get("compressors"), ',', absl::SkipEmpty());
+  if (args.Has("ratios")) {
+    KVG_ASSIGN_OR_RETURN(o.ratios, Doubles(args.Get("ratios")));
+  }
+  o.compressor_options = args.GetAll("compressor-opt");
+  KVG_ASSIGN_OR_RETURN(o.prompts, args.GetInt("prompts", 100));
+  KVG_ASSIGN_OR_RETURN(o.first_prompt, args.GetInt("first-prompt", 0));
+  KVG_ASSIGN_OR_RETURN(o.split, research::ParseSplit(args.Get("split", "test")));
+  KVG_ASSIGN_OR_RETURN(o.problem_options, ProblemOptionsFrom(args.GetAll("problem-opt")));
+  KVG_ASSIGN_OR_RETURN(int64_t max_new, args.GetInt("max-new-tokens", 256));
+  KVG_ASSIGN_OR_RETURN(int64_t batch, args.GetInt("batch", 16));
+  KVG_ASSIGN_OR_RETURN(int64_t threads, args.GetInt("threads", 0));
+  o.max_new_tokens = static_cast<int>(max_new);
+  o.batch = static_cast<int>(batch);
+  o.threads = static_cast<int>(threads);
+  Progress progress("sweep traces");
+  KVG_RETURN_IF_ERROR(research::RunSweep(o, [&](int64_t d, int64_t t) { progress.Update(d, t); }));
+  std::cout << "traces written to " << o.out_dir << " (schema: research/pipeline/TRACES.md)\n";
+  return absl::OkStatus();
+}
+
+absl::Status RunTrainPredictor(int argc, char** argv) {
+  CliArgs args;
+  KVG_RETURN_IF_ERROR(args.Parse(argc, argv,
+                                 {"traces", "out", "horizon", "seed", "rounds", "max-depth", "eta", "threads",
+                                  "target-fpr"},
+                                 {}));
+  research::PredictorOptions o;
+  KVG_ASSIGN_OR_RETURN(o.traces_dir, args.Require("traces"));
+  KVG_ASSIGN_OR_RETURN(o.out_dir, args.Require("out"));
+  KVG_ASSIGN_OR_RETURN(int64_t horizon, args.GetInt("horizon", 32));
+  KVG_ASSIGN_OR_RETURN(int64_t seed, args.GetInt("seed", 0));
+  KVG_ASSIGN_OR_RETURN(int64_t rounds, args.GetInt("rounds", 300));
+  KVG_ASSIGN_OR_RETURN(int64_t depth, args.GetInt("max-depth", 6));
+  KVG_ASSIGN_OR_RETURN(int64_t threads, args.GetInt("threads", 2));
+  KVG_ASSIGN_OR_RETURN(o.params.eta, args.GetDouble("eta", 0.1));
+  KVG_ASSIGN_OR_RETURN(o.target_fpr, args.GetDouble("target-fpr", 0.05));
+  o.horizon = static_cast<int>(horizon);
+  o.seed = static_cast<uint64_t>(seed);
+  o.params.rounds = static_cast<int>(rounds);
+  o.params.max_depth = static_cast<int>(depth);
+  o.params.train_threads = static_cast<int>(threads);
+  o.params.scale_pos_weight = 0;  // auto: negatives / positives
+  o.params.seed = o.seed;
+  std::string summary;
+  std::cerr << "train-predictor: training 4 ablations + leave-one-compressor-out folds...\n";
+  KVG_RETURN_IF_ERROR(research::TrainPredictor(o, &summary));
+  std::cout << summary << "\nmodel: " << o.out_dir << "/hazard.json; report: " << o.out_dir
+            << "/report.{md,json}, roc.svg\n";
+  return absl::OkStatus();
+}
+
+}  // namespace kvguard::cli
+
+namespace kvguard::cli {
+
+absl::Status RunEvaluate(int argc, char** argv) {
+  CliArgs args;
+  KVG_RETURN_IF_ERROR(args.Parse(argc, argv,
+                                 {"model", "traces", "predictor", "out", "config", "concurrency", "max-new-tokens",
+                                  "bin-dir", "seed", "target-fpr"},
+                                 {"live"}));
+  research::EvaluateOptions o;
+  KVG_ASSIGN_OR_RETURN(o.traces_dir, args.Require("traces"));
+  KVG_ASSIGN_OR_RETURN(o.predictor_dir, args.Require("predictor"));
+  KVG_ASSIGN_OR_RETURN(o.out_dir, args.Require("out"));
+  o.model_dir = args.Get("model");
+  o.controller_config = args.Get("config");
+  o.live = args.Has("live");
+  if (o.live && o.model_dir.empty()) return absl::InvalidArgumentError("--live needs --model");
+  o.bin_dir = args.Get("bin-dir", BinaryDir());
+  KVG_ASSIGN_OR_RETURN(int64_t concurrency, args.GetInt("concurrency", 8));
+  KVG_ASSIGN_OR_RETURN(int64_t max_new, args.GetInt("max-new-tokens", 256));
+  KVG_ASSIGN_OR_RETURN(int64_t seed, args.GetInt("seed", 0));
+  KVG_ASSIGN_OR_RETURN(o.target_fpr, args.GetDouble("target-fpr", 0.05));
+  o.concurrency = static_cast<int>(concurrency);
+  o.max_new_tokens = static_cast<int>(max_new);
+  o.seed = static_cast<uint64_t>(seed);
+  std::string summary;
+  std::cerr << "evaluate: offline simulation" << (o.live ? " + live closed-loop runs" : "") << "...\n";
+  KVG_RETURN_IF_ERROR(research::Evaluate(o, &summary));
+  std::cout << summary << "\nwritten to " << o.out_dir << "/evaluation.{md,json,csv}, cfr_vs_ratio_*.svg\n";
+  return absl::OkStatus();
+}
+
+}  // namespace kvguard::cli
