@@ -24,8 +24,14 @@
 #include "guard_sidecar/guard_service.h"
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:50052", "gRPC listen address (port 0 picks a free one)");
-ABSL_FLAG(std::string, model, "", "XGBoost hazard model (.json/.ubj); empty = the fallback rule");
-ABSL_FLAG(std::string, config, "",
+// The bundled hazard model (trained on the bundled model's sweep) and the
+// controller thresholds tuned for it are the defaults; when they are absent
+// (e.g. run from another directory) the guard uses the fallback rule.
+constexpr char kDefaultModel[] = "models/hazard/hazard.json";
+constexpr char kDefaultConfig[] = "models/hazard/controller.json";
+ABSL_FLAG(std::string, model, kDefaultModel,
+          "XGBoost hazard model (.json/.ubj); empty = the fallback rule");
+ABSL_FLAG(std::string, config, kDefaultConfig,
           "controller JSON (see guard_sidecar/config/controller.json); empty = built-in defaults");
 ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9092",
           "Prometheus /metrics address (port 0 picks one); empty = off");
@@ -64,10 +70,16 @@ absl::Status LoadConfig(const std::string& path, Setup& setup) {
   return absl::OkStatus();
 }
 
+// A default path that does not exist means "not bundled here": use the built-in behaviour.
+std::string FlagPath(const std::string& value, const char* fallback_default) {
+  if (value == fallback_default && !FileExists(value)) return "";
+  return value;
+}
+
 absl::StatusOr<Setup> Prepare() {
   Setup setup;
-  KVG_RETURN_IF_ERROR(LoadConfig(absl::GetFlag(FLAGS_config), setup));
-  const std::string model_path = absl::GetFlag(FLAGS_model);
+  KVG_RETURN_IF_ERROR(LoadConfig(FlagPath(absl::GetFlag(FLAGS_config), kDefaultConfig), setup));
+  const std::string model_path = FlagPath(absl::GetFlag(FLAGS_model), kDefaultModel);
   if (model_path.empty()) {
     setup.hazard = std::make_unique<guard::FallbackHazard>(setup.fallback);
     return setup;
