@@ -107,10 +107,12 @@ absl::Status RunTrainLm(int argc, char** argv) {
   KVG_RETURN_IF_ERROR(args.Parse(argc, argv,
                                  {"out", "steps", "batch", "dim", "layers", "heads", "kv-heads",
                                   "ffn", "max-positions", "lr", "warmup", "seed", "threads",
-                                  "train-problems", "eval-problems", "problem-opt", "time-budget"},
+                                  "train-problems", "eval-problems", "problem-opt", "time-budget", "init"},
                                  {}));
   KVG_ASSIGN_OR_RETURN(std::string out, args.Require("out"));
-  KVG_ASSIGN_OR_RETURN(trainer::LmShape shape, ShapeFrom(args));
+  // --init DIR continues from an earlier checkpoint (its shape wins).
+  KVG_ASSIGN_OR_RETURN(trainer::LmShape shape,
+                       args.Has("init") ? trainer::ReadShape(args.Get("init")) : ShapeFrom(args));
   KVG_ASSIGN_OR_RETURN(trainer::TrainOptions options, TrainOptionsFrom(args));
   KVG_ASSIGN_OR_RETURN(int64_t eval_problems, args.GetInt("eval-problems", 200));
   if (args.Has("train-problems")) {
@@ -119,6 +121,7 @@ absl::Status RunTrainLm(int argc, char** argv) {
     options.steps = std::max<int64_t>(1, n / options.batch);
   }
   KVG_ASSIGN_OR_RETURN(auto model, trainer::LmModel::Create(shape, options.seed));
+  if (args.Has("init")) KVG_RETURN_IF_ERROR(model->LoadWeights(args.Get("init")));
   std::fprintf(stderr, "train-lm: %lld parameters, %lld steps of %lld problems\n",
                static_cast<long long>(model->num_parameters()),
                static_cast<long long>(options.steps), static_cast<long long>(options.batch));
@@ -126,6 +129,7 @@ absl::Status RunTrainLm(int argc, char** argv) {
   KVG_RETURN_IF_ERROR(model->Save(out));
   json record = {{"command", CommandLine(argc, argv)},
                  {"seed", options.seed},
+                 {"init", args.Get("init")},
                  {"threads", options.threads},
                  {"parameters", model->num_parameters()},
                  {"model", {{"dim", shape.dim}, {"layers", shape.layers}, {"heads", shape.heads},

@@ -36,6 +36,7 @@ commands:
   train-lm  --out DIR [--steps N] [--batch B] [--dim D] [--layers L] [--heads H] [--kv-heads K]
             [--ffn F] [--lr X] [--seed S] [--threads T] [--train-problems N]
             [--eval-problems N] [--problem-opt key=value]... [--time-budget SECONDS]
+            [--init DIR]
   eval-lm   --model DIR [--problems N] [--threads T] [--problem-opt key=value]... [--json] [--show]
 )";
 

@@ -19,7 +19,10 @@
 #include "common/svg_plot.h"
 #include "research/catastrophe.h"
 #include "services/engine/engine.h"
+#include "common/file_util.h"
+#include "services/engine/model_config.h"
 #include "services/engine/pretokenizer.h"
+#include "services/engine/safetensors.h"
 #include "services/engine/safetensors_writer.h"
 
 namespace kvguard::trainer {
@@ -290,6 +293,37 @@ absl::Status LmModel::Save(const std::string& dir) const {
   }
   return engine::WriteSafetensors((root / "model.safetensors").string(), tensors,
                                   {{"format", "pt"}, {"producer", "kvguard train-lm"}});
+}
+
+absl::Status LmModel::LoadWeights(const std::string& dir) {
+  const std::string path = (std::filesystem::path(dir) / "model.safetensors").string();
+  KVG_ASSIGN_OR_RETURN(auto file, engine::SafetensorsFile::Open(path));
+  at::NoGradGuard no_grad;
+  for (auto& [name, t] : impl_->Named()) {
+    const engine::TensorView* view = file->Find(name);
+    if (view == nullptr || view->dtype != engine::DType::kF32 || view->shape != t.sizes().vec()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ": '", name, "' is missing or not f32 of the model's shape"));
+    }
+    at::Tensor src = at::from_blob(const_cast<uint8_t*>(view->data), view->shape, at::kFloat);
+    at::Tensor(t).copy_(src);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<LmShape> ReadShape(const std::string& dir) {
+  KVG_ASSIGN_OR_RETURN(std::string text,
+                       ReadFileToString((std::filesystem::path(dir) / "config.json").string()));
+  KVG_ASSIGN_OR_RETURN(engine::ModelConfig c, engine::ParseHfConfig(text));
+  LmShape s{.dim = c.hidden_size, .layers = c.num_layers, .heads = c.num_heads,
+            .kv_heads = c.num_kv_heads, .ffn = c.intermediate_size,
+            .max_positions = c.max_position_embeddings, .rope_theta = c.rope.theta,
+            .rms_norm_eps = c.rms_norm_eps};
+  if (c.vocab_size != kVocabSize || c.head_dim * c.num_heads != c.hidden_size) {
+    return absl::InvalidArgumentError(absl::StrCat(dir, " is not a train-lm checkpoint"));
+  }
+  KVG_RETURN_IF_ERROR(ValidateShape(s));
+  return s;
 }
 
 // ---- training ---------------------------------------------------------------

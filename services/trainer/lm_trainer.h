@@ -50,6 +50,8 @@ struct LmShape {
   double rms_norm_eps = 1e-5;
 };
 absl::Status ValidateShape(const LmShape& shape);
+// The shape recorded in a checkpoint dir's config.json.
+absl::StatusOr<LmShape> ReadShape(const std::string& dir);
 
 class LmModel {
  public:
@@ -64,6 +66,9 @@ class LmModel {
   // Writes config.json, generation_config.json, tokenizer.json and
   // model.safetensors (f32) into `dir`, creating it.
   absl::Status Save(const std::string& dir) const;
+  // Replaces the weights with those of a checkpoint Save() wrote (same shape),
+  // so a run can continue from an earlier one.
+  absl::Status LoadWeights(const std::string& dir);
 
   Impl& impl() { return *impl_; }
 

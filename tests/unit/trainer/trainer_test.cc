@@ -109,6 +109,17 @@ TEST_F(TinyRunTest, EngineLogitsMatchTrainerForward) {
   EXPECT_LT(worst, 1e-4);
 }
 
+TEST_F(TinyRunTest, LoadWeightsRestoresTheSavedModel) {
+  ASSERT_NE(model_, nullptr);
+  auto shape = ReadShape(*dir_);
+  ASSERT_TRUE(shape.ok()) << shape.status();
+  auto fresh = LmModel::Create(*shape, /*seed=*/99);
+  ASSERT_TRUE(fresh.ok());
+  ASSERT_TRUE((*fresh)->LoadWeights(*dir_).ok());
+  const std::vector<int32_t> ids = EncodeBytes("Tom has 3 apples.");
+  EXPECT_EQ((*fresh)->Logits(ids), model_->Logits(ids));
+}
+
 TEST_F(TinyRunTest, EvaluateRunsThroughTheEngine) {
   auto ev = EvaluateGreedy(*dir_, SmallProblems(), 2, 1);
   ASSERT_TRUE(ev.ok()) << ev.status();
