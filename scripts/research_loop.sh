@@ -31,7 +31,7 @@ echo "== train-predictor =="
 "$BIN/kvguard" train-predictor --traces "$TRACES" --out "$OUT/predictor" --horizon 32 --rounds 300
 echo "== evaluate (offline + live) =="
 "$BIN/kvguard" evaluate --model "$MODEL" --traces "$TRACES" --predictor "$OUT/predictor" \
-  --out "$OUT/evaluation" --config guard_sidecar/config/controller.json --live --concurrency 8 --max-new-tokens 256
+  --out "$OUT/evaluation" --config guard_sidecar/config/controller_research.json --live --concurrency 8 --max-new-tokens 256
 cp "$OUT/predictor/hazard.json" models/hazard/hazard.json
 cp "$OUT/evaluation/controller.json" models/hazard/controller.json
 echo "reports: $OUT/predictor/report.md, $OUT/evaluation/evaluation.md; guard defaults: models/hazard/"

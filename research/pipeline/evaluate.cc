@@ -82,7 +82,7 @@ absl::StatusOr<guard::ControllerConfig> TuneThresholds(const std::vector<const T
     c.alert.exit = 0.7 * tau;
     c.safe.enter = std::min(0.97, tau + 0.2);
     c.safe.exit = 0.7 * c.safe.enter;
-    c.recovery.enter = std::min(0.99, c.safe.enter + 0.1);
+    c.recovery.enter = c.safe.enter;  // restore as soon as SAFE is warranted
     if (!c.Validate().ok()) continue;
     const Offline o = Simulate(val, hazards, c);
     int64_t cat = 0, left = 0;

@@ -1,3 +1,4 @@
+#include "common/blas_threads.h"
 #include "research/pipeline/sweep.h"
 
 #include <ATen/ATen.h>
@@ -153,7 +154,10 @@ std::vector<Config> Configs(const SweepOptions& o) {
 }  // namespace
 
 absl::Status RunSweep(const SweepOptions& o, const std::function<void(int64_t, int64_t)>& progress) {
-  if (o.threads > 0) at::set_num_threads(o.threads);
+  if (o.threads > 0) {
+    at::set_num_threads(o.threads);
+    SetBlasThreads(o.threads);
+  }
   KVG_ASSIGN_OR_RETURN(engine::Checkpoint ckpt, engine::OpenCheckpoint(o.model_path));
   if (ckpt.tokenizer_path.empty()) {
     return absl::InvalidArgumentError("sweep needs a model with a tokenizer.json (it prompts with text problems)");

@@ -1,3 +1,4 @@
+#include "common/blas_threads.h"
 #include "services/engine/benchmark.h"
 
 #include <ATen/ATen.h>
@@ -29,7 +30,10 @@ absl::StatusOr<BenchmarkResult> RunBenchmark(const std::string& model_path,
   if (options.batch < 1 || options.prompt_tokens < 1 || options.decode_tokens < 1) {
     return absl::InvalidArgumentError("batch, prompt tokens and decode tokens must be >= 1");
   }
-  if (engine_options.num_threads > 0) at::set_num_threads(engine_options.num_threads);
+  if (engine_options.num_threads > 0) {
+    at::set_num_threads(engine_options.num_threads);
+    SetBlasThreads(engine_options.num_threads);
+  }
   KVG_ASSIGN_OR_RETURN(Checkpoint ckpt, OpenCheckpoint(model_path));
   const int64_t total = options.prompt_tokens + options.decode_tokens + options.warmup_steps;
   if (total > ckpt.config.max_position_embeddings) {

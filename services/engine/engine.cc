@@ -1,3 +1,4 @@
+#include "common/blas_threads.h"
 #include "services/engine/engine.h"
 
 #include <ATen/ATen.h>
@@ -50,7 +51,10 @@ Engine::~Engine() = default;
 
 absl::StatusOr<std::unique_ptr<Engine>> Engine::Load(const std::string& model_path,
                                                      const EngineOptions& options) {
-  if (options.num_threads > 0) at::set_num_threads(options.num_threads);
+  if (options.num_threads > 0) {
+    at::set_num_threads(options.num_threads);
+    SetBlasThreads(options.num_threads);
+  }
   KVG_ASSIGN_OR_RETURN(Checkpoint ckpt, OpenCheckpoint(model_path));
   auto impl = std::make_unique<Impl>();
   if (!ckpt.tokenizer_path.empty()) {

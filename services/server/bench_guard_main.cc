@@ -14,6 +14,7 @@
 #include <mutex>
 #include <nlohmann/json.hpp>
 
+#include "common/blas_threads.h"
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage_config.h"
@@ -117,6 +118,7 @@ int main(int argc, char** argv) {
   absl::SetFlagsUsageConfig({.contains_help_flags = [](absl::string_view) { return true; }});
   absl::ParseCommandLine(argc, argv);
   at::set_num_threads(absl::GetFlag(FLAGS_threads));
+  SetBlasThreads(absl::GetFlag(FLAGS_threads));
   auto ckpt = engine::OpenCheckpoint(absl::GetFlag(FLAGS_model));
   if (!ckpt.ok()) {
     std::cerr << "kvguard-bench-guard: " << ckpt.status().message() << "\n";

@@ -1,5 +1,7 @@
 #include "services/server/metrics.h"
 
+#include <iostream>
+
 namespace kvguard::server {
 namespace {
 
@@ -51,7 +53,8 @@ bool ServerMetrics::Serve(const std::string& address) {
     exposer_ = std::make_unique<prometheus::Exposer>(address);
     exposer_->RegisterCollectable(registry_);
     return true;
-  } catch (const std::exception&) {
+  } catch (const std::exception& e) {
+    std::cerr << "metrics: " << e.what() << "\n";
     return false;
   }
 }

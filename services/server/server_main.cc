@@ -13,6 +13,7 @@
 #include <iostream>
 #include <semaphore.h>
 
+#include "common/blas_threads.h"
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage_config.h"
@@ -68,8 +69,15 @@ int main(int argc, char** argv) {
   const std::string fail_safe = absl::GetFlag(FLAGS_fail_safe);
   if (fail_safe != "hold" && fail_safe != "safe") return Fail("--fail_safe must be hold or safe");
   if (absl::GetFlag(FLAGS_guard_lag) != 0 && absl::GetFlag(FLAGS_guard_lag) != 1) return Fail("--guard_lag must be 0 or 1");
-  if (absl::GetFlag(FLAGS_threads) > 0) at::set_num_threads(absl::GetFlag(FLAGS_threads));
+  if (absl::GetFlag(FLAGS_threads) > 0) {
+    at::set_num_threads(absl::GetFlag(FLAGS_threads));
+    SetBlasThreads(absl::GetFlag(FLAGS_threads));
+  }
 
+  // The metrics endpoint starts first: a bad address fails before the model loads.
+  server::ServerMetrics metrics;
+  const std::string metrics_addr = absl::GetFlag(FLAGS_metrics_listen);
+  if (!metrics_addr.empty() && !metrics.Serve(metrics_addr)) return Fail("cannot serve metrics on " + metrics_addr);
   auto ckpt = engine::OpenCheckpoint(model_path);
   if (!ckpt.ok()) return Fail(std::string(ckpt.status().message()));
   std::unique_ptr<engine::Tokenizer> tokenizer;
@@ -82,9 +90,6 @@ int main(int argc, char** argv) {
                                         {.device = absl::GetFlag(FLAGS_device), .dtype = absl::GetFlag(FLAGS_dtype)});
   if (!model.ok()) return Fail(std::string(model.status().message()));
 
-  server::ServerMetrics metrics;
-  const std::string metrics_addr = absl::GetFlag(FLAGS_metrics_listen);
-  if (!metrics_addr.empty() && !metrics.Serve(metrics_addr)) return Fail("cannot serve metrics on " + metrics_addr);
 
   std::unique_ptr<server::GrpcGuardLink> guard;
   if (!absl::GetFlag(FLAGS_guard).empty()) guard = std::make_unique<server::GrpcGuardLink>(absl::GetFlag(FLAGS_guard));

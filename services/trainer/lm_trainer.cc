@@ -1,3 +1,4 @@
+#include "common/blas_threads.h"
 #include "services/trainer/lm_trainer.h"
 
 #include <ATen/ATen.h>
@@ -407,7 +408,10 @@ absl::StatusOr<TrainReport> TrainLm(LmModel& model, const TrainOptions& o,
                                     const std::function<void(const StepStats&)>& on_step) {
   if (o.steps < 1 || o.batch < 1) return absl::InvalidArgumentError("steps and batch must be >= 1");
   KVG_RETURN_IF_ERROR(research::ValidateOptions(o.problems));
-  if (o.threads > 0) at::set_num_threads(o.threads);
+  if (o.threads > 0) {
+    at::set_num_threads(o.threads);
+    SetBlasThreads(o.threads);
+  }
   LmModel::Impl& m = model.impl();
   torch::optim::AdamW optimizer(ParamGroups(m, o), torch::optim::AdamWOptions(o.lr));
   std::vector<at::Tensor> params;
