@@ -26,7 +26,8 @@ for _ in $(seq 300); do grep -q "listening on" "$LOG/server.log" && break; sleep
 SERVER_ADDR=$(grep -o 'listening on [0-9.]*:[0-9]*' "$LOG/server.log" | head -1 | awk '{print $3}')
 echo "== kvguard-server on $SERVER_ADDR (model $MODEL), kvguard-guard on $GUARD_ADDR =="
 
-"$BIN/kvguard" problems --split test --count 3 --json | while read -r line; do
+"$BIN/kvguard" problems --split test --count 3 --json \
+  --problem-opt max_steps=3 --problem-opt max_value=200 --problem-opt num_padding=2 | while read -r line; do
   PROMPT=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["prompt"])' "$line")
   ANSWER=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["answer"])' "$line")
   echo
