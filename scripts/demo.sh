@@ -28,7 +28,8 @@ echo "== kvguard-server on $SERVER_ADDR (model $MODEL), kvguard-guard on $GUARD_
 
 "$BIN/kvguard" problems --split test --count 3 --json \
   --problem-opt max_steps=3 --problem-opt max_value=200 --problem-opt num_padding=2 | while read -r line; do
-  PROMPT=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["prompt"])' "$line")
+  # $(...) strips trailing newlines; the prompt ends with "Solution:\n", which the model expects.
+  PROMPT="$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["prompt"])' "$line")"$'\n'
   ANSWER=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["answer"])' "$line")
   echo
   echo "---- problem (gold answer $ANSWER) ----"
