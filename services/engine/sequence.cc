@@ -36,10 +36,13 @@ std::map<int32_t, std::pair<double, int>> PositionAttention(const SequenceKvCach
   return out;
 }
 
+// Positions still held in some form: retained, or approximated (VECTOR's
+// keys-only pool) — neither is "evicted" nor may be recomputed.
 std::set<int32_t> RetainedPositions(const SequenceKvCache& cache) {
   std::set<int32_t> out;
   for (int64_t l = 0; l < cache.options().num_layers; ++l) {
     for (const auto& head : cache.Positions(l)) out.insert(head.begin(), head.end());
+    for (const auto& head : cache.ApproximatedPositions(l)) out.insert(head.begin(), head.end());
   }
   return out;
 }
