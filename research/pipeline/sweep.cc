@@ -59,13 +59,10 @@ class ShardWriter {
   int64_t next_row_ = 0;
 };
 
-Trace Finish(const Running& r, const Config& c, const engine::LlamaModel& model) {
+Trace Finish(const Running& r, const Config& c) {
   engine::GenerateResult result = r.seq->Result();
   const Outcome o = Classify(result.output_ids, result.text, result.finish_reason == engine::FinishReason::kLength,
                              result.finish_reason == engine::FinishReason::kEos, r.problem->answer);
-  const auto& cfg = model.config();
-  const int64_t per_position = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim *
-                               static_cast<int64_t>(c10::elementSize(model.dtype()));
   Trace t;
   t.prompt_id = r.problem->id;
   t.compressor = c.compressor;
@@ -78,7 +75,7 @@ Trace Finish(const Running& r, const Config& c, const engine::LlamaModel& model)
   t.onset = o.onset;
   t.tokens = static_cast<int64_t>(result.output_ids.size());
   t.kv_bytes = result.kv_bytes;
-  t.kv_bytes_uncompressed = per_position * static_cast<int64_t>(r.seq->cache().num_positions());
+  t.kv_bytes_uncompressed = r.seq->cache().UncompressedBytes();
   return t;
 }
 
@@ -128,7 +125,7 @@ absl::Status RunConfig(engine::LlamaModel& model, const engine::Tokenizer& tok, 
     }
     for (auto& r : active) {
       if (!r->seq->finished()) continue;
-      writer.Write(Finish(*r, c, model), r->rows);
+      writer.Write(Finish(*r, c), r->rows);
       on_trace();
       r.reset();
     }

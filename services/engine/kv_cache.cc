@@ -238,6 +238,11 @@ int64_t SequenceKvCache::LayerBytes(int64_t layer) const {
   return l.store->Bytes() + approx;
 }
 
+int64_t SequenceKvCache::UncompressedBytes() const {
+  return 2 * options_.num_layers * options_.num_kv_heads * options_.head_dim *
+         static_cast<int64_t>(c10::elementSize(options_.dtype)) * num_positions();
+}
+
 KvCacheStats SequenceKvCache::Stats() const {
   KvCacheStats s;
   s.total_tokens = num_positions();

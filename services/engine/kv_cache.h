@@ -137,6 +137,9 @@ class SequenceKvCache {
 
   [[nodiscard]] KvCacheStats Stats() const;
   [[nodiscard]] int64_t LayerBytes(int64_t layer) const;
+  // What the cache would hold with every position seen retained, dense in its
+  // dtype (the baseline for "bytes saved").
+  [[nodiscard]] int64_t UncompressedBytes() const;
   [[nodiscard]] const KvCacheOptions& options() const { return options_; }
 
  private:

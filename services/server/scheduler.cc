@@ -338,10 +338,7 @@ void Scheduler::Complete(Active& a, const absl::Status& status) {
   const auto outcome = research::Classify(result.output_ids, result.text,
                                           result.finish_reason == engine::FinishReason::kLength,
                                           result.finish_reason == engine::FinishReason::kEos, gold);
-  const auto& c = model_.config();
-  const int64_t per_position = 2 * c.num_layers * c.num_kv_heads * c.head_dim *
-                               static_cast<int64_t>(c10::elementSize(model_.dtype()));
-  const int64_t uncompressed = per_position * static_cast<int64_t>(a.seq->cache().num_positions());
+  const int64_t uncompressed = a.seq->cache().UncompressedBytes();
   v1::GenerateResponse msg;
   msg.set_request_id(a.sub.request_id);
   v1::GenerationComplete* done = msg.mutable_complete();
