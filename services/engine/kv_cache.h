@@ -122,9 +122,19 @@ class SequenceKvCache {
   }
 
   // RECOVERY: puts recomputed entries (k, v: [kv_heads, n, head_dim]) for
-  // `positions` back into every head, then restores position order.
+  // `positions` back into each head that lacks them (a head that still holds
+  // a position keeps its own entry), then restores position order. Every head
+  // must end with the same count (FailedPrecondition otherwise): pass a set
+  // closed by RestorableSet().
   absl::Status Insert(int64_t layer, const at::Tensor& k, const at::Tensor& v,
                       const std::vector<int32_t>& positions);
+  // Whether head h of `layer` holds `position` (retained or approximated).
+  [[nodiscard]] bool Holds(int64_t layer, int64_t head, int32_t position) const;
+  // The positions RECOVERY restores for a request: those of `wanted` missing
+  // from some head of some layer, widened so that in every layer each head
+  // lacks equally many of them (a layer's heads hold equal counts): a layer
+  // whose heads would differ contributes every position it lacks. Ascending.
+  [[nodiscard]] std::vector<int32_t> RestorableSet(const std::vector<int32_t>& wanted) const;
 
   // --- attention statistics (filled by the forward pass; see AttentionNeeds) ---
   [[nodiscard]] const LayerAttentionStats& AttentionStats(int64_t layer) const {

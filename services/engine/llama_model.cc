@@ -439,9 +439,14 @@ at::Tensor LlamaModel::Impl::RecomputeAttention(const SequenceKvCache& cache, in
   for (int64_t h = 0; h < hkv; ++h) {
     std::vector<int32_t> kp = cache.ApproximatedPositions(l)[h];
     kp.insert(kp.end(), cache.Positions(l)[h].begin(), cache.Positions(l)[h].end());
+    const int64_t cached = static_cast<int64_t>(kp.size());
     kp.insert(kp.end(), positions.begin(), positions.end());
+    // A head that still holds a position attends to its own entry, not the new one.
+    std::vector<uint8_t> duplicate(n);
+    for (int64_t j = 0; j < n; ++j) duplicate[j] = cache.Holds(l, h, positions[j]);
     for (int64_t i = 0; i < n; ++i)
-      for (int64_t j = 0; j < total; ++j) mask[(h * n + i) * total + j] = kp[j] > positions[i];
+      for (int64_t j = 0; j < total; ++j)
+        mask[(h * n + i) * total + j] = kp[j] > positions[i] || (j >= cached && duplicate[j - cached]);
   }
   at::Tensor m = at::from_blob(mask.data(), {hkv, 1, n, total}, at::kByte).to(device, at::kBool);
   at::Tensor qg = p.q.view({n, hkv, group, hd}).permute({1, 2, 0, 3}).reshape({hkv, group * n, hd});
@@ -452,14 +457,15 @@ at::Tensor LlamaModel::Impl::RecomputeAttention(const SequenceKvCache& cache, in
   return out.view({hkv, group, n, hd}).permute({2, 0, 1, 3}).reshape({n, hkv * group * hd});
 }
 
-absl::Status LlamaModel::Recompute(SequenceKvCache& cache, const std::vector<int32_t>& positions) {
+absl::Status LlamaModel::Recompute(SequenceKvCache& cache, const std::vector<int32_t>& wanted) {
   Impl& m = *impl_;
-  if (positions.empty()) return absl::OkStatus();
-  for (int32_t p : positions) {
+  for (int32_t p : wanted) {
     if (p < 0 || p >= cache.num_positions()) {
       return absl::InvalidArgumentError(absl::StrCat("recompute position ", p, " was never seen"));
     }
   }
+  const std::vector<int32_t> positions = cache.RestorableSet(wanted);
+  if (positions.empty()) return absl::OkStatus();
   try {
     c10::InferenceMode guard;
     std::vector<int64_t> ids, pos;

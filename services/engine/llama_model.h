@@ -53,11 +53,12 @@ class LlamaModel {
   // Errors (ids out of vocabulary, positions past the context) change nothing.
   absl::StatusOr<at::Tensor> Forward(std::span<ForwardItem> batch);
 
-  // RECOVERY: recomputes the keys/values of `positions` (ascending original
-  // positions, absent from the cache) from their token ids, attending to the
-  // entries at earlier positions, and inserts them into every layer and head.
-  // Equal to an uncompressed run's entries when the prefix is intact.
-  absl::Status Recompute(SequenceKvCache& cache, const std::vector<int32_t>& positions);
+  // RECOVERY: recomputes the keys/values of the positions of `wanted` that
+  // some head lacks (widened by SequenceKvCache::RestorableSet) from their
+  // token ids, attending to the entries at earlier positions, and inserts them
+  // into each layer and head that lacks them. Equal to an uncompressed run's
+  // entries when every head's prefix before them is intact.
+  absl::Status Recompute(SequenceKvCache& cache, const std::vector<int32_t>& wanted);
 
   // Options for a cache that fits this model (dtype, device, shape).
   [[nodiscard]] KvCacheOptions CacheOptions(int64_t reserve_slots = 0,

@@ -36,13 +36,20 @@ std::map<int32_t, std::pair<double, int>> PositionAttention(const SequenceKvCach
   return out;
 }
 
-// Positions still held in some form: retained, or approximated (VECTOR's
-// keys-only pool) — neither is "evicted" nor may be recomputed.
-std::set<int32_t> RetainedPositions(const SequenceKvCache& cache) {
+// Positions every head of every layer still holds in some form: retained, or
+// approximated (VECTOR's keys-only pool, never recomputed). A position missing
+// from any head counts as evicted: that is what RECOVERY can put back.
+std::set<int32_t> WholePositions(const SequenceKvCache& cache) {
   std::set<int32_t> out;
-  for (int64_t l = 0; l < cache.options().num_layers; ++l) {
-    for (const auto& head : cache.Positions(l)) out.insert(head.begin(), head.end());
-    for (const auto& head : cache.ApproximatedPositions(l)) out.insert(head.begin(), head.end());
+  for (int32_t p = 0; p < cache.num_positions(); ++p) out.insert(p);
+  for (int64_t l = 0; l < cache.options().num_layers && !out.empty(); ++l) {
+    for (int64_t h = 0; h < cache.options().num_kv_heads; ++h) {
+      std::set<int32_t> held(cache.Positions(l)[h].begin(), cache.Positions(l)[h].end());
+      if (!cache.ApproximatedPositions(l).empty()) {
+        held.insert(cache.ApproximatedPositions(l)[h].begin(), cache.ApproximatedPositions(l)[h].end());
+      }
+      std::erase_if(out, [&](int32_t p) { return !held.count(p); });
+    }
   }
   return out;
 }
@@ -101,12 +108,12 @@ absl::Status Sequence::Compress(std::vector<int32_t>& evicted, std::vector<float
   std::set<int32_t> before;
   if (track) {
     attention = PositionAttention(*cache_);
-    before = RetainedPositions(*cache_);
+    before = WholePositions(*cache_);
   }
   compress::RopeFn rope = [this](int64_t f, int64_t n) { return model_.RopeCosSin(f, n); };
   KVG_RETURN_IF_ERROR(compression_->AfterForward(*cache_, model_.config(), rope, step_ == 0, protected_));
   if (!track || cache_->Stats().evicted_slots == evicted_before) return absl::OkStatus();
-  const std::set<int32_t> after = RetainedPositions(*cache_);
+  const std::set<int32_t> after = WholePositions(*cache_);
   for (int32_t p : before) {
     if (after.count(p)) continue;
     evicted.push_back(p);
@@ -199,13 +206,11 @@ void Sequence::Cancel() {
 
 absl::StatusOr<int64_t> Sequence::Recompute(const std::vector<int32_t>& positions) {
   if (finished_) return 0;
-  const std::set<int32_t> retained = RetainedPositions(*cache_);
-  std::vector<int32_t> todo;
+  std::vector<int32_t> wanted;
   for (int32_t p : positions) {
-    if (p >= 0 && p < cache_->num_positions() - 1 && !retained.count(p)) todo.push_back(p);
+    if (p >= 0 && p < cache_->num_positions()) wanted.push_back(p);
   }
-  std::sort(todo.begin(), todo.end());
-  todo.erase(std::unique(todo.begin(), todo.end()), todo.end());
+  const std::vector<int32_t> todo = cache_->RestorableSet(wanted);
   if (todo.empty()) return 0;
   KVG_RETURN_IF_ERROR(model_.Recompute(*cache_, todo));
   result_.recomputed_positions += static_cast<int64_t>(todo.size());

@@ -66,6 +66,77 @@ TEST_P(RecoveryTest, RecomputedEntriesMatchUncompressedRun) {
   EXPECT_TRUE(at::allclose(*la, *lb, 1e-4, 1e-4));
 }
 
+// Per-head eviction (what snapkv, tova, ... do): head 0 lost 30..33, head 1
+// lost 34..37 in every layer. Restoring fills each head with exactly what it
+// lacks, a head that still holds a position keeps its own entry, and every
+// entry equals the uncompressed run's.
+TEST_P(RecoveryTest, RestoresPositionsMissingFromSomeHeadsOnly) {
+  auto model = LoadModel(GetParam());
+  const int64_t heads = model->config().num_kv_heads;
+  ASSERT_GE(heads, 2);
+  std::vector<int32_t> ids;
+  for (int i = 0; i < 44; ++i) ids.push_back(3 + (i * 37) % 600);
+  SequenceKvCache full(model->CacheOptions(48)), evicted(model->CacheOptions(48));
+  ForwardItem a{.cache = &full, .tokens = ids}, b{.cache = &evicted, .tokens = ids};
+  ASSERT_TRUE(model->Forward({&a, 1}).ok());
+  ASSERT_TRUE(model->Forward({&b, 1}).ok());
+  auto keep_without = [](int32_t lo, int32_t hi) {
+    std::vector<int64_t> keep;
+    for (int64_t s = 0; s < 44; ++s) {
+      if (s < lo || s > hi) keep.push_back(s);
+    }
+    return keep;
+  };
+  for (int64_t l = 0; l < model->config().num_layers; ++l) {
+    std::vector<std::vector<int64_t>> keep(heads, keep_without(34, 37));
+    keep[0] = keep_without(30, 33);
+    ASSERT_TRUE(evicted.Retain(l, keep).ok());
+  }
+  // Asking for one position of a layer whose heads would then differ widens
+  // to everything the layer lacks.
+  EXPECT_EQ(evicted.RestorableSet({31}), std::vector<int32_t>({30, 31, 32, 33, 34, 35, 36, 37}));
+  EXPECT_TRUE(evicted.RestorableSet({5, 40}).empty());  // held by every head
+  ASSERT_TRUE(model->Recompute(evicted, {31}).ok());
+  for (int64_t l = 0; l < model->config().num_layers; ++l) {
+    EXPECT_EQ(evicted.RetainedSlots(l), 44);
+    for (int64_t h = 0; h < heads; ++h) {
+      ASSERT_EQ(evicted.Positions(l)[h].size(), 44u);
+      EXPECT_TRUE(std::is_sorted(evicted.Positions(l)[h].begin(), evicted.Positions(l)[h].end()));
+      for (int32_t p = 28; p < 40; ++p) {
+        at::Tensor k = EntryAt(evicted, l, h, p, true), v = EntryAt(evicted, l, h, p, false);
+        ASSERT_TRUE(k.defined()) << l << " " << h << " " << p;
+        EXPECT_TRUE(at::allclose(k, EntryAt(full, l, h, p, true), 1e-4, 1e-5)) << l << " " << h << " " << p;
+        EXPECT_TRUE(at::allclose(v, EntryAt(full, l, h, p, false), 1e-4, 1e-5)) << l << " " << h << " " << p;
+      }
+    }
+  }
+  ForwardItem next_a{.cache = &full, .tokens = {7}}, next_b{.cache = &evicted, .tokens = {7}};
+  auto la = model->Forward({&next_a, 1}), lb = model->Forward({&next_b, 1});
+  EXPECT_TRUE(at::allclose(*la, *lb, 1e-4, 1e-4));
+}
+
+// A head-count mismatch is refused, not written: Insert of a set that heads
+// lack unequally fails and leaves the layer as it was.
+TEST_P(RecoveryTest, InsertRefusesUnequalHeads) {
+  auto model = LoadModel(GetParam());
+  const int64_t heads = model->config().num_kv_heads;
+  std::vector<int32_t> ids(20, 9);
+  SequenceKvCache cache(model->CacheOptions(24));
+  ForwardItem item{.cache = &cache, .tokens = ids};
+  ASSERT_TRUE(model->Forward({&item, 1}).ok());
+  std::vector<std::vector<int64_t>> keep(heads);
+  for (int64_t h = 0; h < heads; ++h) {
+    for (int64_t s = 0; s < 20; ++s) {
+      if (s != (h == 0 ? 3 : 4)) keep[h].push_back(s);
+    }
+  }
+  ASSERT_TRUE(cache.Retain(0, keep).ok());
+  const int64_t hd = model->config().head_dim;
+  at::Tensor kv = at::zeros({heads, 1, hd});
+  EXPECT_EQ(cache.Insert(0, kv, kv, {3}).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(cache.RetainedSlots(0), 19);
+}
+
 INSTANTIATE_TEST_SUITE_P(Models, RecoveryTest, ::testing::Values("tiny-llama", "tiny-qwen3"),
                          [](const auto& info) { return info.param == "tiny-llama" ? "llama" : "qwen3"; });
 
