@@ -18,6 +18,7 @@
 #include "research/pipeline/predictor.h"
 #include "research/pipeline/traces.h"
 #include "research/problems.h"
+#include "research/prompt_set.h"
 #include "services/client/generation_client.h"
 
 namespace kvguard::research {
@@ -115,7 +116,8 @@ absl::StatusOr<std::unique_ptr<ChildProcess>> Spawn(const std::string& bin, std:
   return p;
 }
 
-absl::Status RunLive(const EvaluateOptions& o, const std::vector<Problem>& problems, const std::set<Key>& configs,
+absl::Status RunLive(const EvaluateOptions& o, const std::vector<Problem>& problems,
+                     const std::vector<std::string>& stop_strings, const std::set<Key>& configs,
                      const std::string& controller_path, const std::string& no_recovery_path, LiveResult& out) {
   const std::string hazard = o.predictor_dir + "/hazard.json";
   std::string guard_addr, guard2_addr, server_addr, server2_addr;
@@ -141,6 +143,7 @@ absl::Status RunLive(const EvaluateOptions& o, const std::vector<Problem>& probl
             v1::GenerateRequest r;
             r.set_text(problems[i].prompt);
             r.mutable_stopping()->set_max_new_tokens(o.max_new_tokens);
+            for (const std::string& stop : stop_strings) r.mutable_stopping()->add_stop(stop);
             r.mutable_compression()->set_compressor(key.first);
             r.mutable_compression()->mutable_ratio()->set_value(key.second);
             r.mutable_compression()->mutable_guard()->set_value(mode != 0);
@@ -216,13 +219,11 @@ absl::Status Evaluate(const EvaluateOptions& o, std::string* summary) {
   if (o.live) {
     std::ifstream mf(o.traces_dir + "/manifest.json");
     nlohmann::json manifest = nlohmann::json::parse(mf);
-    KVG_ASSIGN_OR_RETURN(ProblemOptions popts, OptionsFromJson(manifest["problem_options"]));
-    KVG_ASSIGN_OR_RETURN(Split psplit, ParseSplit(manifest.value("split", "test")));
-    KVG_ASSIGN_OR_RETURN(auto all, GenerateProblems(popts, psplit, manifest.value("first_prompt", 0),
-                                                    manifest.value("prompts", 0)));
+    KVG_ASSIGN_OR_RETURN(PromptSetSpec spec, PromptSetFromJson(manifest["prompt_set"]));
+    KVG_ASSIGN_OR_RETURN(auto all, LoadPrompts(spec));
     std::vector<Problem> held_out;
     for (auto& p : all) if (test_prompts.count(p.id)) held_out.push_back(std::move(p));
-    KVG_RETURN_IF_ERROR(RunLive(o, held_out, configs, controller_path, no_recovery_path, live));
+    KVG_RETURN_IF_ERROR(RunLive(o, held_out, spec.StopStrings(), configs, controller_path, no_recovery_path, live));
   }
 
   std::string md = absl::StrCat(

@@ -26,11 +26,6 @@ uint64_t Hash(const std::string& s, uint64_t seed) {
   return h;
 }
 
-bool Label(const Trace& t, int64_t token, int horizon) {
-  return t.catastrophic && t.onset >= 0 && token >= t.onset - horizon;
-}
-bool PreOnset(const Trace& t, int64_t token) { return !t.catastrophic || t.onset < 0 || token < t.onset; }
-
 struct Selection {
   std::vector<const Trace*> traces;
 };
@@ -43,7 +38,7 @@ guard::Dataset BuildDataset(const Selection& sel, const FeatureSchema& schema, i
       std::span<const float> row(t->features.data() + i * nf, static_cast<size_t>(nf));
       std::vector<float> projected = schema.ProjectRows(row);
       d.features.insert(d.features.end(), projected.begin(), projected.end());
-      d.labels.push_back(Label(*t, i, horizon) ? 1.0f : 0.0f);
+      d.labels.push_back(TokenLabel(*t, i, horizon) ? 1.0f : 0.0f);
     }
   }
   return d;
@@ -67,7 +62,7 @@ Eval Evaluate(const guard::HazardModel& model, const Selection& sel, const Featu
     per_trace.push_back(scores.ok() ? *scores : std::vector<float>(t->tokens, 0.f));
     for (int64_t i = 0; i < t->tokens; ++i) {
       const float s = per_trace.back()[i];
-      const bool y = Label(*t, i, horizon);
+      const bool y = TokenLabel(*t, i, horizon);
       all_s.push_back(s), all_y.push_back(y);
       if (PreOnset(*t, i)) pre_s.push_back(s), pre_y.push_back(y);
       (y ? e.positives : e.negatives)++;
@@ -151,6 +146,11 @@ std::string StaticCfrTable(const std::vector<Trace>& traces) {
 
 }  // namespace
 
+bool TokenLabel(const Trace& t, int64_t token, int horizon) {
+  return t.catastrophic && t.onset >= 0 && token >= t.onset - horizon;
+}
+bool PreOnset(const Trace& t, int64_t token) { return !t.catastrophic || t.onset < 0 || token < t.onset; }
+
 std::map<std::string, PromptSet> SplitPrompts(const std::vector<Trace>& traces, uint64_t seed, double val_fraction,
                                               double test_fraction) {
   std::map<std::string, bool> fails;
@@ -209,7 +209,7 @@ absl::Status TrainPredictor(const PredictorOptions& o, std::string* summary) {
       guard::Dataset one = BuildDataset({.traces = {t}}, schema, nf, o.horizon);
       auto p = model->PredictBatch(one.features);
       for (int64_t i = 0; p.ok() && i < t->tokens; ++i) {
-        if (PreOnset(*t, i)) s.push_back((*p)[i]), y.push_back(Label(*t, i, o.horizon));
+        if (PreOnset(*t, i)) s.push_back((*p)[i]), y.push_back(TokenLabel(*t, i, o.horizon));
       }
     }
     PlotSeries series{.name = ablation};

@@ -28,6 +28,13 @@ namespace kvguard::research {
 
 enum class PromptSet { kTrain, kVal, kTest };
 
+// The training label of token `token` of `t`: its trace is catastrophic and
+// the onset lies within the next `horizon` tokens or has passed.
+bool TokenLabel(const Trace& t, int64_t token, int horizon);
+// Tokens before the onset (every token of a trace without one): the ones the
+// pre-onset AUROC and recall are measured on.
+bool PreOnset(const Trace& t, int64_t token);
+
 // Deterministic, stratified by whether the prompt ever fails in `traces`.
 std::map<std::string, PromptSet> SplitPrompts(const std::vector<Trace>& traces, uint64_t seed,
                                               double val_fraction = 0.2, double test_fraction = 0.2);

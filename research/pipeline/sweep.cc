@@ -62,7 +62,9 @@ class ShardWriter {
 Trace Finish(const Running& r, const Config& c) {
   engine::GenerateResult result = r.seq->Result();
   const Outcome o = Classify(result.output_ids, result.text, result.finish_reason == engine::FinishReason::kLength,
-                             result.finish_reason == engine::FinishReason::kEos, r.problem->answer);
+                             result.finish_reason == engine::FinishReason::kEos ||
+                                 result.finish_reason == engine::FinishReason::kStop,
+                             r.problem->answer);
   Trace t;
   t.prompt_id = r.problem->id;
   t.compressor = c.compressor;
@@ -95,6 +97,7 @@ absl::Status RunConfig(engine::LlamaModel& model, const engine::Tokenizer& tok, 
       engine::GenerateRequest req;
       KVG_ASSIGN_OR_RETURN(req.prompt_ids, tok.Encode(r->problem->prompt));
       req.max_new_tokens = o.max_new_tokens;
+      req.stop_strings = o.prompt_set.StopStrings();
       if (c.compressor != "none") {
         req.compression = {.compressor = c.compressor, .options = c.options, .ratio = c.ratio};
         if (c.compressor == "q2c") {
@@ -161,14 +164,11 @@ absl::Status RunSweep(const SweepOptions& o, const std::function<void(int64_t, i
   }
   KVG_ASSIGN_OR_RETURN(auto tok, engine::Tokenizer::Load(ckpt.tokenizer_path));
   KVG_ASSIGN_OR_RETURN(auto model, engine::LlamaModel::Load(std::move(ckpt), {}));
-  KVG_ASSIGN_OR_RETURN(auto problems, GenerateProblems(o.problem_options, o.split, o.first_prompt, o.prompts));
+  KVG_ASSIGN_OR_RETURN(auto problems, LoadPrompts(o.prompt_set));
   std::filesystem::create_directories(o.out_dir);
   const std::vector<Config> configs = Configs(o);
   nlohmann::json manifest = {{"model", o.model_path},
-                             {"problem_options", ToJson(o.problem_options)},
-                             {"split", std::string(SplitName(o.split))},
-                             {"first_prompt", o.first_prompt},
-                             {"prompts", o.prompts},
+                             {"prompt_set", ToJson(o.prompt_set)},
                              {"max_new_tokens", o.max_new_tokens},
                              {"num_features", guard::kNumFeatures},
                              {"feature_names", std::vector<std::string>(guard::kFeatureNames.begin(), guard::kFeatureNames.end())}};

@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "research/problems.h"
+#include "research/prompt_set.h"
 
 namespace kvguard::research {
 
@@ -23,10 +23,7 @@ struct SweepOptions {
   std::vector<std::string> compressors = {"streaming_llm", "snapkv", "tova", "knorm"};
   std::vector<double> ratios = {0.5, 0.75, 0.875};
   std::vector<std::string> compressor_options;  // "name:key=value" applied to that compressor
-  int64_t prompts = 100;
-  int64_t first_prompt = 0;
-  Split split = Split::kTest;
-  ProblemOptions problem_options;
+  PromptSetSpec prompt_set;  // which prompts: arith problems or GSM8K (recorded in the manifest)
   int max_new_tokens = 256;
   int batch = 16;
   int threads = 0;  // CPU intra-op threads (0 = libtorch default)

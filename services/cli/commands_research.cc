@@ -45,7 +45,8 @@ absl::Status RunSweepCommand(int argc, char** argv) {
   CliArgs args;
   KVG_RETURN_IF_ERROR(args.Parse(argc, argv,
                                  {"model", "out", "compressors", "ratios", "compressor-opt", "prompts", "first-prompt",
-                                  "split", "problem-opt", "max-new-tokens", "batch", "threads"},
+                                  "split", "problem-opt", "max-new-tokens", "batch", "threads", "dataset", "data-dir",
+                                  "shots"},
                                  {}));
   research::SweepOptions o;
   KVG_ASSIGN_OR_RETURN(o.model_path, args.Require("model"));
@@ -55,10 +56,18 @@ absl::Status RunSweepCommand(int argc, char** argv) {
     KVG_ASSIGN_OR_RETURN(o.ratios, Doubles(args.Get("ratios")));
   }
   o.compressor_options = args.GetAll("compressor-opt");
-  KVG_ASSIGN_OR_RETURN(o.prompts, args.GetInt("prompts", 100));
-  KVG_ASSIGN_OR_RETURN(o.first_prompt, args.GetInt("first-prompt", 0));
-  KVG_ASSIGN_OR_RETURN(o.split, research::ParseSplit(args.Get("split", "test")));
-  KVG_ASSIGN_OR_RETURN(o.problem_options, ProblemOptionsFrom(args.GetAll("problem-opt")));
+  research::PromptSetSpec& ps = o.prompt_set;
+  ps.dataset = args.Get("dataset", "arith");
+  KVG_ASSIGN_OR_RETURN(ps.count, args.GetInt("prompts", 100));
+  KVG_ASSIGN_OR_RETURN(ps.first, args.GetInt("first-prompt", 0));
+  KVG_ASSIGN_OR_RETURN(ps.split, research::ParseSplit(args.Get("split", "test")));
+  KVG_ASSIGN_OR_RETURN(ps.problem_options, ProblemOptionsFrom(args.GetAll("problem-opt")));
+  ps.data_dir = args.Get("data-dir", "");
+  KVG_ASSIGN_OR_RETURN(int64_t shots, args.GetInt("shots", 8));
+  ps.shots = static_cast<int>(shots);
+  if (ps.dataset == "gsm8k" && ps.data_dir.empty()) {
+    return absl::InvalidArgumentError("--dataset gsm8k needs --data-dir (train.jsonl, test.jsonl)");
+  }
   KVG_ASSIGN_OR_RETURN(int64_t max_new, args.GetInt("max-new-tokens", 256));
   KVG_ASSIGN_OR_RETURN(int64_t batch, args.GetInt("batch", 16));
   KVG_ASSIGN_OR_RETURN(int64_t threads, args.GetInt("threads", 0));

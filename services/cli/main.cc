@@ -26,6 +26,7 @@ commands:
             (VECTOR's value regression; use with --compressor vector --compressor-opt calibration=FILE)
   sweep     --model DIR --out TRACES [--compressors a,b] [--ratios 0.5,0.75] [--prompts N] [--split S]
             [--problem-opt key=value]... [--max-new-tokens N] [--batch B] [--threads T]
+            [--dataset arith|gsm8k] [--data-dir DIR (gsm8k: train.jsonl, test.jsonl)] [--shots 8]
   train-predictor --traces TRACES --out DIR [--horizon 32] [--seed S] [--rounds N] [--target-fpr 0.05]
   evaluate  --model DIR --traces TRACES --predictor DIR --out DIR [--live] [--config controller.json]
   problems  [--split train|val|test] [--count N] [--start K] [--problem-opt key=value]... [--json]

@@ -4,6 +4,8 @@
 #include <sys/wait.h>
 
 #include <cstdio>
+#include <filesystem>
+#include <sstream>
 #include <nlohmann/json.hpp>
 
 #include "tests/unit/engine/test_util.h"
@@ -80,6 +82,80 @@ TEST(CliTest, GenerateJsonWithPromptAndIds) {
 }
 
 // Each bad input: non-zero exit, a single line on stderr, nothing that looks like a crash.
+// Lines of a text file (trace shards are JSON lines).
+std::vector<json> JsonLines(const std::string& path) {
+  std::vector<json> out;
+  std::istringstream in(testing::ReadFile(path));
+  for (std::string line; std::getline(in, line);) {
+    if (!line.empty()) out.push_back(json::parse(line));
+  }
+  return out;
+}
+
+// The research loop in miniature on the bundled model: sweep -> train-predictor
+// -> evaluate (offline and live through a real server and guard). The full
+// sweep is scripts/research_loop.sh; this shows the commands fit together.
+TEST(CliTest, ResearchLoopEndToEndOnTheBundledModel) {
+  testing::TempDir tmp;
+  const std::string traces = tmp.File("traces"), pred = tmp.File("pred"), eval = tmp.File("eval");
+  auto r = Kvguard({"sweep", "--model", testing::ModelsPath("arith-lm"), "--out", traces, "--prompts", "10",
+                    "--compressors", "snapkv", "--ratios", "0.875", "--max-new-tokens", "64", "--batch", "10"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const json manifest = json::parse(testing::ReadFile(traces + "/manifest.json"));
+  EXPECT_EQ(manifest["prompt_set"]["dataset"], "arith");
+  EXPECT_EQ(manifest["configs"], json({"none", "snapkv@0.875"}));
+  const auto none = JsonLines(traces + "/none.jsonl"), snap = JsonLines(traces + "/snapkv@0.875.jsonl");
+  ASSERT_EQ(none.size(), 10u);
+  ASSERT_EQ(snap.size(), 10u);
+  for (const json& t : snap) {
+    EXPECT_EQ(t["compressor"], "snapkv");
+    EXPECT_TRUE(t["prompt_id"].get<std::string>().starts_with("arith-test-"));
+  }
+  // Resumable: a second run finds every shard done and rewrites nothing.
+  r = Kvguard({"sweep", "--model", testing::ModelsPath("arith-lm"), "--out", traces, "--prompts", "10",
+               "--compressors", "snapkv", "--ratios", "0.875", "--max-new-tokens", "64"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(JsonLines(traces + "/snapkv@0.875.jsonl"), snap);
+
+  r = Kvguard({"train-predictor", "--traces", traces, "--out", pred, "--rounds", "20"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const json report = json::parse(testing::ReadFile(pred + "/report.json"));
+  EXPECT_TRUE(std::filesystem::exists(pred + "/hazard.json"));
+  EXPECT_TRUE(std::filesystem::exists(pred + "/roc.svg"));
+  EXPECT_TRUE(report["ablations"].contains("logit_only"));
+  EXPECT_TRUE(report["loco"].contains("snapkv"));
+  EXPECT_FALSE(report["loco"].contains("none")) << "uncompressed must never be a CV fold";
+
+  r = Kvguard({"evaluate", "--model", testing::ModelsPath("arith-lm"), "--traces", traces, "--predictor", pred,
+               "--out", eval, "--live", "--bin-dir", KVG_BIN_DIR, "--max-new-tokens", "64", "--concurrency", "2"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const json ev = json::parse(testing::ReadFile(eval + "/evaluation.json"));
+  EXPECT_TRUE(std::filesystem::exists(eval + "/evaluation.csv"));
+  EXPECT_TRUE(std::filesystem::exists(eval + "/cfr_vs_ratio_snapkv.svg"));
+  EXPECT_TRUE(std::filesystem::exists(eval + "/controller.json"));
+  EXPECT_NE(ev.dump().find("\"live\""), std::string::npos) << ev.dump();
+}
+
+// The same sweep runs unchanged on a Hugging Face checkpoint with GSM8K
+// few-shot prompts (here a tiny random Qwen2 and 2 test questions).
+TEST(CliTest, SweepOnGsm8kWithAHuggingFaceCheckpoint) {
+  testing::TempDir tmp;
+  auto r = Kvguard({"sweep", "--model", DataPath("models/tiny-qwen2"), "--out", tmp.File("t"), "--dataset", "gsm8k",
+                    "--data-dir", DataPath("gsm8k"), "--shots", "1", "--prompts", "2", "--compressors", "knorm",
+                    "--ratios", "0.5", "--max-new-tokens", "6"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const json manifest = json::parse(testing::ReadFile(tmp.File("t") + "/manifest.json"));
+  EXPECT_EQ(manifest["prompt_set"]["dataset"], "gsm8k");
+  EXPECT_EQ(manifest["prompt_set"]["shots"], 1);
+  const auto traces = JsonLines(tmp.File("t") + "/knorm@0.5.jsonl");
+  ASSERT_EQ(traces.size(), 2u);
+  EXPECT_EQ(traces[0]["prompt_id"], "gsm8k-test-000000");
+  EXPECT_EQ(traces[0]["tokens"], 6);
+  r = Kvguard({"sweep", "--model", DataPath("models/tiny-qwen2"), "--out", tmp.File("u"), "--dataset", "gsm8k"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("--data-dir"), std::string::npos) << r.err;
+}
+
 TEST(CliTest, BadInputsFailWithOneLine) {
   testing::TempDir tmp;
   testing::WriteFile(tmp.File("bad.json"), "{not json");
