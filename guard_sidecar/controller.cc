@@ -118,7 +118,8 @@ absl::StatusOr<ControllerConfig> ControllerConfig::FromJson(const json& j) {
                                   {"enter", &c.recovery.enter},
                                   {"enter_steps", &c.recovery.enter_steps},
                                   {"top_n", &c.recovery.top_n},
-                                  {"cooldown", &c.recovery.cooldown}}));
+                                  {"cooldown", &c.recovery.cooldown},
+                                  {"pin", &c.recovery.pin}}));
   KVG_RETURN_IF_ERROR(c.Validate());
   return c;
 }
@@ -167,7 +168,8 @@ json ControllerConfig::ToJson() const {
             {"enter", recovery.enter},
             {"enter_steps", recovery.enter_steps},
             {"top_n", recovery.top_n},
-            {"cooldown", recovery.cooldown}}},
+            {"cooldown", recovery.cooldown},
+            {"pin", recovery.pin}}},
           {"alert_ratio_scale", alert_ratio_scale},
           {"r_safe", r_safe},
           {"protect_recent", protect_recent},
@@ -199,8 +201,13 @@ Decision ModeController::Step(const StepInput& in) {
   if (mode_ == v1::MODE_RECOVERY) {
     d.recompute_positions = TopEvicted();
     last_recovery_ = step_;
+    if (config_.recovery.pin) pinned_.insert(d.recompute_positions.begin(), d.recompute_positions.end());
   }
-  if (mode_ != v1::MODE_NORMAL) d.protect_positions = Protected(in.position, d.recompute_positions);
+  if (mode_ != v1::MODE_NORMAL) {
+    d.protect_positions = Protected(in.position, d.recompute_positions);
+  } else {
+    d.protect_positions.assign(pinned_.begin(), pinned_.end());
+  }
   ++dwell_;
   ++step_;
   return d;
@@ -288,6 +295,7 @@ std::vector<int32_t> ModeController::Protected(int32_t position,
     }
   }
   out.insert(out.end(), extra.begin(), extra.end());
+  out.insert(out.end(), pinned_.begin(), pinned_.end());
   std::sort(out.begin(), out.end());
   out.erase(std::unique(out.begin(), out.end()), out.end());
   return out;

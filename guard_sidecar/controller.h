@@ -22,6 +22,7 @@
 //    per recovery.cooldown steps and only if evicted positions are known: the
 //    directive asks to recompute the top_n evicted positions that had received
 //    the most attention; the next step is SAFE again (its dwell restarts).
+//    With recovery.pin the restored positions are protected from then on.
 // Directives: NORMAL keeps the requested ratio and protects nothing; ALERT
 // slows eviction (ratio x alert_ratio_scale) and protects the last
 // protect_recent positions plus thinking-token positions; SAFE and RECOVERY
@@ -32,6 +33,7 @@
 #include <cstdint>
 #include <deque>
 #include <map>
+#include <set>
 #include <nlohmann/json_fwd.hpp>
 #include <span>
 #include <string>
@@ -56,6 +58,10 @@ struct RecoveryConfig {
   int enter_steps = 4;
   int top_n = 32;     // positions recomputed per RECOVERY step
   int cooldown = 64;  // minimum steps between two RECOVERY steps
+  // Restored positions stay protected for the rest of the session (in every
+  // mode): they were needed once, and evicting them again when the mode
+  // relaxes is how a rescued generation fails a second time.
+  bool pin = false;
 };
 
 struct ControllerConfig {
@@ -124,6 +130,7 @@ class ModeController {
   int64_t last_recovery_ = -1;
   std::deque<int32_t> thinking_positions_;
   std::map<int32_t, float> evicted_;  // evicted position -> attention it had
+  std::set<int32_t> pinned_;          // restored by RECOVERY with recovery.pin
 };
 
 std::string_view ModeName(v1::Mode mode);  // "normal", "alert", "safe", "recovery"

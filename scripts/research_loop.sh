@@ -6,7 +6,7 @@
 #   scripts/research_loop.sh [PROMPTS] [extra sweep flags...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PROMPTS="${1:-150}"; shift || true
+PROMPTS="${1:-400}"; shift || true
 MODEL="${KVG_MODEL:-models/arith-lm}"
 OUT=reports/research
 TRACES="${KVG_TRACES:-$OUT/traces}"

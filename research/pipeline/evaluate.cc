@@ -30,6 +30,7 @@ struct Counts {
   int64_t n = 0, catastrophic = 0, correct = 0;
   int64_t false_positive = 0, clean = 0;  // guarded: clean traces that left NORMAL
   double saved = 0;                        // summed bytes saved
+  double saved_fraction = 0;               // summed per-run saved / uncompressed
 };
 
 // Replays the controller on one trace; returns the first step outside NORMAL (-1: never).
@@ -117,7 +118,8 @@ absl::StatusOr<std::unique_ptr<ChildProcess>> Spawn(const std::string& bin, std:
 }
 
 absl::Status RunLive(const EvaluateOptions& o, const std::vector<Problem>& problems,
-                     const std::vector<std::string>& stop_strings, const std::set<Key>& configs,
+                     const std::vector<std::string>& stop_strings,
+                     const std::vector<std::string>& compressor_options, const std::set<Key>& configs,
                      const std::string& controller_path, const std::string& no_recovery_path, LiveResult& out) {
   const std::string hazard = o.predictor_dir + "/hazard.json";
   std::string guard_addr, guard2_addr, server_addr, server2_addr;
@@ -131,7 +133,12 @@ absl::Status RunLive(const EvaluateOptions& o, const std::vector<Problem>& probl
   KVG_ASSIGN_OR_RETURN(auto server, Spawn(o.bin_dir + "/kvguard-server", with_guard(guard_addr), &server_addr));
   KVG_ASSIGN_OR_RETURN(auto server2, Spawn(o.bin_dir + "/kvguard-server", with_guard(guard2_addr), &server2_addr));
   std::mutex mu;
+  // Per config, whether each prompt's static run was clean: a guarded run
+  // leaving NORMAL is a false positive only when static compression would
+  // not have failed (a clean guarded run may be clean because it escalated).
+  std::map<Key, std::vector<int8_t>> static_clean;
   for (const Key& key : configs) {
+    static_clean[key].assign(problems.size(), -1);
     for (int mode = 0; mode < 3; ++mode) {
       const std::string addr = mode == 2 ? server2_addr : server_addr;
       std::vector<std::future<void>> jobs;
@@ -145,6 +152,12 @@ absl::Status RunLive(const EvaluateOptions& o, const std::vector<Problem>& probl
             r.mutable_stopping()->set_max_new_tokens(o.max_new_tokens);
             for (const std::string& stop : stop_strings) r.mutable_stopping()->add_stop(stop);
             r.mutable_compression()->set_compressor(key.first);
+            // The sweep's "name:key=value" options, so live runs use the same settings.
+            for (const std::string& opt : compressor_options) {
+              const size_t colon = opt.find(':'), eq = opt.find('=');
+              if (colon == std::string::npos || eq == std::string::npos || opt.substr(0, colon) != key.first) continue;
+              (*r.mutable_compression()->mutable_options())[opt.substr(colon + 1, eq - colon - 1)] = opt.substr(eq + 1);
+            }
             r.mutable_compression()->mutable_ratio()->set_value(key.second);
             r.mutable_compression()->mutable_guard()->set_value(mode != 0);
             r.set_gold_answer(absl::StrCat(problems[i].answer));
@@ -158,9 +171,12 @@ absl::Status RunLive(const EvaluateOptions& o, const std::vector<Problem>& probl
             k.catastrophic += cat;
             k.correct += c.catastrophes().answered() && c.catastrophes().answer() == problems[i].answer;
             k.saved += static_cast<double>(c.kv_bytes_saved());
+            const double uncompressed = static_cast<double>(c.kv_bytes_saved() + c.kv_bytes());
+            k.saved_fraction += uncompressed > 0 ? static_cast<double>(c.kv_bytes_saved()) / uncompressed : 0.0;
             bool left_normal = false;
             for (const auto& [m, steps] : c.mode_steps()) left_normal |= m != "normal" && steps > 0;
-            if (!cat) {
+            if (mode == 0) static_clean[key][i] = !cat;
+            if (mode != 0 && static_clean[key][i] == 1) {
               ++k.clean;
               k.false_positive += left_normal;
             }
@@ -223,7 +239,9 @@ absl::Status Evaluate(const EvaluateOptions& o, std::string* summary) {
     KVG_ASSIGN_OR_RETURN(auto all, LoadPrompts(spec));
     std::vector<Problem> held_out;
     for (auto& p : all) if (test_prompts.count(p.id)) held_out.push_back(std::move(p));
-    KVG_RETURN_IF_ERROR(RunLive(o, held_out, spec.StopStrings(), configs, controller_path, no_recovery_path, live));
+    const auto compressor_options = manifest.value("compressor_options", std::vector<std::string>{});
+    KVG_RETURN_IF_ERROR(RunLive(o, held_out, spec.StopStrings(), compressor_options, configs, controller_path,
+                                no_recovery_path, live));
   }
 
   std::string md = absl::StrCat(
@@ -232,9 +250,12 @@ absl::Status Evaluate(const EvaluateOptions& o, std::string* summary) {
       o.target_fpr, ":\n\n", tuning, "\nChosen: alert.enter = ", tuned.alert.enter, ", safe.enter = ", tuned.safe.enter,
       ", recovery.enter = ", tuned.recovery.enter, " (", controller_path, ").\n\nOffline FPR on test traces: ",
       absl::StrFormat("%.3f", off.fpr), "\n\n| compressor | ratio | static CFR (traces) | guarded CFR offline |");
-  if (o.live) md += " static CFR live | guarded CFR live | reduction [95% CI] | guarded w/o RECOVERY | savings kept | live FPR | acc static / guarded |";
+  if (o.live) {
+    md += " static CFR live | guarded CFR live | reduction [95% CI] | relative reduction | guarded w/o RECOVERY |"
+          " savings kept | live FPR | acc static / guarded | goal met |";
+  }
   md += "\n| --- | --- | --- | --- |";
-  if (o.live) md += " --- | --- | --- | --- | --- | --- | --- |";
+  if (o.live) md += " --- | --- | --- | --- | --- | --- | --- | --- | --- |";
   md += "\n";
   nlohmann::json rows = nlohmann::json::array();
   std::string csv = "compressor,ratio,static_cfr_traces,guarded_cfr_offline,static_cfr_live,guarded_cfr_live,guarded_norec_cfr_live,savings_kept,live_fpr\n";
@@ -254,14 +275,28 @@ absl::Status Evaluate(const EvaluateOptions& o, std::string* summary) {
       ls = double(a.catastrophic) / std::max<int64_t>(1, a.n);
       lg = double(b.catastrophic) / std::max<int64_t>(1, b.n);
       ln = double(c.catastrophic) / std::max<int64_t>(1, c.n);
-      kept = a.saved > 0 ? b.saved / a.saved : NAN;
+      // Savings kept compares the share of KV each run saves (guarded mean over
+      // static mean), not summed bytes: a rescued run that ends at its answer
+      // instead of looping to max tokens is shorter, which must not count as
+      // lost savings. The byte-sum ratio is in the JSON too.
+      kept = a.saved_fraction > 0 ? (b.saved_fraction / std::max<int64_t>(1, b.n)) /
+                                        (a.saved_fraction / std::max<int64_t>(1, a.n))
+                                  : NAN;
+      const double kept_bytes = a.saved > 0 ? b.saved / a.saved : NAN;
       fpr = b.clean ? double(b.false_positive) / b.clean : NAN;
       const RateCI d = NewcombeDifference(a.catastrophic, a.n, b.catastrophic, b.n);
-      absl::StrAppendFormat(&md, " %s | %s | %.3f [%.3f, %.3f] | %s | %.2f | %.3f | %.2f / %.2f |", CfrCell(a), CfrCell(b),
-                            d.rate, d.lo, d.hi, CfrCell(c), kept, fpr, double(a.correct) / std::max<int64_t>(1, a.n),
-                            double(b.correct) / std::max<int64_t>(1, b.n));
+      const double relative = ls > 0 ? (ls - lg) / ls : NAN;
+      // The bar: CFR at least halved, FPR <= 5%, >= 70% of the savings kept.
+      const bool met = ls > 0 && relative >= 0.5 && !(fpr > 0.05) && kept >= 0.7;
+      absl::StrAppendFormat(&md, " %s | %s | %.3f [%.3f, %.3f] | %.2f | %s | %.2f | %.3f | %.2f / %.2f | %s |", CfrCell(a),
+                            CfrCell(b), d.rate, d.lo, d.hi, relative, CfrCell(c), kept, fpr,
+                            double(a.correct) / std::max<int64_t>(1, a.n), double(b.correct) / std::max<int64_t>(1, b.n),
+                            ls == 0 ? "n/a (no static failures)" : (met ? "yes" : "no"));
       row["live"] = {{"static_cfr", ls}, {"guarded_cfr", lg}, {"guarded_no_recovery_cfr", ln}, {"savings_kept", kept},
-                     {"fpr", fpr}, {"reduction", d.rate}, {"reduction_ci", {d.lo, d.hi}}, {"n", a.n}};
+                     {"fpr", fpr}, {"reduction", d.rate}, {"reduction_ci", {d.lo, d.hi}}, {"relative_reduction", relative},
+                     {"goal_met", met}, {"n", a.n}, {"savings_kept_bytes", kept_bytes},
+                     {"saved_fraction_static", a.saved_fraction / std::max<int64_t>(1, a.n)},
+                     {"saved_fraction_guarded", b.saved_fraction / std::max<int64_t>(1, b.n)}};
     }
     md += "\n";
     rows.push_back(row);
@@ -282,6 +317,12 @@ absl::Status Evaluate(const EvaluateOptions& o, std::string* summary) {
       p.series[4].x.push_back(key.second), p.series[4].y.push_back(ln);
     }
   }
+  md += "\nDefinitions: CFR = share of traces that loop or do not terminate (no answer within max tokens); "
+        "reduction = static minus guarded CFR (live, same prompts), Newcombe 95% CI; relative reduction = reduction / static CFR; "
+        "savings kept = mean share of the KV saved at completion (saved / uncompressed bytes per run), guarded / static "
+        "(summed bytes in evaluation.json: savings_kept_bytes); live FPR = share of prompts whose static run was "
+        "clean but whose guarded run left NORMAL; offline FPR = the same on the test traces with the controller replayed; "
+        "goal met = relative reduction >= 0.5, live FPR <= 0.05 and savings kept >= 0.70.\n";
   for (const auto& [name, plot] : plots) KVG_RETURN_IF_ERROR(WriteSvgPlot(plot, o.out_dir + "/cfr_vs_ratio_" + name + ".svg"));
   KVG_RETURN_IF_ERROR(WriteTextFile(o.out_dir + "/evaluation.md", md));
   KVG_RETURN_IF_ERROR(WriteTextFile(o.out_dir + "/evaluation.csv", csv));

@@ -169,6 +169,7 @@ absl::Status RunSweep(const SweepOptions& o, const std::function<void(int64_t, i
   const std::vector<Config> configs = Configs(o);
   nlohmann::json manifest = {{"model", o.model_path},
                              {"prompt_set", ToJson(o.prompt_set)},
+                             {"compressor_options", o.compressor_options},
                              {"max_new_tokens", o.max_new_tokens},
                              {"num_features", guard::kNumFeatures},
                              {"feature_names", std::vector<std::string>(guard::kFeatureNames.begin(), guard::kFeatureNames.end())}};

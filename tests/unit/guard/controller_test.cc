@@ -190,6 +190,38 @@ TEST(ControllerTest, RecoveryRecomputesTopAttendedEvictionsThenReturnsToSafe) {
   }
 }
 
+// recovery.pin: what RECOVERY restored stays protected in every later mode,
+// NORMAL included, so relaxing the ratio cannot evict it again.
+TEST(ControllerTest, PinnedRecoveriesStayProtectedAfterReturningToNormal) {
+  ControllerConfig config = SmallConfig();
+  config.recovery.pin = true;
+  ModeController c(config);
+  const std::vector<int32_t> evicted = {3, 5, 7, 9};
+  const std::vector<float> attention = {0.1f, 0.7f, 0.3f, 0.5f};
+  c.Step({.hazard = 0.0f, .position = 10, .requested_ratio = 0.8, .evicted_positions = evicted,
+          .evicted_attention = attention});
+  RunModes(c, Concat({Repeat(0.5f, 3), Repeat(0.8f, 3), Repeat(0.95f, 2)}));
+  int32_t position = 30;
+  Decision d;
+  for (int i = 0; i < 200 && c.mode() != MODE_NORMAL; ++i) {
+    d = c.Step({.hazard = 0.0f, .position = position++, .requested_ratio = 0.8});
+  }
+  ASSERT_EQ(c.mode(), MODE_NORMAL);
+  d = c.Step({.hazard = 0.0f, .position = position++, .requested_ratio = 0.8});
+  EXPECT_DOUBLE_EQ(d.target_ratio, 0.8);
+  EXPECT_EQ(d.protect_positions, (std::vector<int32_t>{5, 9}));
+  // Without pin, NORMAL protects nothing.
+  ModeController plain(SmallConfig());
+  plain.Step({.hazard = 0.0f, .position = 10, .requested_ratio = 0.8, .evicted_positions = evicted,
+              .evicted_attention = attention});
+  RunModes(plain, Concat({Repeat(0.5f, 3), Repeat(0.8f, 3), Repeat(0.95f, 2)}));
+  for (int i = 0; i < 200 && plain.mode() != MODE_NORMAL; ++i) {
+    d = plain.Step({.hazard = 0.0f, .position = 30 + i, .requested_ratio = 0.8});
+  }
+  d = plain.Step({.hazard = 0.0f, .position = 300, .requested_ratio = 0.8});
+  EXPECT_TRUE(d.protect_positions.empty());
+}
+
 // ---- config -------------------------------------------------------------------------------
 
 std::string ErrorOf(const std::string& text) {
