@@ -26,8 +26,9 @@ for _ in $(seq 300); do grep -q "listening on" "$LOG/server.log" && break; sleep
 SERVER_ADDR=$(grep -o 'listening on [0-9.]*:[0-9]*' "$LOG/server.log" | head -1 | awk '{print $3}')
 echo "== kvguard-server on $SERVER_ADDR (model $MODEL), kvguard-guard on $GUARD_ADDR =="
 
-"$BIN/kvguard" problems --split test --count 3 --json \
-  --problem-opt max_steps=3 --problem-opt max_value=200 --problem-opt num_padding=2 | while read -r line; do
+# Held-out problems of the model's own task (the options in its training.json).
+mapfile -t OPTS < <(python3 scripts/problem_opts.py "$MODEL")
+"$BIN/kvguard" problems --split test --count 3 --json "${OPTS[@]}" | while read -r line; do
   # $(...) strips trailing newlines; the prompt ends with "Solution:\n", which the model expects.
   PROMPT="$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["prompt"])' "$line")"$'\n'
   ANSWER=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["answer"])' "$line")

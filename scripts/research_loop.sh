@@ -13,16 +13,7 @@ TRACES="${KVG_TRACES:-$OUT/traces}"
 BIN=build/bin
 mkdir -p "$OUT" models/hazard
 # The problem options the model was trained with (training.json), so prompts match its task.
-OPTS=()
-if [ -f "$MODEL/training.json" ]; then
-  while IFS= read -r kv; do OPTS+=(--problem-opt "$kv"); done < <(python3 - "$MODEL/training.json" <<'PY'
-import json, sys
-t = json.load(open(sys.argv[1]))
-for k, v in (t.get("problem_options") or {}).items():
-    print(f"{k}={json.dumps(v) if not isinstance(v, str) else v}")
-PY
-)
-fi
+mapfile -t OPTS < <(python3 scripts/problem_opts.py "$MODEL")
 echo "== sweep: $PROMPTS held-out prompts x (none + compressors x ratios) =="
 "$BIN/kvguard" sweep --model "$MODEL" --out "$TRACES" --prompts "$PROMPTS" --split test \
   --compressors streaming_llm,snapkv,tova,knorm --ratios 0.5,0.75,0.875 \
