@@ -3,7 +3,7 @@
 // The trace directory written by `kvguard sweep` and read by
 // `kvguard train-predictor` / `kvguard evaluate`. Schema (see TRACES.md):
 //
-//   DIR/manifest.json            model, problem options, prompts, configurations, feature names
+//   DIR/manifest.json            model, prompt set, compressor options, configurations, feature names
 //   DIR/<config>.jsonl           one line per trace (prompt x configuration): outcome and onset
 //   DIR/<config>.f32             the traces' per-token guard feature rows, float32,
 //                                kNumFeatures columns, traces in .jsonl order
