@@ -20,9 +20,13 @@ echo "== sweep: $PROMPTS held-out prompts x (none + compressors x ratios) =="
   --compressor-opt snapkv:window_size=16 --max-new-tokens 256 --batch 16 "${OPTS[@]}" "$@"
 echo "== train-predictor =="
 "$BIN/kvguard" train-predictor --traces "$TRACES" --out "$OUT/predictor" --horizon 32 --rounds 300
-echo "== evaluate (offline + live) =="
+echo "== evaluate (offline + live), FPR <= 5% in every configuration =="
 "$BIN/kvguard" evaluate --model "$MODEL" --traces "$TRACES" --predictor "$OUT/predictor" \
   --out "$OUT/evaluation" --config guard_sidecar/config/controller_research.json --live --concurrency 8 --max-new-tokens 256
+echo "== evaluate again with the FPR bound pooled over configurations (the prototype's reading) =="
+"$BIN/kvguard" evaluate --model "$MODEL" --traces "$TRACES" --predictor "$OUT/predictor" \
+  --out "$OUT/evaluation_pooled" --config guard_sidecar/config/controller_research.json --live --concurrency 8 \
+  --max-new-tokens 256 --fpr-scope pooled
 cp "$OUT/predictor/hazard.json" models/hazard/hazard.json
 cp "$OUT/evaluation/controller.json" models/hazard/controller.json
-echo "reports: $OUT/predictor/report.md, $OUT/evaluation/evaluation.md; guard defaults: models/hazard/"
+echo "reports: $OUT/predictor/report.md, $OUT/evaluation{,_pooled}/evaluation.md; guard defaults: models/hazard/"

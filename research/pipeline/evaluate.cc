@@ -46,7 +46,8 @@ int64_t FirstEscalation(const Trace& t, const std::vector<float>& hazard, const 
 
 struct Offline {
   std::map<Key, Counts> static_counts, guarded_counts;
-  double fpr = 0;
+  double fpr = 0;        // pooled over every configuration's clean traces
+  double max_fpr = 0;    // the worst configuration's (>= 10 clean traces)
 };
 
 Offline Simulate(const std::vector<const Trace*>& traces, const std::map<const Trace*, std::vector<float>>& hazards,
@@ -66,16 +67,21 @@ Offline Simulate(const std::vector<const Trace*>& traces, const std::map<const T
     if (!t->catastrophic) {
       ++clean;
       fp += first >= 0;
+      ++g.clean;
+      g.false_positive += first >= 0;
     }
   }
   o.fpr = clean ? double(fp) / clean : 0;
+  for (const auto& [key, g] : o.guarded_counts) {
+    if (g.clean >= 10) o.max_fpr = std::max(o.max_fpr, double(g.false_positive) / g.clean);
+  }
   return o;
 }
 
 absl::StatusOr<guard::ControllerConfig> TuneThresholds(const std::vector<const Trace*>& val,
                                                        const std::map<const Trace*, std::vector<float>>& hazards,
                                                        guard::ControllerConfig base, double target_fpr,
-                                                       std::string* log) {
+                                                       bool per_config, std::string* log) {
   guard::ControllerConfig best = base;
   bool found = false;
   for (double tau = 0.05; tau <= 0.951; tau += 0.05) {
@@ -90,8 +96,10 @@ absl::StatusOr<guard::ControllerConfig> TuneThresholds(const std::vector<const T
     int64_t cat = 0, left = 0;
     for (const auto& [k, v] : o.static_counts) cat += v.catastrophic;
     for (const auto& [k, v] : o.guarded_counts) left += v.catastrophic;
-    absl::StrAppendFormat(log, "| %.2f | %.3f | %d / %d |\n", tau, o.fpr, cat - left, cat);
-    if (o.fpr <= target_fpr) {
+    absl::StrAppendFormat(log, "| %.2f | %.3f | %.3f | %d / %d |\n", tau, o.fpr, o.max_fpr, cat - left, cat);
+    // The FPR bound holds at every requested ratio, not only pooled: at high
+    // ratios hazards run higher, and a pooled 5% can hide 13% there.
+    if ((per_config ? o.max_fpr : o.fpr) <= target_fpr) {
       best = c;
       found = true;
       break;  // the lowest threshold within the FPR budget catches the most
@@ -106,6 +114,8 @@ absl::StatusOr<guard::ControllerConfig> TuneThresholds(const std::vector<const T
 
 struct LiveResult {
   std::map<Key, Counts> by_mode[3];  // static, guarded, guarded without RECOVERY
+  int64_t errors = 0;                // runs that ended with an RPC error (not counted in CFR)
+  std::string first_error;
 };
 
 absl::StatusOr<std::unique_ptr<ChildProcess>> Spawn(const std::string& bin, std::vector<std::string> args,
@@ -120,7 +130,10 @@ absl::StatusOr<std::unique_ptr<ChildProcess>> Spawn(const std::string& bin, std:
 absl::Status RunLive(const EvaluateOptions& o, const std::vector<Problem>& problems,
                      const std::vector<std::string>& stop_strings,
                      const std::vector<std::string>& compressor_options, const std::set<Key>& configs,
-                     const std::string& controller_path, const std::string& no_recovery_path, LiveResult& out) {
+                     const std::string& controller_path, const std::string& no_recovery_path, LiveResult& out,
+                     const std::function<void(int64_t, int64_t)>& progress) {
+  const int64_t total = static_cast<int64_t>(configs.size() * 3 * problems.size());
+  int64_t done = 0;
   const std::string hazard = o.predictor_dir + "/hazard.json";
   std::string guard_addr, guard2_addr, server_addr, server2_addr;
   KVG_ASSIGN_OR_RETURN(auto guard, Spawn(o.bin_dir + "/kvguard-guard",
@@ -162,9 +175,13 @@ absl::Status RunLive(const EvaluateOptions& o, const std::vector<Problem>& probl
             r.mutable_compression()->mutable_guard()->set_value(mode != 0);
             r.set_gold_answer(absl::StrCat(problems[i].answer));
             auto res = client.Generate(r);
-            if (!res.ok()) continue;
-            const auto& c = res->complete;
             std::lock_guard<std::mutex> lock(mu);
+            if (progress) progress(++done, total);
+            if (!res.ok()) {
+              if (out.errors++ == 0) out.first_error = std::string(res.status().message());
+              continue;
+            }
+            const auto& c = res->complete;
             Counts& k = out.by_mode[mode][key];
             ++k.n;
             const bool cat = c.catastrophes().looping() || c.catastrophes().non_termination();
@@ -196,7 +213,8 @@ std::string CfrCell(const Counts& c) {
 
 }  // namespace
 
-absl::Status Evaluate(const EvaluateOptions& o, std::string* summary) {
+absl::Status Evaluate(const EvaluateOptions& o, std::string* summary,
+                      const std::function<void(int64_t, int64_t)>& live_progress) {
   int64_t nf = 0;
   KVG_ASSIGN_OR_RETURN(std::vector<Trace> traces, LoadTraces(o.traces_dir, &nf));
   KVG_ASSIGN_OR_RETURN(auto model, guard::HazardModel::Load(o.predictor_dir + "/hazard.json"));
@@ -214,8 +232,10 @@ absl::Status Evaluate(const EvaluateOptions& o, std::string* summary) {
   if (!o.controller_config.empty()) {
     KVG_ASSIGN_OR_RETURN(base, guard::ControllerConfig::Load(o.controller_config));
   }
-  std::string tuning = "| alert threshold | val FPR | val catastrophes averted |\n| --- | --- | --- |\n";
-  KVG_ASSIGN_OR_RETURN(guard::ControllerConfig tuned, TuneThresholds(val, hazards, base, o.target_fpr, &tuning));
+  std::string tuning =
+      "| alert threshold | val FPR (pooled) | val FPR (worst configuration) | val catastrophes averted |\n"
+      "| --- | --- | --- | --- |\n";
+  KVG_ASSIGN_OR_RETURN(guard::ControllerConfig tuned, TuneThresholds(val, hazards, base, o.target_fpr, o.fpr_per_config, &tuning));
   std::filesystem::create_directories(o.out_dir);
   const std::string controller_path = o.out_dir + "/controller.json";
   KVG_RETURN_IF_ERROR(WriteTextFile(controller_path, tuned.ToJson().dump(2)));
@@ -241,15 +261,20 @@ absl::Status Evaluate(const EvaluateOptions& o, std::string* summary) {
     for (auto& p : all) if (test_prompts.count(p.id)) held_out.push_back(std::move(p));
     const auto compressor_options = manifest.value("compressor_options", std::vector<std::string>{});
     KVG_RETURN_IF_ERROR(RunLive(o, held_out, spec.StopStrings(), compressor_options, configs, controller_path,
-                                no_recovery_path, live));
+                                no_recovery_path, live, live_progress));
   }
 
   std::string md = absl::StrCat(
       "# CFR vs budget: static vs guarded\n\nHeld-out prompts: ", test_prompts.size(),
       " (prompt-level split, seed ", o.seed, "). Controller thresholds tuned on the validation prompts for FPR <= ",
-      o.target_fpr, ":\n\n", tuning, "\nChosen: alert.enter = ", tuned.alert.enter, ", safe.enter = ", tuned.safe.enter,
+      o.target_fpr,
+      o.fpr_per_config ? " in every configuration (compressor, ratio) with >= 10 clean traces"
+                       : " pooled over all configurations (--fpr-scope pooled)",
+      ":\n\n", tuning,
+      "\nChosen: alert.enter = ", tuned.alert.enter, ", safe.enter = ", tuned.safe.enter,
       ", recovery.enter = ", tuned.recovery.enter, " (", controller_path, ").\n\nOffline FPR on test traces: ",
-      absl::StrFormat("%.3f", off.fpr), "\n\n| compressor | ratio | static CFR (traces) | guarded CFR offline |");
+      absl::StrFormat("%.3f pooled, %.3f in the worst configuration", off.fpr, off.max_fpr),
+      "\n\n| compressor | ratio | static CFR (traces) | guarded CFR offline |");
   if (o.live) {
     md += " static CFR live | guarded CFR live | reduction [95% CI] | relative reduction | guarded w/o RECOVERY |"
           " savings kept | live FPR | acc static / guarded | goal met |";
@@ -316,6 +341,10 @@ absl::Status Evaluate(const EvaluateOptions& o, std::string* summary) {
       p.series[3].x.push_back(key.second), p.series[3].y.push_back(lg);
       p.series[4].x.push_back(key.second), p.series[4].y.push_back(ln);
     }
+  }
+  if (o.live) {
+    absl::StrAppend(&md, "\nLive runs that failed with an RPC error (left out of the rates): ", live.errors,
+                    live.errors ? absl::StrCat(" (first: ", live.first_error, ")") : "", "\n");
   }
   md += "\nDefinitions: CFR = share of traces that loop or do not terminate (no answer within max tokens); "
         "reduction = static minus guarded CFR (live, same prompts), Newcombe 95% CI; relative reduction = reduction / static CFR; "

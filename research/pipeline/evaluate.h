@@ -16,6 +16,8 @@
 // chosen controller.json.
 #pragma once
 
+#include <cstdint>
+#include <functional>
 #include <string>
 
 #include "absl/status/status.h"
@@ -33,9 +35,15 @@ struct EvaluateOptions {
   int concurrency = 8;
   int max_new_tokens = 256;
   double target_fpr = 0.05;
+  // Where the FPR bound must hold when tuning: in every (compressor, ratio)
+  // configuration with >= 10 clean validation traces (default), or pooled
+  // over all of them (the prototype's reading; lets high ratios run hotter).
+  bool fpr_per_config = true;
   uint64_t seed = 0;
 };
 
-absl::Status Evaluate(const EvaluateOptions& options, std::string* summary_markdown);
+// `live_progress` (optional): (live runs done, total), called from worker threads under a lock.
+absl::Status Evaluate(const EvaluateOptions& options, std::string* summary_markdown,
+                      const std::function<void(int64_t, int64_t)>& live_progress = nullptr);
 
 }  // namespace kvguard::research

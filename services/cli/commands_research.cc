@@ -119,7 +119,7 @@ absl::Status RunEvaluate(int argc, char** argv) {
   CliArgs args;
   KVG_RETURN_IF_ERROR(args.Parse(argc, argv,
                                  {"model", "traces", "predictor", "out", "config", "concurrency", "max-new-tokens",
-                                  "bin-dir", "seed", "target-fpr"},
+                                  "bin-dir", "seed", "target-fpr", "fpr-scope"},
                                  {"live"}));
   research::EvaluateOptions o;
   KVG_ASSIGN_OR_RETURN(o.traces_dir, args.Require("traces"));
@@ -137,9 +137,15 @@ absl::Status RunEvaluate(int argc, char** argv) {
   o.concurrency = static_cast<int>(concurrency);
   o.max_new_tokens = static_cast<int>(max_new);
   o.seed = static_cast<uint64_t>(seed);
+  const std::string scope = args.Get("fpr-scope", "per-config");
+  if (scope != "per-config" && scope != "pooled") {
+    return absl::InvalidArgumentError("--fpr-scope must be per-config or pooled");
+  }
+  o.fpr_per_config = scope == "per-config";
   std::string summary;
   std::cerr << "evaluate: offline simulation" << (o.live ? " + live closed-loop runs" : "") << "...\n";
-  KVG_RETURN_IF_ERROR(research::Evaluate(o, &summary));
+  Progress progress("evaluate live runs");
+  KVG_RETURN_IF_ERROR(research::Evaluate(o, &summary, [&](int64_t d, int64_t t) { progress.Update(d, t); }));
   std::cout << summary << "\nwritten to " << o.out_dir << "/evaluation.{md,json,csv}, cfr_vs_ratio_*.svg\n";
   return absl::OkStatus();
 }

@@ -29,6 +29,7 @@ commands:
             [--dataset arith|gsm8k] [--data-dir DIR (gsm8k: train.jsonl, test.jsonl)] [--shots 8]
   train-predictor --traces TRACES --out DIR [--horizon 32] [--seed S] [--rounds N] [--target-fpr 0.05]
   evaluate  --model DIR --traces TRACES --predictor DIR --out DIR [--live] [--config controller.json]
+            [--target-fpr 0.05] [--fpr-scope per-config|pooled] [--concurrency N] [--max-new-tokens N]
   problems  [--split train|val|test] [--count N] [--start K] [--problem-opt key=value]... [--json]
   bench-compressors --model PATH [--compressors a,b] [--ratios 0.5,0.9] [--prompt-tokens N]
             [--decode-tokens N] [--compress-every N] [--repeats N] [--threads N] [--out DIR]
