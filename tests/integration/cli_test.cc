@@ -176,6 +176,9 @@ TEST(CliTest, BadInputsFailWithOneLine) {
       {"generate", "--model", tmp.File("trunc.bin"), "--ids", "1"},
       {"tokenize", "--tokenizer", tmp.File("bad.json"), "--text", "x"},
       {"tokenize", "--tokenizer", DataPath("tokenizers/qwen2"), "--ids", "123456"},
+      {"evaluate", "--model", llama, "--traces", "/nonexistent", "--predictor", "/nonexistent", "--out",
+       tmp.File("e"), "--fpr-scope", "median"},
+      {"sweep", "--model", DataPath("models/tiny-qwen2"), "--out", tmp.File("s"), "--dataset", "squad"},
       {"nosuchcommand"},
   };
   for (const auto& c : cases) {
