@@ -28,5 +28,7 @@ echo "== evaluate again with the FPR bound pooled over configurations (the proto
   --out "$OUT/evaluation_pooled" --config guard_sidecar/config/controller_research.json --live --concurrency 8 \
   --max-new-tokens 256 --fpr-scope pooled
 cp "$OUT/predictor/hazard.json" models/hazard/hazard.json
-cp "$OUT/evaluation/controller.json" models/hazard/controller.json
+# The guard ships the pooled-FPR controller: more protection at high ratios, where
+# failures concentrate; its false alarms cost savings, never correctness.
+cp "$OUT/evaluation_pooled/controller.json" models/hazard/controller.json
 echo "reports: $OUT/predictor/report.md, $OUT/evaluation{,_pooled}/evaluation.md; guard defaults: models/hazard/"
