@@ -165,11 +165,10 @@ absl::Status RunLive(const EvaluateOptions& o, const std::vector<Problem>& probl
             r.mutable_stopping()->set_max_new_tokens(o.max_new_tokens);
             for (const std::string& stop : stop_strings) r.mutable_stopping()->add_stop(stop);
             r.mutable_compression()->set_compressor(key.first);
-            // The sweep's "name:key=value" options, so live runs use the same settings.
-            for (const std::string& opt : compressor_options) {
-              const size_t colon = opt.find(':'), eq = opt.find('=');
-              if (colon == std::string::npos || eq == std::string::npos || opt.substr(0, colon) != key.first) continue;
-              (*r.mutable_compression()->mutable_options())[opt.substr(colon + 1, eq - colon - 1)] = opt.substr(eq + 1);
+            // The sweep's options for this compressor, so live runs use the same settings.
+            for (const std::string& kv : CompressorOptionsFor(key.first, compressor_options)) {
+              const size_t eq = kv.find('=');
+              if (eq != std::string::npos) (*r.mutable_compression()->mutable_options())[kv.substr(0, eq)] = kv.substr(eq + 1);
             }
             r.mutable_compression()->mutable_ratio()->set_value(key.second);
             r.mutable_compression()->mutable_guard()->set_value(mode != 0);

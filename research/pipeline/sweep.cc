@@ -9,7 +9,6 @@
 #include <filesystem>
 #include <fstream>
 
-#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "guard_sidecar/features.h"
@@ -142,10 +141,7 @@ absl::Status RunConfig(engine::LlamaModel& model, const engine::Tokenizer& tok, 
 std::vector<Config> Configs(const SweepOptions& o) {
   std::vector<Config> out = {{.compressor = "none"}};
   for (const std::string& c : o.compressors) {
-    std::vector<std::string> options;
-    for (const std::string& opt : o.compressor_options) {
-      if (absl::StartsWith(opt, c + ":")) options.push_back(opt.substr(c.size() + 1));
-    }
+    const std::vector<std::string> options = CompressorOptionsFor(c, o.compressor_options);
     for (double r : o.ratios) out.push_back({.compressor = c, .ratio = r, .options = options});
   }
   return out;

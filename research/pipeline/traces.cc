@@ -8,6 +8,18 @@
 
 namespace kvguard::research {
 
+std::vector<std::string> CompressorOptionsFor(const std::string& compressor,
+                                              const std::vector<std::string>& entries) {
+  std::vector<std::string> out;
+  for (const std::string& e : entries) {
+    if (e.size() > compressor.size() && e.compare(0, compressor.size(), compressor) == 0 &&
+        e[compressor.size()] == ':') {
+      out.push_back(e.substr(compressor.size() + 1));
+    }
+  }
+  return out;
+}
+
 std::string ConfigName(const std::string& compressor, double ratio) {
   if (compressor.empty() || compressor == "none") return "none";
   return absl::StrFormat("%s@%.3g", compressor, ratio);

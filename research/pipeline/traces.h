@@ -37,6 +37,10 @@ struct Trace {
 nlohmann::json TraceToJson(const Trace& t);
 absl::StatusOr<Trace> TraceFromJson(const nlohmann::json& j);
 std::string ConfigName(const std::string& compressor, double ratio);
+// The "key=value" options of `compressor` among "name:key=value" entries
+// (sweep --compressor-opt, recorded in the manifest for evaluate's live runs).
+std::vector<std::string> CompressorOptionsFor(const std::string& compressor,
+                                              const std::vector<std::string>& entries);
 
 // Every complete shard of `dir` (features loaded).
 absl::StatusOr<std::vector<Trace>> LoadTraces(const std::string& dir, int64_t* num_features);

@@ -125,8 +125,34 @@ bool SequenceKvCache::Holds(int64_t layer, int64_t head, int32_t position) const
   return std::find(approx.begin(), approx.end(), position) != approx.end();
 }
 
+std::set<int32_t> SequenceKvCache::WholePositions() const {
+  // Count the (layer, head) pairs holding each position: one pass over the
+  // slots, since this runs after every compression of a guarded sequence.
+  std::vector<int32_t> holders(static_cast<size_t>(num_positions()), 0);
+  for (const Layer& l : layers_) {
+    for (const auto& head : l.positions) {
+      for (int32_t p : head) ++holders[p];
+    }
+    for (const auto& head : l.approx_positions) {
+      for (int32_t p : head) ++holders[p];
+    }
+  }
+  const int32_t all = static_cast<int32_t>(options_.num_layers * options_.num_kv_heads);
+  std::set<int32_t> out;
+  for (int32_t p = 0; p < num_positions(); ++p) {
+    if (holders[p] == all) out.insert(out.end(), p);
+  }
+  return out;
+}
+
 std::vector<int32_t> SequenceKvCache::RestorableSet(const std::vector<int32_t>& wanted) const {
   const int64_t layers = options_.num_layers, heads = options_.num_kv_heads;
+  const std::set<int32_t> whole = WholePositions();
+  std::set<int32_t> out;
+  for (int32_t p : wanted) {
+    if (p >= 0 && p < num_positions() && !whole.count(p)) out.insert(p);
+  }
+  if (out.empty()) return {};
   // held[l][h]: the positions head h of layer l holds.
   std::vector<std::vector<std::set<int32_t>>> held(layers, std::vector<std::set<int32_t>>(heads));
   for (int64_t l = 0; l < layers; ++l) {
@@ -134,18 +160,6 @@ std::vector<int32_t> SequenceKvCache::RestorableSet(const std::vector<int32_t>& 
       held[l][h].insert(layers_[l].positions[h].begin(), layers_[l].positions[h].end());
       if (!layers_[l].approx_positions.empty()) {
         held[l][h].insert(layers_[l].approx_positions[h].begin(), layers_[l].approx_positions[h].end());
-      }
-    }
-  }
-  std::set<int32_t> out;
-  for (int32_t p : wanted) {
-    if (p < 0 || p >= num_positions()) continue;
-    for (int64_t l = 0; l < layers && !out.count(p); ++l) {
-      for (int64_t h = 0; h < heads; ++h) {
-        if (!held[l][h].count(p)) {
-          out.insert(p);
-          break;
-        }
       }
     }
   }

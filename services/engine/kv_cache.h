@@ -19,6 +19,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <set>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -130,6 +131,10 @@ class SequenceKvCache {
                       const std::vector<int32_t>& positions);
   // Whether head h of `layer` holds `position` (retained or approximated).
   [[nodiscard]] bool Holds(int64_t layer, int64_t head, int32_t position) const;
+  // Positions every head of every layer holds (retained or approximated:
+  // VECTOR's keys-only pool is never recomputed). A position missing from
+  // any head counts as evicted: that is what RECOVERY can put back.
+  [[nodiscard]] std::set<int32_t> WholePositions() const;
   // The positions RECOVERY restores for a request: those of `wanted` missing
   // from some head of some layer, widened so that in every layer each head
   // lacks equally many of them (a layer's heads hold equal counts): a layer

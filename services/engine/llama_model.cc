@@ -457,7 +457,7 @@ at::Tensor LlamaModel::Impl::RecomputeAttention(const SequenceKvCache& cache, in
   return out.view({hkv, group, n, hd}).permute({2, 0, 1, 3}).reshape({n, hkv * group * hd});
 }
 
-absl::Status LlamaModel::Recompute(SequenceKvCache& cache, const std::vector<int32_t>& wanted) {
+absl::StatusOr<int64_t> LlamaModel::Recompute(SequenceKvCache& cache, const std::vector<int32_t>& wanted) {
   Impl& m = *impl_;
   for (int32_t p : wanted) {
     if (p < 0 || p >= cache.num_positions()) {
@@ -465,7 +465,7 @@ absl::Status LlamaModel::Recompute(SequenceKvCache& cache, const std::vector<int
     }
   }
   const std::vector<int32_t> positions = cache.RestorableSet(wanted);
-  if (positions.empty()) return absl::OkStatus();
+  if (positions.empty()) return 0;
   try {
     c10::InferenceMode guard;
     std::vector<int64_t> ids, pos;
@@ -491,7 +491,7 @@ absl::Status LlamaModel::Recompute(SequenceKvCache& cache, const std::vector<int
   } catch (const std::exception& e) {
     return absl::InternalError(absl::StrCat("recompute failed: ", e.what()));
   }
-  return absl::OkStatus();
+  return static_cast<int64_t>(positions.size());
 }
 
 KvCacheOptions LlamaModel::CacheOptions(int64_t reserve_slots, const AttentionNeeds& needs) const {

@@ -57,8 +57,9 @@ class LlamaModel {
   // some head lacks (widened by SequenceKvCache::RestorableSet) from their
   // token ids, attending to the entries at earlier positions, and inserts them
   // into each layer and head that lacks them. Equal to an uncompressed run's
-  // entries when every head's prefix before them is intact.
-  absl::Status Recompute(SequenceKvCache& cache, const std::vector<int32_t>& wanted);
+  // entries when every head's prefix before them is intact. Returns how many
+  // positions were restored.
+  absl::StatusOr<int64_t> Recompute(SequenceKvCache& cache, const std::vector<int32_t>& wanted);
 
   // Options for a cache that fits this model (dtype, device, shape).
   [[nodiscard]] KvCacheOptions CacheOptions(int64_t reserve_slots = 0,

@@ -36,24 +36,6 @@ std::map<int32_t, std::pair<double, int>> PositionAttention(const SequenceKvCach
   return out;
 }
 
-// Positions every head of every layer still holds in some form: retained, or
-// approximated (VECTOR's keys-only pool, never recomputed). A position missing
-// from any head counts as evicted: that is what RECOVERY can put back.
-std::set<int32_t> WholePositions(const SequenceKvCache& cache) {
-  std::set<int32_t> out;
-  for (int32_t p = 0; p < cache.num_positions(); ++p) out.insert(p);
-  for (int64_t l = 0; l < cache.options().num_layers && !out.empty(); ++l) {
-    for (int64_t h = 0; h < cache.options().num_kv_heads; ++h) {
-      std::set<int32_t> held(cache.Positions(l)[h].begin(), cache.Positions(l)[h].end());
-      if (!cache.ApproximatedPositions(l).empty()) {
-        held.insert(cache.ApproximatedPositions(l)[h].begin(), cache.ApproximatedPositions(l)[h].end());
-      }
-      std::erase_if(out, [&](int32_t p) { return !held.count(p); });
-    }
-  }
-  return out;
-}
-
 }  // namespace
 
 Sequence::Sequence(LlamaModel& model, const Tokenizer* tokenizer, const GenerateRequest& request)
@@ -108,12 +90,12 @@ absl::Status Sequence::Compress(std::vector<int32_t>& evicted, std::vector<float
   std::set<int32_t> before;
   if (track) {
     attention = PositionAttention(*cache_);
-    before = WholePositions(*cache_);
+    before = cache_->WholePositions();
   }
   compress::RopeFn rope = [this](int64_t f, int64_t n) { return model_.RopeCosSin(f, n); };
   KVG_RETURN_IF_ERROR(compression_->AfterForward(*cache_, model_.config(), rope, step_ == 0, protected_));
   if (!track || cache_->Stats().evicted_slots == evicted_before) return absl::OkStatus();
-  const std::set<int32_t> after = WholePositions(*cache_);
+  const std::set<int32_t> after = cache_->WholePositions();
   for (int32_t p : before) {
     if (after.count(p)) continue;
     evicted.push_back(p);
@@ -210,11 +192,9 @@ absl::StatusOr<int64_t> Sequence::Recompute(const std::vector<int32_t>& position
   for (int32_t p : positions) {
     if (p >= 0 && p < cache_->num_positions()) wanted.push_back(p);
   }
-  const std::vector<int32_t> todo = cache_->RestorableSet(wanted);
-  if (todo.empty()) return 0;
-  KVG_RETURN_IF_ERROR(model_.Recompute(*cache_, todo));
-  result_.recomputed_positions += static_cast<int64_t>(todo.size());
-  return static_cast<int64_t>(todo.size());
+  KVG_ASSIGN_OR_RETURN(const int64_t restored, model_.Recompute(*cache_, wanted));
+  result_.recomputed_positions += restored;
+  return restored;
 }
 
 GenerateResult Sequence::Result() const {
