@@ -1,6 +1,7 @@
 // kvguard-client: stream one generation from a kvguard-server.
 //
-//   build/bin/kvguard-client --server 127.0.0.1:50051 --prompt "Tom has 3 apples." --max_new_tokens 32
+//   build/bin/kvguard-client --server 127.0.0.1:50051 --prompt "Tom has 3 apples." --max_new_tokens
+//   32
 #include <iostream>
 #include <nlohmann/json.hpp>
 
@@ -24,6 +25,9 @@ ABSL_FLAG(std::string, compressor, "", "compressor name (empty = server default)
 ABSL_FLAG(double, ratio, -1, "compression ratio (negative = server default)");
 ABSL_FLAG(std::string, guard, "", "true | false | empty (server default)");
 ABSL_FLAG(int, deadline_ms, 0, "call deadline (0 = none)");
+ABSL_FLAG(int, connect_timeout_ms, 5000,
+          "wait this long for the connection before sending (0 = send at once, fail fast if not "
+          "connected)");
 ABSL_FLAG(bool, json, false, "print the token ids and the final message as JSON");
 ABSL_FLAG(bool, info, false, "print the model info and exit");
 
@@ -44,7 +48,8 @@ int main(int argc, char** argv) {
   }
   v1::GenerateRequest req;
   if (!absl::GetFlag(FLAGS_ids).empty()) {
-    for (absl::string_view part : absl::StrSplit(absl::GetFlag(FLAGS_ids), ',', absl::SkipEmpty())) {
+    for (absl::string_view part :
+         absl::StrSplit(absl::GetFlag(FLAGS_ids), ',', absl::SkipEmpty())) {
       int32_t id;
       if (!absl::SimpleAtoi(part, &id)) {
         std::cerr << "kvguard-client: bad id '" << part << "' in --ids\n";
@@ -59,19 +64,27 @@ int main(int argc, char** argv) {
   req.mutable_stopping()->set_ignore_eos(absl::GetFlag(FLAGS_ignore_eos));
   req.mutable_sampling()->set_temperature(static_cast<float>(absl::GetFlag(FLAGS_temperature)));
   req.mutable_sampling()->set_top_k(absl::GetFlag(FLAGS_top_k));
-  req.mutable_sampling()->mutable_top_p()->set_value(static_cast<float>(absl::GetFlag(FLAGS_top_p)));
-  req.mutable_sampling()->mutable_seed()->set_value(static_cast<uint64_t>(absl::GetFlag(FLAGS_seed)));
+  req.mutable_sampling()->mutable_top_p()->set_value(
+      static_cast<float>(absl::GetFlag(FLAGS_top_p)));
+  req.mutable_sampling()->mutable_seed()->set_value(
+      static_cast<uint64_t>(absl::GetFlag(FLAGS_seed)));
   req.mutable_compression()->set_compressor(absl::GetFlag(FLAGS_compressor));
-  if (absl::GetFlag(FLAGS_ratio) >= 0) req.mutable_compression()->mutable_ratio()->set_value(absl::GetFlag(FLAGS_ratio));
+  if (absl::GetFlag(FLAGS_ratio) >= 0)
+    req.mutable_compression()->mutable_ratio()->set_value(absl::GetFlag(FLAGS_ratio));
   if (!absl::GetFlag(FLAGS_guard).empty()) {
     req.mutable_compression()->mutable_guard()->set_value(absl::GetFlag(FLAGS_guard) == "true");
   }
   client::CallOptions options;
-  if (absl::GetFlag(FLAGS_deadline_ms) > 0) options.deadline = std::chrono::milliseconds(absl::GetFlag(FLAGS_deadline_ms));
+  if (absl::GetFlag(FLAGS_deadline_ms) > 0)
+    options.deadline = std::chrono::milliseconds(absl::GetFlag(FLAGS_deadline_ms));
+  options.connect_timeout = std::chrono::milliseconds(absl::GetFlag(FLAGS_connect_timeout_ms));
   const bool json = absl::GetFlag(FLAGS_json);
-  auto out = client.Generate(req, [&](const v1::TokenChunk& c) {
-    if (!json) std::cout << c.text_delta() << std::flush;
-  }, options);
+  auto out = client.Generate(
+      req,
+      [&](const v1::TokenChunk& c) {
+        if (!json) std::cout << c.text_delta() << std::flush;
+      },
+      options);
   if (!out.ok()) {
     std::cerr << "kvguard-client: " << absl::StatusCodeToString(out.status().code()) << ": "
               << out.status().message() << "\n";
@@ -90,8 +103,9 @@ int main(int argc, char** argv) {
                         {"total_ms", 1000 * out->total_s}};
     std::cout << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
   } else {
-    std::cout << "\n[" << c.usage().completion_tokens() << " tokens, " << v1::FinishReason_Name(c.finish_reason())
-              << ", kv " << c.kv_bytes() << " B, saved " << c.kv_bytes_saved() << " B]\n";
+    std::cout << "\n[" << c.usage().completion_tokens() << " tokens, "
+              << v1::FinishReason_Name(c.finish_reason()) << ", kv " << c.kv_bytes() << " B, saved "
+              << c.kv_bytes_saved() << " B]\n";
   }
   return 0;
 }

@@ -6,6 +6,7 @@
 #include <mutex>
 
 #include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
 
 namespace kvguard::client {
 namespace {
@@ -18,10 +19,14 @@ double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).coun
 // of health.proto just for one call.
 std::string HealthStatusName(int code) {
   switch (code) {
-    case 1: return "SERVING";
-    case 2: return "NOT_SERVING";
-    case 3: return "SERVICE_UNKNOWN";
-    default: return "UNKNOWN";
+    case 1:
+      return "SERVING";
+    case 2:
+      return "NOT_SERVING";
+    case 3:
+      return "SERVICE_UNKNOWN";
+    default:
+      return "UNKNOWN";
   }
 }
 
@@ -32,19 +37,45 @@ absl::Status FromGrpc(const grpc::Status& status) {
   return absl::Status(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
 }
 
+namespace {
+
+std::shared_ptr<grpc::Channel> MakeChannel(const std::string& address) {
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
+  return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+}
+
+}  // namespace
+
 GenerationClient::GenerationClient(const std::string& address)
-    : GenerationClient(grpc::CreateChannel(address, grpc::InsecureChannelCredentials())) {}
+    : GenerationClient(MakeChannel(address)) {
+  target_ = address;
+}
 
 GenerationClient::GenerationClient(std::shared_ptr<grpc::Channel> channel)
     : channel_(std::move(channel)), stub_(v1::GenerationService::NewStub(channel_)) {}
 
+absl::Status GenerationClient::Connect(std::chrono::milliseconds timeout) {
+  if (channel_->GetState(/*try_to_connect=*/true) == GRPC_CHANNEL_READY) return absl::OkStatus();
+  if (channel_->WaitForConnected(std::chrono::system_clock::now() + timeout))
+    return absl::OkStatus();
+  return absl::UnavailableError(absl::StrCat("cannot connect to ",
+                                             target_.empty() ? "the server" : target_, " within ",
+                                             timeout.count(), " ms"));
+}
+
 absl::StatusOr<GenerateOutcome> GenerationClient::Generate(
     const v1::GenerateRequest& request, const std::function<void(const v1::TokenChunk&)>& on_chunk,
     const CallOptions& options) {
+  const auto start = Clock::now();
+  auto connect_timeout = options.connect_timeout;
+  if (options.deadline) connect_timeout = std::min(connect_timeout, *options.deadline);
+  if (connect_timeout.count() > 0) KVG_RETURN_IF_ERROR(Connect(connect_timeout));
   grpc::ClientContext context;
   if (options.deadline) context.set_deadline(std::chrono::system_clock::now() + *options.deadline);
   GenerateOutcome out;
-  const auto start = Clock::now();
   auto last = start;
   auto reader = stub_->Generate(&context, request);
   v1::GenerateResponse response;
@@ -53,14 +84,17 @@ absl::StatusOr<GenerateOutcome> GenerationClient::Generate(
     const auto now = Clock::now();
     if (response.has_chunk()) {
       const v1::TokenChunk& c = response.chunk();
-      if (chunks == 0) out.time_to_first_token_s = Seconds(now - start);
-      else out.inter_token_s.push_back(Seconds(now - last));
+      if (chunks == 0)
+        out.time_to_first_token_s = Seconds(now - start);
+      else
+        out.inter_token_s.push_back(Seconds(now - last));
       last = now;
       out.token_ids.insert(out.token_ids.end(), c.token_ids().begin(), c.token_ids().end());
       out.text += c.text_delta();
       if (on_chunk) on_chunk(c);
       ++chunks;
-      if (options.cancel_after_chunks && chunks >= *options.cancel_after_chunks) context.TryCancel();
+      if (options.cancel_after_chunks && chunks >= *options.cancel_after_chunks)
+        context.TryCancel();
     } else if (response.has_complete()) {
       out.complete = response.complete();
     }
@@ -72,6 +106,7 @@ absl::StatusOr<GenerateOutcome> GenerationClient::Generate(
 }
 
 absl::StatusOr<v1::ModelInfo> GenerationClient::GetModelInfo() {
+  KVG_RETURN_IF_ERROR(Connect(std::chrono::seconds(5)));
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
   v1::ModelInfo info;
@@ -81,6 +116,7 @@ absl::StatusOr<v1::ModelInfo> GenerationClient::GetModelInfo() {
 }
 
 absl::StatusOr<v1::ListCompressorsResponse> GenerationClient::ListCompressors() {
+  KVG_RETURN_IF_ERROR(Connect(std::chrono::seconds(5)));
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
   v1::ListCompressorsResponse out;
@@ -116,7 +152,8 @@ absl::StatusOr<std::string> GenerationClient::Health() {
   std::string bytes;
   for (const auto& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
   // Field 1, varint: tag 0x08 then the enum value.
-  if (bytes.size() >= 2 && static_cast<uint8_t>(bytes[0]) == 0x08) return HealthStatusName(bytes[1]);
+  if (bytes.size() >= 2 && static_cast<uint8_t>(bytes[0]) == 0x08)
+    return HealthStatusName(bytes[1]);
   return HealthStatusName(0);
 }
 

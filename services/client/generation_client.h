@@ -25,29 +25,42 @@ namespace kvguard::client {
 
 struct GenerateOutcome {
   std::vector<int32_t> token_ids;
-  std::string text;                      // concatenated text deltas
+  std::string text;  // concatenated text deltas
   v1::GenerationComplete complete;
-  double time_to_first_token_s = 0;      // client-side, from the call start
-  std::vector<double> inter_token_s;     // client-side gaps between chunks
+  double time_to_first_token_s = 0;   // client-side, from the call start
+  std::vector<double> inter_token_s;  // client-side gaps between chunks
   double total_s = 0;
 };
 
 struct CallOptions {
   std::optional<std::chrono::milliseconds> deadline;
+  // How long a call waits for the channel to connect before it fails with UNAVAILABLE
+  // (bounded by `deadline`); 0 sends at once (gRPC's fail-fast). See Connect().
+  std::chrono::milliseconds connect_timeout{5000};
   // Cancel the call after this many chunks (tests of cancellation).
   std::optional<int> cancel_after_chunks;
 };
 
 class GenerationClient {
  public:
+  // The channel reconnects 100 ms after a failed attempt (gRPC's default is 1 s).
   explicit GenerationClient(const std::string& address);
   explicit GenerationClient(std::shared_ptr<grpc::Channel> channel);
 
+  // Waits until the channel is connected, at most `timeout`; UNAVAILABLE naming the address
+  // otherwise. Every call does this first, so a connection attempt that fails transiently is
+  // retried before a request is sent, never after: Debian's gRPC 1.51 reads errno after other
+  // calls in its non-blocking connect path (fixed upstream by saving it right after connect()),
+  // so an in-progress loopback connect is sometimes reported as failed with an unrelated errno
+  // ("ipv4:127.0.0.1:PORT: No such file or directory"); a fail-fast RPC would fail with it.
+  absl::Status Connect(std::chrono::milliseconds timeout);
+
   // Streams one generation; `on_chunk` (optional) sees each chunk as it
   // arrives. The gRPC status of a failed call becomes the returned status.
-  absl::StatusOr<GenerateOutcome> Generate(const v1::GenerateRequest& request,
-                                           const std::function<void(const v1::TokenChunk&)>& on_chunk = nullptr,
-                                           const CallOptions& options = {});
+  absl::StatusOr<GenerateOutcome> Generate(
+      const v1::GenerateRequest& request,
+      const std::function<void(const v1::TokenChunk&)>& on_chunk = nullptr,
+      const CallOptions& options = {});
   absl::StatusOr<v1::ModelInfo> GetModelInfo();
   absl::StatusOr<v1::ListCompressorsResponse> ListCompressors();
   // grpc.health.v1 status of the whole server ("" service): SERVING etc.
@@ -55,6 +68,7 @@ class GenerationClient {
 
  private:
   std::shared_ptr<grpc::Channel> channel_;
+  std::string target_;
   std::unique_ptr<v1::GenerationService::Stub> stub_;
 };
 
