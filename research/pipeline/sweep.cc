@@ -1,4 +1,4 @@
-#include "common/blas_threads.h"
+#include "common/blas.h"
 #include "research/pipeline/sweep.h"
 
 #include <ATen/ATen.h>

@@ -13,6 +13,7 @@ absl::Status RunTokenize(int argc, char** argv);
 absl::Status RunLogits(int argc, char** argv);
 absl::Status RunGenerate(int argc, char** argv);
 absl::Status RunBench(int argc, char** argv);
+absl::Status RunRandomCheckpoint(int argc, char** argv);
 absl::Status RunKept(int argc, char** argv);
 absl::Status RunCompressors(int argc, char** argv);
 absl::Status RunBenchCompressors(int argc, char** argv);

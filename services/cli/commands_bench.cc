@@ -74,7 +74,7 @@ absl::Status RunBenchCompressors(int argc, char** argv) {
                                   "prompt-tokens", "decode-tokens", "compress-every", "repeats", "out"},
                                  {}));
   KVG_ASSIGN_OR_RETURN(std::string model, args.Require("model"));
-  engine::EngineOptions eo{.device = args.Get("device", "cpu"), .dtype = args.Get("dtype", "f32")};
+  engine::EngineOptions eo{.device = args.Get("device", "cpu"), .dtype = args.Get("dtype", "auto")};
   KVG_ASSIGN_OR_RETURN(int64_t threads, args.GetInt("threads", 0));
   eo.num_threads = static_cast<int>(threads);
   engine::CompressorBenchmarkOptions o;
@@ -108,7 +108,7 @@ absl::Status RunBenchCompressors(int argc, char** argv) {
   const std::string header = absl::StrFormat(
       "Compressor overhead on %s (%s, %s, %d threads): prompt %d tokens, %d decode steps, "
       "compress-every %d, best of %d",
-      model, eo.device, eo.dtype, eo.num_threads, o.prompt_tokens, o.decode_tokens, o.compress_every, o.repeats);
+      model, eo.device, eng->dtype(), eo.num_threads, o.prompt_tokens, o.decode_tokens, o.compress_every, o.repeats);
   const std::string dir = args.Get("out", "reports/bench");
   KVG_RETURN_IF_ERROR(WriteReports(rows, dir, header));
   std::cout << Markdown(rows, header) << "\nwritten to " << dir << "/compressors.{json,csv,md,*.svg}\n";

@@ -27,7 +27,7 @@ std::string Dump(const json& j) {
 absl::StatusOr<EngineOptions> EngineOptionsFrom(const CliArgs& args) {
   EngineOptions options;
   options.device = args.Get("device", "cpu");
-  options.dtype = args.Get("dtype", "f32");
+  options.dtype = args.Get("dtype", "auto");
   KVG_ASSIGN_OR_RETURN(int64_t threads, args.GetInt("threads", 0));
   options.num_threads = static_cast<int>(threads);
   return options;
@@ -225,7 +225,9 @@ absl::Status RunBench(int argc, char** argv) {
   KVG_ASSIGN_OR_RETURN(engine::BenchmarkResult r, engine::RunBenchmark(model, options, bench));
   json out = {{"model", model},
               {"device", options.device},
-              {"dtype", options.dtype},
+              {"dtype", r.dtype},
+              {"threads", options.num_threads},
+              {"blas", r.blas},
               {"batch", bench.batch},
               {"prompt_tokens", bench.prompt_tokens},
               {"decode_tokens", bench.decode_tokens},

@@ -13,7 +13,8 @@ constexpr char kUsage[] = R"(usage: kvguard <command> [options]
 
 commands:
   tokenize  --tokenizer PATH (--text TEXT | --ids 1,2,3)
-  logits    --model PATH --ids 1,2,3 [--device cpu|cuda] [--dtype f32|bf16|f16]
+  logits    --model PATH --ids 1,2,3 [--device cpu|cuda] [--dtype auto|f32|bf16|f16]
+            (auto, the default everywhere: the checkpoint's stored dtype; bf16 stays bf16)
   generate  --model PATH (--prompt TEXT | --ids 1,2,3) --max-new-tokens N
             [--temperature T] [--top-k K] [--top-p P] [--seed S] [--repetition-penalty R]
             [--stop STR]... [--stop-id ID]... [--ignore-eos] [--logprobs K]
@@ -34,7 +35,9 @@ commands:
   bench-compressors --model PATH [--compressors a,b] [--ratios 0.5,0.9] [--prompt-tokens N]
             [--decode-tokens N] [--compress-every N] [--repeats N] [--threads N] [--out DIR]
   bench     --model PATH [--device D] [--dtype T] [--batch B] [--prompt-tokens N]
-            [--decode-tokens N] [--threads N] [--json]
+            [--decode-tokens N] [--threads N] [--json]   (reports the dtype and BLAS it ran on)
+  random-checkpoint --out DIR [--shape qwen2.5-0.5b|qwen2.5-1.5b|qwen2.5-7b|llama-tiny110m]
+            [--dtype bf16|f32] [--seed S]   (random weights of a published shape, for speed tests)
   train-lm  --out DIR [--steps N] [--batch B] [--dim D] [--layers L] [--heads H] [--kv-heads K]
             [--ffn F] [--lr X] [--seed S] [--threads T] [--train-problems N]
             [--eval-problems N] [--problem-opt key=value]... [--time-budget SECONDS]
@@ -57,6 +60,7 @@ int main(int argc, char** argv) {
     else if (command == "logits") status = kvguard::cli::RunLogits(argc - 2, argv + 2);
     else if (command == "generate") status = kvguard::cli::RunGenerate(argc - 2, argv + 2);
     else if (command == "bench") status = kvguard::cli::RunBench(argc - 2, argv + 2);
+    else if (command == "random-checkpoint") status = kvguard::cli::RunRandomCheckpoint(argc - 2, argv + 2);
     else if (command == "kept") status = kvguard::cli::RunKept(argc - 2, argv + 2);
     else if (command == "bench-compressors") status = kvguard::cli::RunBenchCompressors(argc - 2, argv + 2);
     else if (command == "sweep") status = kvguard::cli::RunSweepCommand(argc - 2, argv + 2);

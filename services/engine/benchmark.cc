@@ -1,4 +1,4 @@
-#include "common/blas_threads.h"
+#include "common/blas.h"
 #include "services/engine/benchmark.h"
 
 #include <ATen/ATen.h>
@@ -42,8 +42,12 @@ absl::StatusOr<BenchmarkResult> RunBenchmark(const std::string& model_path,
                                                    ckpt.config.max_position_embeddings));
   }
   const int64_t vocab = ckpt.config.vocab_size;
+  BenchmarkResult result;
   KVG_ASSIGN_OR_RETURN(auto model, LlamaModel::Load(std::move(ckpt), {.device = engine_options.device,
                                                                         .dtype = engine_options.dtype}));
+  result.dtype = DtypeName(model->dtype());
+  const BlasInfo blas = DescribeBlas();
+  result.blas = blas.path.empty() ? blas.name : absl::StrCat(blas.name, " (", blas.path, ")");
   std::mt19937 rng(1234);
   std::uniform_int_distribution<int32_t> pick(0, static_cast<int32_t>(vocab - 1));
   std::vector<std::unique_ptr<SequenceKvCache>> caches;
@@ -53,7 +57,6 @@ absl::StatusOr<BenchmarkResult> RunBenchmark(const std::string& model_path,
     items[b].cache = caches.back().get();
     for (int64_t i = 0; i < options.prompt_tokens; ++i) items[b].tokens.push_back(pick(rng));
   }
-  BenchmarkResult result;
   auto start = Clock::now();
   KVG_ASSIGN_OR_RETURN(at::Tensor logits, model->Forward(items));
   Synchronize(*model, logits);

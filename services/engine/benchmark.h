@@ -28,6 +28,8 @@ struct BenchmarkResult {
   double decode_tokens_per_s = 0;  // summed over the batch
   double decode_ms_per_step = 0;
   int64_t steps = 0;
+  std::string dtype;  // the compute dtype measured ("auto" resolved)
+  std::string blas;   // CPU: the BLAS library libtorch's f32 matmuls ran on (name and path)
 };
 
 // Per compressor and ratio: final KV bytes and decode time per step relative

@@ -1,4 +1,4 @@
-#include "common/blas_threads.h"
+#include "common/blas.h"
 #include "services/engine/engine.h"
 
 #include <ATen/ATen.h>
@@ -66,6 +66,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Load(const std::string& model_pa
 }
 
 const ModelConfig& Engine::config() const { return impl_->model->config(); }
+std::string Engine::dtype() const { return DtypeName(impl_->model->dtype()); }
 const Tokenizer* Engine::tokenizer() const { return impl_->tokenizer.get(); }
 
 absl::StatusOr<std::vector<std::vector<float>>> Engine::Logits(const std::vector<int32_t>& ids) {

@@ -26,7 +26,7 @@ namespace kvguard::engine {
 
 struct EngineOptions {
   std::string device = "cpu";
-  std::string dtype = "f32";
+  std::string dtype = "auto";  // see ModelOptions::dtype
   int num_threads = 0;  // intra-op threads for CPU; 0 = libtorch's default
 };
 
@@ -66,6 +66,8 @@ class Engine {
   ~Engine();
 
   [[nodiscard]] const ModelConfig& config() const;
+  // The compute dtype in use ("f32", "bf16", "f16"), after "auto" was resolved.
+  [[nodiscard]] std::string dtype() const;
   // nullptr when the checkpoint has no tokenizer.json.
   [[nodiscard]] const Tokenizer* tokenizer() const;
 

@@ -30,6 +30,28 @@ absl::StatusOr<at::ScalarType> ParseDtype(const std::string& name) {
       absl::StrCat("unknown dtype '", name, "' (expected f32, bf16 or f16)"));
 }
 
+}  // namespace
+
+std::string ResolveDtype(const Checkpoint& checkpoint, const std::string& device, const std::string& dtype) {
+  if (dtype != "auto") return dtype;
+  const TensorView* embed = checkpoint.weights ? checkpoint.weights->Find("model.embed_tokens.weight") : nullptr;
+  if (embed == nullptr) return "f32";
+  if (embed->dtype == DType::kBF16) return "bf16";
+  if (embed->dtype == DType::kF16) return device.rfind("cuda", 0) == 0 ? "f16" : "f32";
+  return "f32";
+}
+
+std::string DtypeName(at::ScalarType dtype) {
+  switch (dtype) {
+    case at::kFloat: return "f32";
+    case at::kBFloat16: return "bf16";
+    case at::kHalf: return "f16";
+    default: return c10::toString(dtype);
+  }
+}
+
+namespace {
+
 absl::StatusOr<at::Device> ParseDevice(const std::string& name) {
   if (name == "cpu") return at::Device(at::kCPU);
   if (name.rfind("cuda", 0) == 0) {
@@ -376,7 +398,7 @@ LlamaModel::~LlamaModel() = default;
 absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(Checkpoint checkpoint,
                                                              const ModelOptions& options) {
   auto impl = std::make_unique<Impl>();
-  KVG_ASSIGN_OR_RETURN(impl->dtype, ParseDtype(options.dtype));
+  KVG_ASSIGN_OR_RETURN(impl->dtype, ParseDtype(ResolveDtype(checkpoint, options.device, options.dtype)));
   KVG_ASSIGN_OR_RETURN(impl->device, ParseDevice(options.device));
   impl->config = checkpoint.config;
   impl->tokenizer_path = checkpoint.tokenizer_path;

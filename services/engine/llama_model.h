@@ -31,8 +31,15 @@ namespace kvguard::engine {
 
 struct ModelOptions {
   std::string device = "cpu";  // "cpu", "cuda", "cuda:N"
-  std::string dtype = "f32";   // "f32", "bf16", "f16"
+  // "f32", "bf16", "f16", or "auto": the dtype the checkpoint stores its weights in
+  // (bf16 stays bf16 on CPU and CUDA; f16 is f16 on CUDA, f32 on CPU, where f16 GEMMs are slow).
+  std::string dtype = "auto";
 };
+
+// The compute dtype "auto" resolves to for a checkpoint on a device ("cpu", "cuda[:N]").
+std::string ResolveDtype(const Checkpoint& checkpoint, const std::string& device, const std::string& dtype);
+// "f32", "bf16", "f16" (other types: their libtorch name).
+std::string DtypeName(at::ScalarType dtype);
 
 // One sequence's share of a batched forward pass.
 struct ForwardItem {

@@ -14,7 +14,7 @@
 #include <mutex>
 #include <nlohmann/json.hpp>
 
-#include "common/blas_threads.h"
+#include "common/blas.h"
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage_config.h"

@@ -150,6 +150,7 @@ grpc::ServerUnaryReactor* GenerationServiceImpl::GetModelInfo(grpc::CallbackServ
   out->set_head_dim(config_.head_dim);
   out->set_device(info_.device);
   out->set_dtype(info_.dtype);
+  out->set_blas(info_.blas);
   out->set_has_tokenizer(tokenizer_ != nullptr);
   for (int32_t id : config_.eos_token_ids) out->add_eos_token_ids(id);
   out->set_default_compressor(defaults_.compressor);

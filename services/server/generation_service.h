@@ -20,7 +20,7 @@ namespace kvguard::server {
 
 struct ServiceInfo {
   std::string model_path;
-  std::string device, dtype;
+  std::string device, dtype, blas;
 };
 
 class GenerationServiceImpl final : public v1::GenerationService::CallbackService {

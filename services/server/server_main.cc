@@ -13,7 +13,7 @@
 #include <iostream>
 #include <semaphore.h>
 
-#include "common/blas_threads.h"
+#include "common/blas.h"
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage_config.h"
@@ -41,7 +41,7 @@ ABSL_FLAG(int, max_queue, 64, "requests waiting beyond that; more get RESOURCE_E
 ABSL_FLAG(std::string, default_compressor, "", "compressor for requests that name none");
 ABSL_FLAG(double, default_ratio, 0.0, "ratio for requests that give none");
 ABSL_FLAG(std::string, device, "cpu", "cpu | cuda | cuda:N");
-ABSL_FLAG(std::string, dtype, "f32", "f32 | bf16 | f16");
+ABSL_FLAG(std::string, dtype, "auto", "auto (the checkpoint's own: bf16 stays bf16) | f32 | bf16 | f16");
 ABSL_FLAG(int, threads, 0, "CPU intra-op threads (0 = libtorch default)");
 ABSL_FLAG(int, drain_grace_ms, 10000, "on SIGTERM: time in-flight streams get to finish");
 ABSL_FLAG(bool, research_logits, false, "stream full logits to the guard (research mode)");
@@ -89,7 +89,12 @@ int main(int argc, char** argv) {
   auto model = engine::LlamaModel::Load(std::move(*ckpt),
                                         {.device = absl::GetFlag(FLAGS_device), .dtype = absl::GetFlag(FLAGS_dtype)});
   if (!model.ok()) return Fail(std::string(model.status().message()));
-
+  std::string blas_text;
+  if ((*model)->device().is_cpu()) {
+    const BlasInfo blas = DescribeBlas();
+    blas_text = absl::StrCat(blas.name, blas.detail.empty() ? "" : " " + blas.detail,
+                             blas.path.empty() ? "" : " (" + blas.path + ")");
+  }
 
   std::unique_ptr<server::GrpcGuardLink> guard;
   if (!absl::GetFlag(FLAGS_guard).empty()) guard = std::make_unique<server::GrpcGuardLink>(absl::GetFlag(FLAGS_guard));
@@ -109,7 +114,8 @@ int main(int argc, char** argv) {
                                   .guard_available = guard != nullptr};
   server::GenerationServiceImpl service(scheduler, (*model)->config(), tokenizer.get(), defaults,
                                         {.model_path = model_path, .device = absl::GetFlag(FLAGS_device),
-                                         .dtype = absl::GetFlag(FLAGS_dtype)},
+                                         .dtype = engine::DtypeName((*model)->dtype()),
+                                         .blas = blas_text},
                                         &metrics);
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -123,7 +129,9 @@ int main(int argc, char** argv) {
   const std::string host = absl::GetFlag(FLAGS_listen).substr(0, absl::GetFlag(FLAGS_listen).rfind(':'));
   std::cout << "kvguard-server listening on " << host << ":" << port << " (metrics "
             << (metrics_addr.empty() ? "off" : metrics_addr) << ", guard "
-            << (guard ? absl::GetFlag(FLAGS_guard) : "none") << ")" << std::endl;
+            << (guard ? absl::GetFlag(FLAGS_guard) : "none") << ", " << (*model)->device().str() << " "
+            << engine::DtypeName((*model)->dtype()) << (blas_text.empty() ? "" : ", BLAS " + blas_text) << ")"
+            << std::endl;
 
   sem_init(&g_shutdown, 0, 0);
   std::signal(SIGTERM, OnSignal);

@@ -1,4 +1,4 @@
-#include "common/blas_threads.h"
+#include "common/blas.h"
 #include "services/trainer/lm_trainer.h"
 
 #include <ATen/ATen.h>

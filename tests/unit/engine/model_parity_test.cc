@@ -58,7 +58,7 @@ class FixtureModelTest : public ::testing::TestWithParam<std::string> {
 // model), which moves its reference by ~4e-3; we keep them in full precision.
 TEST_P(FixtureModelTest, LogitsMatchTransformersF32) {
   Reference ref = LoadReference(Dir());
-  auto eng = Engine::Load(Dir(), {});
+  auto eng = Engine::Load(Dir(), {.dtype = "f32"});
   ASSERT_TRUE(eng.ok()) << eng.status();
   auto logits = (*eng)->Logits(ref.input_ids);
   ASSERT_TRUE(logits.ok()) << logits.status();
@@ -69,7 +69,7 @@ TEST_P(FixtureModelTest, LogitsMatchTransformersF32) {
 
 TEST_P(FixtureModelTest, CachedGreedyDecodingMatchesTransformers) {
   Reference ref = LoadReference(Dir());
-  auto eng = Engine::Load(Dir(), {});
+  auto eng = Engine::Load(Dir(), {.dtype = "f32"});
   ASSERT_TRUE(eng.ok()) << eng.status();
   GenerateRequest req;
   req.prompt_ids = ref.input_ids;
@@ -101,6 +101,18 @@ TEST_P(FixtureModelTest, Bf16ComputeWithinBf16Tolerance) {
     agree += ours == theirs;
   }
   EXPECT_GE(agree, static_cast<int>(0.8 * logits->size()));
+}
+
+// "auto" (the default) computes in the dtype the checkpoint stores: bf16 stays
+// bf16, f32 stays f32; an explicit dtype wins.
+TEST_P(FixtureModelTest, AutoDtypeIsTheStoredDtype) {
+  auto eng = Engine::Load(Dir(), {});
+  ASSERT_TRUE(eng.ok()) << eng.status();
+  const bool bf16_weights = GetParam().find("bf16") != std::string::npos;
+  EXPECT_EQ((*eng)->dtype(), bf16_weights ? "bf16" : "f32");
+  auto forced = Engine::Load(Dir(), {.dtype = "f32"});
+  ASSERT_TRUE(forced.ok()) << forced.status();
+  EXPECT_EQ((*forced)->dtype(), "f32");
 }
 
 // transformers 4 checkpoints put rope_theta / rope_scaling at the top level;
