@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
-# Installs every Debian package kvguard needs to build, test and run.
-# Idempotent: prints nothing and touches nothing when all are present.
+# Installs every Debian package kvguard needs to build, test and run, and makes BLIS the system's
+# libblas.so.3 (what Debian's libtorch calls for f32 matmuls: the reference BLAS is 30x slower on
+# prefill; OpenBLAS's 60 KB of static TLS stops civetweb, prometheus-cpp's /metrics server, from
+# starting its threads; reports/bench/blas.md has the measurements).
+# Idempotent: prints nothing and touches nothing when all is in place.
+# scripts/fresh_check.sh proves the list complete on a clean Debian bookworm root.
 set -euo pipefail
 
 PACKAGES=(
   build-essential cmake ninja-build pkg-config git python3
-  libabsl-dev nlohmann-json3-dev libpcre2-dev libgtest-dev
-  libtorch-dev
+  libabsl-dev nlohmann-json3-dev libpcre2-dev libgtest-dev libgmock-dev
+  libtorch-dev libblis4-openmp
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   prometheus-cpp-dev libxgboost-dev
-  python3-grpcio python3-grpc-tools python3-protobuf
+  python3-grpcio python3-grpc-tools python3-protobuf python3-pkg-resources
   prometheus golang-go golang-github-masterminds-sprig-dev golang-gopkg-yaml.v3-dev python3-yaml
 )
 
@@ -19,10 +23,20 @@ for p in "${PACKAGES[@]}"; do
     missing+=("$p")
   fi
 done
-[ ${#missing[@]} -eq 0 ] && exit 0
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-echo "install_deps: installing ${missing[*]}" >&2
-$SUDO apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "install_deps: installing ${missing[*]}" >&2
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# BLIS as libblas.so.3, also where OpenBLAS (a higher-priority alternative) is installed.
+BLIS="$(ls /usr/lib/*-linux-gnu/blis-openmp/libblas.so.3 | head -1)"
+MULTIARCH="$(basename "$(dirname "$(dirname "$BLIS")")")"  # e.g. x86_64-linux-gnu
+ALT="libblas.so.3-$MULTIARCH"
+if [ "$(readlink -f /etc/alternatives/$ALT 2>/dev/null)" != "$(readlink -f $BLIS)" ]; then
+  echo "install_deps: selecting BLIS ($BLIS) as libblas.so.3" >&2
+  $SUDO update-alternatives --quiet --set "$ALT" "$BLIS"
+fi

@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# Which libblas.so.3 libtorch runs on, measured side by side in one run: `kvguard bench` on a
+# random-weight Qwen2.5-0.5B-shaped checkpoint (f32 and bf16) and on the bundled default model,
+# once per BLAS library installed here, rounds interleaved (these machines are noisy; medians).
+# Each process gets one library through LD_LIBRARY_PATH, and `kvguard bench` reports the one it
+# really loaded. Writes reports/bench/blas.{json,csv,md,svg}.
+#
+#   scripts/bench_blas.sh [--rounds 2] [--threads 2] [--work DIR] [--out reports/bench]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=2 THREADS=2 WORK=/tmp/kvguard-bench-blas OUT=reports/bench
+while [ $# -gt 0 ]; do
+  case "$1" in
+  --rounds) ROUNDS="$2"; shift 2 ;;
+  --threads) THREADS="$2"; shift 2 ;;
+  --work) WORK="$2"; shift 2 ;;
+  --out) OUT="$2"; shift 2 ;;
+  *) echo "bench_blas: unknown option $1" >&2; exit 2 ;;
+  esac
+done
+KVG=build/bin/kvguard
+[ -x "$KVG" ] || { echo "bench_blas: build first (scripts/build.sh)" >&2; exit 1; }
+mkdir -p "$WORK" "$OUT"
+
+# Libraries: Debian puts each libblas.so.3 in its own directory.
+declare -A LIBS=()
+for d in /usr/lib/*-linux-gnu/blas /usr/lib/*-linux-gnu/blis-openmp /usr/lib/*-linux-gnu/blis-pthread \
+  /usr/lib/*-linux-gnu/openblas-openmp /usr/lib/*-linux-gnu/openblas-pthread; do
+  [ -f "$d/libblas.so.3" ] && LIBS[$(basename "$d")]="$d"
+done
+echo "bench_blas: libraries: ${!LIBS[*]}" >&2
+
+for dt in f32 bf16; do
+  [ -f "$WORK/qwen0.5b-$dt/model.safetensors" ] ||
+    "$KVG" random-checkpoint --shape qwen2.5-0.5b --dtype "$dt" --out "$WORK/qwen0.5b-$dt" >&2
+done
+
+# (label, model, extra bench args)
+CASES=(
+  "qwen2.5-0.5b f32|$WORK/qwen0.5b-f32|--prompt-tokens 128 --decode-tokens 64 --warmup 8"
+  "qwen2.5-0.5b bf16|$WORK/qwen0.5b-bf16|--prompt-tokens 128 --decode-tokens 64 --warmup 8"
+  "arith-lm (default model) f32|models/arith-lm|--prompt-tokens 170 --decode-tokens 128 --warmup 8"
+)
+RAW="$WORK/raw.jsonl"
+: >"$RAW"
+total=$((ROUNDS * ${#CASES[@]} * ${#LIBS[@]}))
+done_n=0
+start=$(date +%s)
+for ((r = 1; r <= ROUNDS; r++)); do
+  for c in "${CASES[@]}"; do
+    IFS='|' read -r label model extra <<<"$c"
+    for lib in "${!LIBS[@]}"; do
+      # shellcheck disable=SC2086
+      line=$(LD_LIBRARY_PATH="${LIBS[$lib]}" "$KVG" bench --model "$model" --threads "$THREADS" --batch 1 \
+        $extra --json)
+      echo "{\"round\":$r,\"case\":\"$label\",\"library\":\"$lib\",\"result\":$line}" >>"$RAW"
+      done_n=$((done_n + 1))
+      el=$(($(date +%s) - start))
+      echo "bench_blas: $done_n/$total done, ${el}s elapsed, ETA $((el * (total - done_n) / done_n))s" \
+        "($label, $lib)" >&2
+    done
+  done
+done
+
+python3 - "$RAW" "$OUT" "$THREADS" <<'EOF'
+import csv, json, statistics, sys
+raw, out, threads = sys.argv[1], sys.argv[2], sys.argv[3]
+rows = [json.loads(l) for l in open(raw)]
+groups = {}
+for r in rows:
+    groups.setdefault((r["case"], r["library"]), []).append(r["result"])
+table = []
+for (case, lib), rs in groups.items():
+    pre = [x["prefill_tokens_per_s"] for x in rs]
+    dec = [x["decode_tokens_per_s"] for x in rs]
+    table.append({"case": case, "library": lib, "blas_loaded": rs[0]["blas"], "dtype": rs[0]["dtype"],
+                  "prompt_tokens": rs[0]["prompt_tokens"], "runs": len(rs),
+                  "prefill_tok_s_median": statistics.median(pre), "prefill_tok_s_min": min(pre),
+                  "prefill_tok_s_max": max(pre), "decode_tok_s_median": statistics.median(dec),
+                  "decode_tok_s_min": min(dec), "decode_tok_s_max": max(dec),
+                  "ttft_ms_median": 1000 * rs[0]["prompt_tokens"] / statistics.median(pre)})
+order = {"blas": 0, "blis-openmp": 1, "blis-pthread": 2, "openblas-openmp": 3, "openblas-pthread": 4}
+table.sort(key=lambda t: (t["case"], order.get(t["library"], 9)))
+ref = {t["case"]: t for t in table if t["library"] == "blas"}
+for t in table:
+    base = ref.get(t["case"])
+    t["prefill_vs_reference"] = t["prefill_tok_s_median"] / base["prefill_tok_s_median"] if base else None
+    t["decode_vs_reference"] = t["decode_tok_s_median"] / base["decode_tok_s_median"] if base else None
+json.dump({"threads": int(threads), "rows": table, "raw": rows}, open(f"{out}/blas.json", "w"), indent=1)
+with open(f"{out}/blas.csv", "w", newline="") as f:
+    w = csv.DictWriter(f, fieldnames=list(table[0].keys()))
+    w.writeheader()
+    w.writerows(table)
+md = [f"# libblas.so.3 under libtorch: side by side in one run ({threads} threads, batch 1)", "",
+      "`scripts/bench_blas.sh`: `kvguard bench` per library via LD_LIBRARY_PATH, rounds interleaved, medians "
+      "(min-max). `blas` is Debian's reference BLAS (what libtorch used before `install_deps.sh` selected BLIS). "
+      "TTFT = prompt tokens / prefill rate.", "",
+      "| model, dtype | libblas.so.3 | prefill tok/s | decode tok/s | TTFT ms | prefill vs reference | decode vs reference |",
+      "| --- | --- | --- | --- | --- | --- | --- |"]
+for t in table:
+    md.append(f"| {t['case']} | {t['library']} | {t['prefill_tok_s_median']:.1f} ({t['prefill_tok_s_min']:.1f}-"
+              f"{t['prefill_tok_s_max']:.1f}) | {t['decode_tok_s_median']:.1f} ({t['decode_tok_s_min']:.1f}-"
+              f"{t['decode_tok_s_max']:.1f}) | {t['ttft_ms_median']:.1f} | {t['prefill_vs_reference']:.2f}x | "
+              f"{t['decode_vs_reference']:.2f}x |")
+md += ["", "Libraries loaded (as `kvguard bench` reported them):", ""]
+md += sorted({f"- {t['library']}: {t['blas_loaded']}" for t in table})
+open(f"{out}/blas.md", "w").write("\n".join(md) + "\n")
+# A grouped bar chart of decode and prefill speed-up over the reference BLAS (log-free, plain SVG).
+bars = [t for t in table if t["library"] != "blas"]
+W, H, pad = 720, 320, 60
+mx = max(max(t["prefill_vs_reference"], t["decode_vs_reference"]) for t in bars) * 1.1
+bw = (W - 2 * pad) / (len(bars) * 2.5)
+svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H + 90}" font-family="sans-serif" font-size="11">',
+       f'<text x="{W/2}" y="18" text-anchor="middle" font-size="14">Speed-up over the reference BLAS ({threads} threads)</text>',
+       f'<line x1="{pad}" y1="{H}" x2="{W-pad}" y2="{H}" stroke="black"/>']
+y1 = H - (H - 40) * 1 / mx
+svg.append(f'<line x1="{pad}" y1="{y1:.1f}" x2="{W-pad}" y2="{y1:.1f}" stroke="#999" stroke-dasharray="4"/>'
+           f'<text x="{pad-5}" y="{y1+4:.1f}" text-anchor="end">1x</text>')
+for i, t in enumerate(bars):
+    x = pad + i * 2.5 * bw + bw * 0.25
+    for j, (key, color) in enumerate((("prefill_vs_reference", "#4878d0"), ("decode_vs_reference", "#ee854a"))):
+        v = t[key]
+        h = (H - 40) * v / mx
+        svg.append(f'<rect x="{x + j*bw:.1f}" y="{H-h:.1f}" width="{bw*0.95:.1f}" height="{h:.1f}" fill="{color}"/>'
+                   f'<text x="{x + j*bw + bw/2:.1f}" y="{H-h-3:.1f}" text-anchor="middle">{v:.1f}x</text>')
+    svg.append(f'<text x="{x+bw:.1f}" y="{H+14}" text-anchor="middle">{t["library"]}</text>'
+               f'<text x="{x+bw:.1f}" y="{H+28}" text-anchor="middle">{t["case"][:28]}</text>')
+svg.append(f'<rect x="{pad}" y="{H+50}" width="10" height="10" fill="#4878d0"/><text x="{pad+14}" y="{H+59}">prefill</text>'
+           f'<rect x="{pad+80}" y="{H+50}" width="10" height="10" fill="#ee854a"/><text x="{pad+94}" y="{H+59}">decode</text>')
+svg.append("</svg>")
+open(f"{out}/blas.svg", "w").write("\n".join(svg))
+print("\n".join(md))
+EOF
+echo "written to $OUT/blas.{json,csv,md,svg}" >&2
