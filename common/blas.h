@@ -1,7 +1,7 @@
 // File: common/blas.h
 //
 // libtorch's CPU f32 matmuls go through the system BLAS (Debian's libblas.so.3
-// alternative; scripts/install_deps.sh selects BLIS). Both BLIS and OpenBLAS
+// alternative; scripts/install_deps.sh selects OpenBLAS). Both BLIS and OpenBLAS
 // keep their own thread pools: BLIS runs one thread unless told otherwise, and
 // OpenBLAS sizes its pool to the machine and fights libtorch's intra-op threads
 // on small per-token matmuls, so callers that pick a thread count set the

@@ -62,9 +62,24 @@ for ((r = 1; r <= ROUNDS; r++)); do
   done
 done
 
-python3 - "$RAW" "$OUT" "$THREADS" <<'EOF'
+# Correctness: batched decode that crashed the server with BLIS 0.9.0 (sgemm reads past its
+# operands; valgrind shows the invalid reads). Exit code per library.
+CRASH="$WORK/crash.jsonl"
+: >"$CRASH"
+for lib in "${!LIBS[@]}"; do
+  set +e
+  LD_LIBRARY_PATH="${LIBS[$lib]}" "$KVG" bench --model models/stories260K/stories260K.bin --threads 1 --batch 4 \
+    --prompt-tokens 1 --decode-tokens 480 --warmup 0 --json >/dev/null 2>&1
+  rc=$?
+  set -e
+  echo "{\"library\":\"$lib\",\"exit_code\":$rc}" >>"$CRASH"
+  echo "bench_blas: batched-decode check on $lib: exit code $rc" >&2
+done
+
+python3 - "$RAW" "$OUT" "$THREADS" "$CRASH" <<'EOF'
 import csv, json, statistics, sys
 raw, out, threads = sys.argv[1], sys.argv[2], sys.argv[3]
+crash = {c["library"]: c["exit_code"] for c in map(json.loads, open(sys.argv[4]))}
 rows = [json.loads(l) for l in open(raw)]
 groups = {}
 for r in rows:
@@ -86,7 +101,10 @@ for t in table:
     base = ref.get(t["case"])
     t["prefill_vs_reference"] = t["prefill_tok_s_median"] / base["prefill_tok_s_median"] if base else None
     t["decode_vs_reference"] = t["decode_tok_s_median"] / base["decode_tok_s_median"] if base else None
-json.dump({"threads": int(threads), "rows": table, "raw": rows}, open(f"{out}/blas.json", "w"), indent=1)
+for t in table:
+    t["batched_decode_exit_code"] = crash.get(t["library"])
+json.dump({"threads": int(threads), "rows": table, "raw": rows, "batched_decode_check": crash},
+          open(f"{out}/blas.json", "w"), indent=1)
 with open(f"{out}/blas.csv", "w", newline="") as f:
     w = csv.DictWriter(f, fieldnames=list(table[0].keys()))
     w.writeheader()
@@ -102,6 +120,9 @@ for t in table:
               f"{t['prefill_tok_s_max']:.1f}) | {t['decode_tok_s_median']:.1f} ({t['decode_tok_s_min']:.1f}-"
               f"{t['decode_tok_s_max']:.1f}) | {t['ttft_ms_median']:.1f} | {t['prefill_vs_reference']:.2f}x | "
               f"{t['decode_vs_reference']:.2f}x |")
+md += ["", "Batched-decode check (`kvguard bench --model models/stories260K/stories260K.bin --threads 1 --batch 4 "
+       "--prompt-tokens 1 --decode-tokens 480 --warmup 0`; exit code 139 = segmentation fault):", ""]
+md += [f"- {lib}: exit code {rc}" + (" (crash)" if rc else "") for lib, rc in sorted(crash.items())]
 md += ["", "Libraries loaded (as `kvguard bench` reported them):", ""]
 md += sorted({f"- {t['library']}: {t['blas_loaded']}" for t in table})
 open(f"{out}/blas.md", "w").write("\n".join(md) + "\n")

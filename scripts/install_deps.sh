@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Installs every Debian package kvguard needs to build, test and run, and makes BLIS the system's
-# libblas.so.3 (what Debian's libtorch calls for f32 matmuls: the reference BLAS is 30x slower on
-# prefill; OpenBLAS's 60 KB of static TLS stops civetweb, prometheus-cpp's /metrics server, from
-# starting its threads; reports/bench/blas.md has the measurements).
+# Installs every Debian package kvguard needs to build, test and run, and makes OpenBLAS (OpenMP
+# build, the runtime libtorch threads with) the system's libblas.so.3, which Debian's libtorch calls
+# for f32 matmuls: the reference BLAS is ~30-60x slower on prefill, and BLIS 0.9.0 reads past its
+# operands in sgemm (a segfault in batched decode); reports/bench/blas.md has the measurements.
+# OpenBLAS's static TLS needs the thread-stack floor in common/thread_stack_floor.cc for /metrics.
 # Idempotent: prints nothing and touches nothing when all is in place.
 # scripts/fresh_check.sh proves the list complete on a clean Debian bookworm root.
 set -euo pipefail
@@ -10,7 +11,7 @@ set -euo pipefail
 PACKAGES=(
   build-essential cmake ninja-build pkg-config git python3
   libabsl-dev nlohmann-json3-dev libpcre2-dev libgtest-dev libgmock-dev
-  libtorch-dev libblis4-openmp
+  libtorch-dev libopenblas0-openmp
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   prometheus-cpp-dev libxgboost-dev
   python3-grpcio python3-grpc-tools python3-protobuf python3-pkg-resources
@@ -32,11 +33,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# BLIS as libblas.so.3, also where OpenBLAS (a higher-priority alternative) is installed.
-BLIS="$(ls /usr/lib/*-linux-gnu/blis-openmp/libblas.so.3 | head -1)"
-MULTIARCH="$(basename "$(dirname "$(dirname "$BLIS")")")"  # e.g. x86_64-linux-gnu
+# OpenBLAS (OpenMP) as libblas.so.3, whatever else provides the alternative.
+BLAS="$(ls /usr/lib/*-linux-gnu/openblas-openmp/libblas.so.3 | head -1)"
+MULTIARCH="$(basename "$(dirname "$(dirname "$BLAS")")")"  # e.g. x86_64-linux-gnu
 ALT="libblas.so.3-$MULTIARCH"
-if [ "$(readlink -f /etc/alternatives/$ALT 2>/dev/null)" != "$(readlink -f $BLIS)" ]; then
-  echo "install_deps: selecting BLIS ($BLIS) as libblas.so.3" >&2
-  $SUDO update-alternatives --quiet --set "$ALT" "$BLIS"
+if [ "$(readlink -f /etc/alternatives/$ALT 2>/dev/null)" != "$(readlink -f "$BLAS")" ]; then
+  echo "install_deps: selecting OpenBLAS ($BLAS) as libblas.so.3" >&2
+  $SUDO update-alternatives --quiet --set "$ALT" "$BLAS"
 fi
