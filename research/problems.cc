@@ -255,11 +255,17 @@ std::vector<std::string> AddPadding(std::vector<std::string> context,
 
 char OpChar(uint32_t op) { return op == kOpAdd ? '+' : op == kOpSub ? '-' : '*'; }
 
+struct Story {
+  std::string context;   // the story sentences with distractors and padding
+  std::string question;  // "Question: ...?\nSolution:\n"
+  std::string solution;
+  int64_t answer = 0;
+  int num_steps = 0;
+};
+
 // Draw order matters for reproducibility: skeleton, cast, story, distractors,
 // padding. Padding comes last so adding filler leaves everything else intact.
-absl::StatusOr<Problem> Build(const ProblemOptions& o, Split split, int64_t index) {
-  SplitMix64 rng(HashCombine(HashCombine(HashCombine(kDomainSalt, o.seed), SplitSalt(split)),
-                             static_cast<uint64_t>(index)));
+absl::StatusOr<Story> DrawStory(const ProblemOptions& o, Split split, SplitMix64& rng) {
   absl::StatusOr<Skeleton> skeleton = DrawSkeletonInSplit(o, split, rng);
   if (!skeleton.ok()) return skeleton.status();
   const Cast cast{kNames[rng.Index(kNames.size())], kItems[rng.Index(kItems.size())]};
@@ -280,15 +286,35 @@ absl::StatusOr<Problem> Build(const ProblemOptions& o, Split split, int64_t inde
   std::vector<std::string> context =
       AddPadding(InsertAtRandomGaps(std::move(story), std::move(distractors), rng), o, rng);
 
+  Story out;
+  out.context = absl::StrJoin(context, " ");
+  out.question = absl::StrCat("Question: How many ", cast.item.plural, " does ", cast.name, " have now?\nSolution:\n");
+  out.solution = absl::StrJoin(solution, "\n");
+  out.answer = answer;
+  out.num_steps = static_cast<int>(skeleton->steps.size());
+  return out;
+}
+
+// The problem's own story is drawn first, then its worked examples (shots), so
+// num_shots changes the prompt's preamble and nothing else. Shots are drawn in
+// the problem's split, so a test prompt's examples are test skeletons too.
+absl::StatusOr<Problem> Build(const ProblemOptions& o, Split split, int64_t index) {
+  SplitMix64 rng(HashCombine(HashCombine(HashCombine(kDomainSalt, o.seed), SplitSalt(split)),
+                             static_cast<uint64_t>(index)));
+  absl::StatusOr<Story> story = DrawStory(o, split, rng);
+  if (!story.ok()) return story.status();
   Problem problem{.id = ProblemId(split, index), .split = split, .index = index};
-  problem.prompt = absl::StrJoin(context, " ");
-  problem.prompt += "\n";
+  for (int s = 0; s < o.num_shots; ++s) {
+    absl::StatusOr<Story> shot = DrawStory(o, split, rng);
+    if (!shot.ok()) return shot.status();
+    absl::StrAppend(&problem.prompt, shot->context, "\n", shot->question, shot->solution, "\n\n");
+  }
+  absl::StrAppend(&problem.prompt, story->context, "\n");
   problem.question_begin_char = static_cast<int64_t>(problem.prompt.size());
-  absl::StrAppend(&problem.prompt, "Question: How many ", cast.item.plural, " does ",
-                  cast.name, " have now?\nSolution:\n");
-  problem.solution = absl::StrJoin(solution, "\n");
-  problem.answer = answer;
-  problem.num_steps = static_cast<int>(skeleton->steps.size());
+  problem.prompt += story->question;
+  problem.solution = story->solution;
+  problem.answer = story->answer;
+  problem.num_steps = story->num_steps;
   return problem;
 }
 
@@ -348,8 +374,8 @@ absl::Status ValidateOptions(const ProblemOptions& o) {
   if (o.ops == 0 || (o.ops & ~kAllOps) != 0) {
     return absl::InvalidArgumentError("ops must be a non-empty set of kOpAdd|kOpSub|kOpMul");
   }
-  if (o.num_distractors < 0 || o.num_padding < 0) {
-    return absl::InvalidArgumentError("num_distractors and num_padding must be >= 0");
+  if (o.num_distractors < 0 || o.num_padding < 0 || o.num_shots < 0 || o.num_shots > 16) {
+    return absl::InvalidArgumentError("num_distractors and num_padding must be >= 0, num_shots in [0, 16]");
   }
   return absl::OkStatus();
 }
@@ -399,7 +425,8 @@ nlohmann::json ToJson(const ProblemOptions& o) {
           {"max_operand", o.max_operand},       {"max_multiplier", o.max_multiplier},
           {"max_value", o.max_value},           {"num_distractors", o.num_distractors},
           {"num_padding", o.num_padding},       {"padding_placement", placement},
-          {"ops", OpsToString(o.ops)},          {"seed", o.seed}};
+          {"ops", OpsToString(o.ops)},          {"seed", o.seed},
+          {"num_shots", o.num_shots}};
 }
 
 absl::StatusOr<ProblemOptions> OptionsFromJson(const nlohmann::json& json) {
@@ -414,6 +441,7 @@ absl::StatusOr<ProblemOptions> OptionsFromJson(const nlohmann::json& json) {
       else if (key == "max_value") o.max_value = value.get<int64_t>();
       else if (key == "num_distractors") o.num_distractors = value.get<int>();
       else if (key == "num_padding") o.num_padding = value.get<int>();
+      else if (key == "num_shots") o.num_shots = value.get<int>();
       else if (key == "seed") o.seed = value.get<uint64_t>();
       else if (key == "ops") {
         absl::StatusOr<uint32_t> ops = OpsFromString(value.get<std::string>());

@@ -65,6 +65,10 @@ struct ProblemOptions {
   int num_distractors = 1;      // irrelevant numeric facts in the context
   int num_padding = 0;          // filler sentences (no numbers, no names)
   PaddingPlacement padding_placement = PaddingPlacement::kInterleaved;
+  // Worked examples (story, question, solution) before the problem: context a
+  // model does not need, as in few-shot prompts, so moderate compression can
+  // drop it and high compression reaches the facts that matter.
+  int num_shots = 0;
   // Allowed operations (kOp* flags). When none of them can keep the amount in
   // [0, max_value] at some step, that step falls back to + or - (documented
   // rather than failing: it only happens with extreme settings).

@@ -113,6 +113,10 @@ absl::Status RunTrainLm(int argc, char** argv) {
   // --init DIR continues from an earlier checkpoint (its shape wins).
   KVG_ASSIGN_OR_RETURN(trainer::LmShape shape,
                        args.Has("init") ? trainer::ReadShape(args.Get("init")) : ShapeFrom(args));
+  // RoPE has no learned positions, so a continued model may take a longer context.
+  if (args.Has("init") && args.Has("max-positions")) {
+    KVG_ASSIGN_OR_RETURN(shape.max_positions, PositiveInt(args, "max-positions", shape.max_positions));
+  }
   KVG_ASSIGN_OR_RETURN(trainer::TrainOptions options, TrainOptionsFrom(args));
   KVG_ASSIGN_OR_RETURN(int64_t eval_problems, args.GetInt("eval-problems", 200));
   if (args.Has("train-problems")) {

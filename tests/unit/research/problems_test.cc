@@ -199,6 +199,30 @@ TEST(ProblemsTest, PaddingLengthensPromptAndKeepsTheProblem) {
   EXPECT_TRUE(p.prompt.starts_with(q.prompt.substr(0, q.question_begin_char - 1)));
 }
 
+// Worked examples come before the problem and change nothing else: the
+// problem's own story, question, solution and answer stay those of num_shots=0.
+TEST(ProblemsTest, ShotsPrependWorkedExamplesAndKeepTheProblem) {
+  for (Split split : {Split::kTrain, Split::kTest}) {
+    for (int64_t i = 0; i < 30; ++i) {
+      const Problem a = *GenerateProblem({}, split, i);
+      const Problem b = *GenerateProblem({.num_shots = 2}, split, i);
+      EXPECT_EQ(a.solution, b.solution);
+      EXPECT_EQ(a.answer, b.answer);
+      EXPECT_TRUE(b.prompt.ends_with(a.prompt)) << b.prompt;
+      const std::string preamble = b.prompt.substr(0, b.prompt.size() - a.prompt.size());
+      size_t answers = 0;
+      for (size_t at = preamble.find("Answer: "); at != std::string::npos; at = preamble.find("Answer: ", at + 1)) {
+        ++answers;
+      }
+      EXPECT_EQ(answers, 2u) << preamble;
+      EXPECT_TRUE(preamble.ends_with("\n\n"));
+      EXPECT_EQ(b.prompt.substr(b.question_begin_char, 9), "Question:");
+    }
+  }
+  EXPECT_FALSE(ValidateOptions({.num_shots = -1}).ok());
+  EXPECT_EQ(OptionsFromJson(ToJson(ProblemOptions{.num_shots = 3}))->num_shots, 3);
+}
+
 TEST(ProblemsTest, DistractorsAddSentences) {
   auto sentences = [](const Problem& p) {
     const std::string context = p.prompt.substr(0, p.question_begin_char);
