@@ -15,6 +15,7 @@
 #include "guard_sidecar/controller.h"
 #include "guard_sidecar/hazard_model.h"
 #include "research/catastrophe.h"
+#include "research/pipeline/frontier.h"
 #include "research/pipeline/predictor.h"
 #include "research/pipeline/traces.h"
 #include "research/problems.h"
@@ -29,16 +30,17 @@ using Key = std::pair<std::string, double>;  // (compressor, ratio)
 struct Counts {
   int64_t n = 0, catastrophic = 0, correct = 0;
   int64_t false_positive = 0, clean = 0;  // guarded: clean traces that left NORMAL
-  double saved = 0;                        // summed bytes saved
-  double saved_fraction = 0;               // summed per-run saved / uncompressed
+  double saved = 0;                       // summed bytes saved
+  double saved_fraction = 0;              // summed per-run saved / uncompressed
 };
 
 // Replays the controller on one trace; returns the first step outside NORMAL (-1: never).
-int64_t FirstEscalation(const Trace& t, const std::vector<float>& hazard, const guard::ControllerConfig& config) {
+int64_t FirstEscalation(const Trace& t, const std::vector<float>& hazard,
+                        const guard::ControllerConfig& config) {
   auto controller = guard::ModeController(config);
   for (int64_t i = 0; i < t.tokens; ++i) {
-    guard::Decision d = controller.Step({.hazard = hazard[i], .position = static_cast<int32_t>(i),
-                                         .requested_ratio = t.ratio});
+    guard::Decision d = controller.Step(
+        {.hazard = hazard[i], .position = static_cast<int32_t>(i), .requested_ratio = t.ratio});
     if (d.mode != v1::MODE_NORMAL) return i;
   }
   return -1;
@@ -46,11 +48,12 @@ int64_t FirstEscalation(const Trace& t, const std::vector<float>& hazard, const 
 
 struct Offline {
   std::map<Key, Counts> static_counts, guarded_counts;
-  double fpr = 0;        // pooled over every configuration's clean traces
-  double max_fpr = 0;    // the worst configuration's (>= 10 clean traces)
+  double fpr = 0;      // pooled over every configuration's clean traces
+  double max_fpr = 0;  // the worst configuration's (>= 10 clean traces)
 };
 
-Offline Simulate(const std::vector<const Trace*>& traces, const std::map<const Trace*, std::vector<float>>& hazards,
+Offline Simulate(const std::vector<const Trace*>& traces,
+                 const std::map<const Trace*, std::vector<float>>& hazards,
                  const guard::ControllerConfig& config) {
   Offline o;
   int64_t clean = 0, fp = 0;
@@ -78,10 +81,9 @@ Offline Simulate(const std::vector<const Trace*>& traces, const std::map<const T
   return o;
 }
 
-absl::StatusOr<guard::ControllerConfig> TuneThresholds(const std::vector<const Trace*>& val,
-                                                       const std::map<const Trace*, std::vector<float>>& hazards,
-                                                       guard::ControllerConfig base, double target_fpr,
-                                                       bool per_config, std::string* log) {
+absl::StatusOr<guard::ControllerConfig> TuneThresholds(
+    const std::vector<const Trace*>& val, const std::map<const Trace*, std::vector<float>>& hazards,
+    guard::ControllerConfig base, double target_fpr, bool per_config, std::string* log) {
   guard::ControllerConfig best = base;
   bool found = false;
   for (double tau = 0.05; tau <= 0.951; tau += 0.05) {
@@ -96,7 +98,8 @@ absl::StatusOr<guard::ControllerConfig> TuneThresholds(const std::vector<const T
     int64_t cat = 0, left = 0;
     for (const auto& [k, v] : o.static_counts) cat += v.catastrophic;
     for (const auto& [k, v] : o.guarded_counts) left += v.catastrophic;
-    absl::StrAppendFormat(log, "| %.2f | %.3f | %.3f | %d / %d |\n", tau, o.fpr, o.max_fpr, cat - left, cat);
+    absl::StrAppendFormat(log, "| %.2f | %.3f | %.3f | %d / %d |\n", tau, o.fpr, o.max_fpr,
+                          cat - left, cat);
     // The FPR bound holds at every requested ratio, not only pooled: at high
     // ratios hazards run higher, and a pooled 5% can hide 13% there.
     if ((per_config ? o.max_fpr : o.fpr) <= target_fpr) {
@@ -113,12 +116,49 @@ absl::StatusOr<guard::ControllerConfig> TuneThresholds(const std::vector<const T
 }
 
 struct LiveResult {
-  std::map<Key, Counts> by_mode[3];  // static, guarded, guarded without RECOVERY
-  int64_t errors = 0;                // runs that ended with an RPC error (not counted in CFR)
+  std::map<Key, Counts> by_mode[3];   // static, guarded, guarded without RECOVERY
+  std::vector<PolicyRecord> records;  // one per (prompt, mode, config): the frontier's input
+  int64_t errors = 0;                 // runs that ended with an RPC error (not counted in CFR)
   std::string first_error;
 };
 
-absl::StatusOr<std::unique_ptr<ChildProcess>> Spawn(const std::string& bin, std::vector<std::string> args,
+constexpr const char* kArmPrefix[3] = {"static", "guarded", "guarded_norec"};
+
+// One live run as a frontier record. Integrated savings: the bytes each step
+// held over what the sequence would hold uncompressed at that step (bytes per
+// token from the completion's held + saved bytes, times the tokens so far).
+PolicyRecord LiveRecord(const Problem& p, const Key& key, int mode,
+                        const client::GenerateOutcome& out, double held_byte_steps,
+                        const std::vector<int64_t>& steps) {
+  const auto& c = out.complete;
+  PolicyRecord r{.prompt_id = p.id,
+                 .compressor = key.first,
+                 .arm = absl::StrFormat("%s@%g", kArmPrefix[mode], key.second),
+                 .requested_ratio = key.second,
+                 .catastrophic = c.catastrophes().looping() || c.catastrophes().non_termination(),
+                 .looped = c.catastrophes().looping(),
+                 .non_terminated = c.catastrophes().non_termination(),
+                 .correct = c.catastrophes().answered() && c.catastrophes().answer() == p.answer,
+                 .tokens = static_cast<int64_t>(out.token_ids.size()),
+                 .fail_safe_events = static_cast<int64_t>(c.fail_safe_events())};
+  const double uncompressed = static_cast<double>(c.kv_bytes_saved() + c.kv_bytes());
+  r.savings_end = uncompressed > 0 ? static_cast<double>(c.kv_bytes_saved()) / uncompressed : 0.0;
+  const double total_tokens =
+      static_cast<double>(c.usage().prompt_tokens() + c.usage().completion_tokens());
+  double full_byte_steps = 0;
+  if (total_tokens > 0) {
+    const double per_token = uncompressed / total_tokens;
+    for (int64_t s : steps)
+      full_byte_steps += per_token * static_cast<double>(c.usage().prompt_tokens() + s);
+  }
+  r.savings_integrated =
+      full_byte_steps > 0 ? 1.0 - held_byte_steps / full_byte_steps : r.savings_end;
+  for (const auto& [m, n] : c.mode_steps()) r.mode_steps[m] = n;
+  return r;
+}
+
+absl::StatusOr<std::unique_ptr<ChildProcess>> Spawn(const std::string& bin,
+                                                    std::vector<std::string> args,
                                                     std::string* address) {
   auto p = std::make_unique<ChildProcess>(bin, args);
   auto port = p->WaitFor("listening on 127\\.0\\.0\\.1:([0-9]+)", std::chrono::seconds(60));
@@ -129,22 +169,42 @@ absl::StatusOr<std::unique_ptr<ChildProcess>> Spawn(const std::string& bin, std:
 
 absl::Status RunLive(const EvaluateOptions& o, const std::vector<Problem>& problems,
                      const std::vector<std::string>& stop_strings,
-                     const std::vector<std::string>& compressor_options, const std::set<Key>& configs,
-                     const std::string& controller_path, const std::string& no_recovery_path, LiveResult& out,
+                     const std::vector<std::string>& compressor_options,
+                     const std::set<Key>& configs, const std::string& controller_path,
+                     const std::string& no_recovery_path, LiveResult& out,
                      const std::function<void(int64_t, int64_t)>& progress) {
   const int64_t total = static_cast<int64_t>(configs.size() * 3 * problems.size());
   int64_t done = 0;
   const std::string hazard = o.predictor_dir + "/hazard.json";
   std::string guard_addr, guard2_addr, server_addr, server2_addr;
   KVG_ASSIGN_OR_RETURN(auto guard, Spawn(o.bin_dir + "/kvguard-guard",
-      {"--listen", "127.0.0.1:0", "--metrics_listen", "", "--model", hazard, "--config", controller_path}, &guard_addr));
+                                         {"--listen", "127.0.0.1:0", "--metrics_listen", "",
+                                          "--model", hazard, "--config", controller_path},
+                                         &guard_addr));
   KVG_ASSIGN_OR_RETURN(auto guard2, Spawn(o.bin_dir + "/kvguard-guard",
-      {"--listen", "127.0.0.1:0", "--metrics_listen", "", "--model", hazard, "--config", no_recovery_path}, &guard2_addr));
-  const std::vector<std::string> common = {"--model", o.model_dir, "--listen", "127.0.0.1:0", "--metrics_listen", "",
-                                           "--max_concurrent", std::to_string(o.concurrency), "--guard_deadline_ms", "500"};
-  auto with_guard = [&](const std::string& g) { auto a = common; a.push_back("--guard"); a.push_back(g); return a; };
-  KVG_ASSIGN_OR_RETURN(auto server, Spawn(o.bin_dir + "/kvguard-server", with_guard(guard_addr), &server_addr));
-  KVG_ASSIGN_OR_RETURN(auto server2, Spawn(o.bin_dir + "/kvguard-server", with_guard(guard2_addr), &server2_addr));
+                                          {"--listen", "127.0.0.1:0", "--metrics_listen", "",
+                                           "--model", hazard, "--config", no_recovery_path},
+                                          &guard2_addr));
+  const std::vector<std::string> common = {"--model",
+                                           o.model_dir,
+                                           "--listen",
+                                           "127.0.0.1:0",
+                                           "--metrics_listen",
+                                           "",
+                                           "--max_concurrent",
+                                           std::to_string(o.concurrency),
+                                           "--guard_deadline_ms",
+                                           "500"};
+  auto with_guard = [&](const std::string& g) {
+    auto a = common;
+    a.push_back("--guard");
+    a.push_back(g);
+    return a;
+  };
+  KVG_ASSIGN_OR_RETURN(auto server,
+                       Spawn(o.bin_dir + "/kvguard-server", with_guard(guard_addr), &server_addr));
+  KVG_ASSIGN_OR_RETURN(
+      auto server2, Spawn(o.bin_dir + "/kvguard-server", with_guard(guard2_addr), &server2_addr));
   std::mutex mu;
   // Per config, whether each prompt's static run was clean: a guarded run
   // leaving NORMAL is a false positive only when static compression would
@@ -168,12 +228,18 @@ absl::Status RunLive(const EvaluateOptions& o, const std::vector<Problem>& probl
             // The sweep's options for this compressor, so live runs use the same settings.
             for (const std::string& kv : CompressorOptionsFor(key.first, compressor_options)) {
               const size_t eq = kv.find('=');
-              if (eq != std::string::npos) (*r.mutable_compression()->mutable_options())[kv.substr(0, eq)] = kv.substr(eq + 1);
+              if (eq != std::string::npos)
+                (*r.mutable_compression()->mutable_options())[kv.substr(0, eq)] = kv.substr(eq + 1);
             }
             r.mutable_compression()->mutable_ratio()->set_value(key.second);
             r.mutable_compression()->mutable_guard()->set_value(mode != 0);
             r.set_gold_answer(absl::StrCat(problems[i].answer));
-            auto res = client.Generate(r);
+            double held_byte_steps = 0;
+            std::vector<int64_t> steps;
+            auto res = client.Generate(r, [&](const v1::TokenChunk& chunk) {
+              held_byte_steps += static_cast<double>(chunk.state().kv_bytes());
+              steps.push_back(static_cast<int64_t>(chunk.state().step()) + 1);
+            });
             std::lock_guard<std::mutex> lock(mu);
             if (progress) progress(++done, total);
             if (!res.ok()) {
@@ -181,14 +247,17 @@ absl::Status RunLive(const EvaluateOptions& o, const std::vector<Problem>& probl
               continue;
             }
             const auto& c = res->complete;
+            out.records.push_back(LiveRecord(problems[i], key, mode, *res, held_byte_steps, steps));
             Counts& k = out.by_mode[mode][key];
             ++k.n;
             const bool cat = c.catastrophes().looping() || c.catastrophes().non_termination();
             k.catastrophic += cat;
-            k.correct += c.catastrophes().answered() && c.catastrophes().answer() == problems[i].answer;
+            k.correct +=
+                c.catastrophes().answered() && c.catastrophes().answer() == problems[i].answer;
             k.saved += static_cast<double>(c.kv_bytes_saved());
             const double uncompressed = static_cast<double>(c.kv_bytes_saved() + c.kv_bytes());
-            k.saved_fraction += uncompressed > 0 ? static_cast<double>(c.kv_bytes_saved()) / uncompressed : 0.0;
+            k.saved_fraction +=
+                uncompressed > 0 ? static_cast<double>(c.kv_bytes_saved()) / uncompressed : 0.0;
             bool left_normal = false;
             for (const auto& [m, steps] : c.mode_steps()) left_normal |= m != "normal" && steps > 0;
             if (mode == 0) static_clean[key][i] = !cat;
@@ -232,9 +301,11 @@ absl::Status Evaluate(const EvaluateOptions& o, std::string* summary,
     KVG_ASSIGN_OR_RETURN(base, guard::ControllerConfig::Load(o.controller_config));
   }
   std::string tuning =
-      "| alert threshold | val FPR (pooled) | val FPR (worst configuration) | val catastrophes averted |\n"
+      "| alert threshold | val FPR (pooled) | val FPR (worst configuration) | val catastrophes "
+      "averted |\n"
       "| --- | --- | --- | --- |\n";
-  KVG_ASSIGN_OR_RETURN(guard::ControllerConfig tuned, TuneThresholds(val, hazards, base, o.target_fpr, o.fpr_per_config, &tuning));
+  KVG_ASSIGN_OR_RETURN(guard::ControllerConfig tuned,
+                       TuneThresholds(val, hazards, base, o.target_fpr, o.fpr_per_config, &tuning));
   std::filesystem::create_directories(o.out_dir);
   const std::string controller_path = o.out_dir + "/controller.json";
   KVG_RETURN_IF_ERROR(WriteTextFile(controller_path, tuned.ToJson().dump(2)));
@@ -257,40 +328,49 @@ absl::Status Evaluate(const EvaluateOptions& o, std::string* summary,
     KVG_ASSIGN_OR_RETURN(PromptSetSpec spec, PromptSetFromJson(manifest["prompt_set"]));
     KVG_ASSIGN_OR_RETURN(auto all, LoadPrompts(spec));
     std::vector<Problem> held_out;
-    for (auto& p : all) if (test_prompts.count(p.id)) held_out.push_back(std::move(p));
-    const auto compressor_options = manifest.value("compressor_options", std::vector<std::string>{});
-    KVG_RETURN_IF_ERROR(RunLive(o, held_out, spec.StopStrings(), compressor_options, configs, controller_path,
-                                no_recovery_path, live, live_progress));
+    for (auto& p : all)
+      if (test_prompts.count(p.id)) held_out.push_back(std::move(p));
+    const auto compressor_options =
+        manifest.value("compressor_options", std::vector<std::string>{});
+    KVG_RETURN_IF_ERROR(RunLive(o, held_out, spec.StopStrings(), compressor_options, configs,
+                                controller_path, no_recovery_path, live, live_progress));
   }
 
   std::string md = absl::StrCat(
       "# CFR vs budget: static vs guarded\n\nHeld-out prompts: ", test_prompts.size(),
-      " (prompt-level split, seed ", o.seed, "). Controller thresholds tuned on the validation prompts for FPR <= ",
-      o.target_fpr,
+      " (prompt-level split, seed ", o.seed,
+      "). Controller thresholds tuned on the validation prompts for FPR <= ", o.target_fpr,
       o.fpr_per_config ? " in every configuration (compressor, ratio) with >= 10 clean traces"
                        : " pooled over all configurations (--fpr-scope pooled)",
-      ":\n\n", tuning,
-      "\nChosen: alert.enter = ", tuned.alert.enter, ", safe.enter = ", tuned.safe.enter,
-      ", recovery.enter = ", tuned.recovery.enter, " (", controller_path, ").\n\nOffline FPR on test traces: ",
+      ":\n\n", tuning, "\nChosen: alert.enter = ", tuned.alert.enter,
+      ", safe.enter = ", tuned.safe.enter, ", recovery.enter = ", tuned.recovery.enter, " (",
+      controller_path, ").\n\nOffline FPR on test traces: ",
       absl::StrFormat("%.3f pooled, %.3f in the worst configuration", off.fpr, off.max_fpr),
       "\n\n| compressor | ratio | static CFR (traces) | guarded CFR offline |");
   if (o.live) {
-    md += " static CFR live | guarded CFR live | reduction [95% CI] | relative reduction | guarded w/o RECOVERY |"
-          " savings kept | live FPR | acc static / guarded | goal met |";
+    md +=
+        " static CFR live | guarded CFR live | reduction [95% CI] | relative reduction | guarded "
+        "w/o RECOVERY |"
+        " savings kept | live FPR | acc static / guarded | goal met |";
   }
   md += "\n| --- | --- | --- | --- |";
   if (o.live) md += " --- | --- | --- | --- | --- | --- | --- | --- | --- |";
   md += "\n";
   nlohmann::json rows = nlohmann::json::array();
-  std::string csv = "compressor,ratio,static_cfr_traces,guarded_cfr_offline,static_cfr_live,guarded_cfr_live,guarded_norec_cfr_live,savings_kept,live_fpr\n";
+  std::string csv =
+      "compressor,ratio,static_cfr_traces,guarded_cfr_offline,static_cfr_live,guarded_cfr_live,"
+      "guarded_norec_cfr_live,savings_kept,live_fpr\n";
   std::map<std::string, PlotSpec> plots;
   for (const Key& key : configs) {
     const Counts& s = off.static_counts.at(key);
     const Counts& g = off.guarded_counts.at(key);
-    absl::StrAppendFormat(&md, "| %s | %.3g | %s | %s |", key.first, key.second, CfrCell(s), CfrCell(g));
-    nlohmann::json row = {{"compressor", key.first}, {"ratio", key.second},
-                          {"static_cfr_traces", double(s.catastrophic) / std::max<int64_t>(1, s.n)},
-                          {"guarded_cfr_offline", double(g.catastrophic) / std::max<int64_t>(1, g.n)}};
+    absl::StrAppendFormat(&md, "| %s | %.3g | %s | %s |", key.first, key.second, CfrCell(s),
+                          CfrCell(g));
+    nlohmann::json row = {
+        {"compressor", key.first},
+        {"ratio", key.second},
+        {"static_cfr_traces", double(s.catastrophic) / std::max<int64_t>(1, s.n)},
+        {"guarded_cfr_offline", double(g.catastrophic) / std::max<int64_t>(1, g.n)}};
     double ls = NAN, lg = NAN, ln = NAN, kept = NAN, fpr = NAN;
     if (o.live) {
       const Counts& a = live.by_mode[0][key];
@@ -312,26 +392,41 @@ absl::Status Evaluate(const EvaluateOptions& o, std::string* summary,
       const double relative = ls > 0 ? (ls - lg) / ls : NAN;
       // The bar: CFR at least halved, FPR <= 5%, >= 70% of the savings kept.
       const bool met = ls > 0 && relative >= 0.5 && !(fpr > 0.05) && kept >= 0.7;
-      absl::StrAppendFormat(&md, " %s | %s | %.3f [%.3f, %.3f] | %.2f | %s | %.2f | %.3f | %.2f / %.2f | %s |", CfrCell(a),
-                            CfrCell(b), d.rate, d.lo, d.hi, relative, CfrCell(c), kept, fpr,
-                            double(a.correct) / std::max<int64_t>(1, a.n), double(b.correct) / std::max<int64_t>(1, b.n),
-                            ls == 0 ? "n/a (no static failures)" : (met ? "yes" : "no"));
-      row["live"] = {{"static_cfr", ls}, {"guarded_cfr", lg}, {"guarded_no_recovery_cfr", ln}, {"savings_kept", kept},
-                     {"fpr", fpr}, {"reduction", d.rate}, {"reduction_ci", {d.lo, d.hi}}, {"relative_reduction", relative},
-                     {"goal_met", met}, {"n", a.n}, {"savings_kept_bytes", kept_bytes},
+      absl::StrAppendFormat(
+          &md, " %s | %s | %.3f [%.3f, %.3f] | %.2f | %s | %.2f | %.3f | %.2f / %.2f | %s |",
+          CfrCell(a), CfrCell(b), d.rate, d.lo, d.hi, relative, CfrCell(c), kept, fpr,
+          double(a.correct) / std::max<int64_t>(1, a.n),
+          double(b.correct) / std::max<int64_t>(1, b.n),
+          ls == 0 ? "n/a (no static failures)" : (met ? "yes" : "no"));
+      row["live"] = {{"static_cfr", ls},
+                     {"guarded_cfr", lg},
+                     {"guarded_no_recovery_cfr", ln},
+                     {"savings_kept", kept},
+                     {"fpr", fpr},
+                     {"reduction", d.rate},
+                     {"reduction_ci", {d.lo, d.hi}},
+                     {"relative_reduction", relative},
+                     {"goal_met", met},
+                     {"n", a.n},
+                     {"savings_kept_bytes", kept_bytes},
                      {"saved_fraction_static", a.saved_fraction / std::max<int64_t>(1, a.n)},
                      {"saved_fraction_guarded", b.saved_fraction / std::max<int64_t>(1, b.n)}};
     }
     md += "\n";
     rows.push_back(row);
-    absl::StrAppendFormat(&csv, "%s,%g,%g,%g,%g,%g,%g,%g,%g\n", key.first, key.second, row["static_cfr_traces"].get<double>(),
+    absl::StrAppendFormat(&csv, "%s,%g,%g,%g,%g,%g,%g,%g,%g\n", key.first, key.second,
+                          row["static_cfr_traces"].get<double>(),
                           row["guarded_cfr_offline"].get<double>(), ls, lg, ln, kept, fpr);
     PlotSpec& p = plots[key.first];
     if (p.series.empty()) {
-      p = {.title = "CFR vs ratio: " + key.first, .x_label = "compression ratio (fraction of KV removed)", .y_label = "CFR"};
+      p = {.title = "CFR vs ratio: " + key.first,
+           .x_label = "compression ratio (fraction of KV removed)",
+           .y_label = "CFR"};
       p.series = {{.name = "static (sweep)"}, {.name = "guarded (offline)"}};
-      if (o.live) p.series.push_back({.name = "static (live)"}), p.series.push_back({.name = "guarded (live)"}),
-          p.series.push_back({.name = "guarded w/o RECOVERY (live)"});
+      if (o.live)
+        p.series.push_back({.name = "static (live)"}),
+            p.series.push_back({.name = "guarded (live)"}),
+            p.series.push_back({.name = "guarded w/o RECOVERY (live)"});
     }
     p.series[0].x.push_back(key.second), p.series[0].y.push_back(row["static_cfr_traces"]);
     p.series[1].x.push_back(key.second), p.series[1].y.push_back(row["guarded_cfr_offline"]);
@@ -342,20 +437,39 @@ absl::Status Evaluate(const EvaluateOptions& o, std::string* summary,
     }
   }
   if (o.live) {
-    absl::StrAppend(&md, "\nLive runs that failed with an RPC error (left out of the rates): ", live.errors,
-                    live.errors ? absl::StrCat(" (first: ", live.first_error, ")") : "", "\n");
+    absl::StrAppend(
+        &md, "\nLive runs that failed with an RPC error (left out of the rates): ", live.errors,
+        live.errors ? absl::StrCat(" (first: ", live.first_error, ")") : "", "\n");
   }
-  md += "\nDefinitions: CFR = share of traces that loop or do not terminate (no answer within max tokens); "
-        "reduction = static minus guarded CFR (live, same prompts), Newcombe 95% CI; relative reduction = reduction / static CFR; "
-        "savings kept = mean share of the KV saved at completion (saved / uncompressed bytes per run), guarded / static "
-        "(summed bytes in evaluation.json: savings_kept_bytes); live FPR = share of prompts whose static run was "
-        "clean but whose guarded run left NORMAL; offline FPR = the same on the test traces with the controller replayed; "
-        "goal met = relative reduction >= 0.5, live FPR <= 0.05 and savings kept >= 0.70.\n";
-  for (const auto& [name, plot] : plots) KVG_RETURN_IF_ERROR(WriteSvgPlot(plot, o.out_dir + "/cfr_vs_ratio_" + name + ".svg"));
+  md +=
+      "\nDefinitions: CFR = share of traces that loop or do not terminate (no answer within max "
+      "tokens); "
+      "reduction = static minus guarded CFR (live, same prompts), Newcombe 95% CI; relative "
+      "reduction = reduction / static CFR; "
+      "savings kept = mean share of the KV saved at completion (saved / uncompressed bytes per "
+      "run), guarded / static "
+      "(summed bytes in evaluation.json: savings_kept_bytes); live FPR = share of prompts whose "
+      "static run was "
+      "clean but whose guarded run left NORMAL; offline FPR = the same on the test traces with the "
+      "controller replayed; "
+      "goal met = relative reduction >= 0.5, live FPR <= 0.05 and savings kept >= 0.70.\n";
+  for (const auto& [name, plot] : plots)
+    KVG_RETURN_IF_ERROR(WriteSvgPlot(plot, o.out_dir + "/cfr_vs_ratio_" + name + ".svg"));
+  if (o.live) {
+    // Per-prompt records of every live run, in a fixed order: `kvguard frontier` reads them.
+    std::sort(live.records.begin(), live.records.end(),
+              [](const PolicyRecord& a, const PolicyRecord& b) {
+                return std::tie(a.compressor, a.arm, a.prompt_id) <
+                       std::tie(b.compressor, b.arm, b.prompt_id);
+              });
+    KVG_RETURN_IF_ERROR(WriteRecords(o.out_dir + "/records.jsonl", live.records));
+  }
   KVG_RETURN_IF_ERROR(WriteTextFile(o.out_dir + "/evaluation.md", md));
   KVG_RETURN_IF_ERROR(WriteTextFile(o.out_dir + "/evaluation.csv", csv));
-  KVG_RETURN_IF_ERROR(WriteTextFile(o.out_dir + "/evaluation.json",
-                                    nlohmann::json{{"rows", rows}, {"offline_fpr", off.fpr}, {"controller", tuned.ToJson()}}.dump(2)));
+  KVG_RETURN_IF_ERROR(WriteTextFile(
+      o.out_dir + "/evaluation.json",
+      nlohmann::json{{"rows", rows}, {"offline_fpr", off.fpr}, {"controller", tuned.ToJson()}}.dump(
+          2)));
   if (summary) *summary = md;
   return absl::OkStatus();
 }

@@ -21,6 +21,7 @@ absl::Status RunProblems(int argc, char** argv);
 absl::Status RunSweepCommand(int argc, char** argv);
 absl::Status RunTrainPredictor(int argc, char** argv);
 absl::Status RunEvaluate(int argc, char** argv);
+absl::Status RunFrontier(int argc, char** argv);
 absl::Status RunTrainLm(int argc, char** argv);
 absl::Status RunEvalLm(int argc, char** argv);
 absl::Status RunCalibrateVector(int argc, char** argv);

@@ -2,21 +2,26 @@
 // model), each with progress and a written report.
 #include <unistd.h>
 
+#include <fstream>
 #include <iostream>
+#include <set>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "common/status_macros.h"
 #include "research/pipeline/evaluate.h"
+#include "research/pipeline/frontier.h"
 #include "research/pipeline/predictor.h"
 #include "research/pipeline/sweep.h"
+#include "research/pipeline/traces.h"
 #include "services/cli/cli_args.h"
 #include "services/cli/commands.h"
 #include "services/cli/progress.h"
 
 namespace kvguard::cli {
 
-absl::StatusOr<research::ProblemOptions> ProblemOptionsFrom(const std::vector<std::string>& overrides);
+absl::StatusOr<research::ProblemOptions> ProblemOptionsFrom(
+    const std::vector<std::string>& overrides);
 
 namespace {
 
@@ -33,7 +38,8 @@ absl::StatusOr<std::vector<double>> Doubles(const std::string& text) {
   std::vector<double> out;
   for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipEmpty())) {
     double v;
-    if (!absl::SimpleAtod(part, &v)) return absl::InvalidArgumentError(absl::StrCat("bad number '", part, "'"));
+    if (!absl::SimpleAtod(part, &v))
+      return absl::InvalidArgumentError(absl::StrCat("bad number '", part, "'"));
     out.push_back(v);
   }
   return out;
@@ -43,15 +49,17 @@ absl::StatusOr<std::vector<double>> Doubles(const std::string& text) {
 
 absl::Status RunSweepCommand(int argc, char** argv) {
   CliArgs args;
-  KVG_RETURN_IF_ERROR(args.Parse(argc, argv,
-                                 {"model", "out", "compressors", "ratios", "compressor-opt", "prompts", "first-prompt",
-                                  "split", "problem-opt", "max-new-tokens", "batch", "threads", "dataset", "data-dir",
-                                  "shots"},
-                                 {}));
+  KVG_RETURN_IF_ERROR(
+      args.Parse(argc, argv,
+                 {"model", "out", "compressors", "ratios", "compressor-opt", "prompts",
+                  "first-prompt", "split", "problem-opt", "max-new-tokens", "batch", "threads",
+                  "dataset", "data-dir", "shots"},
+                 {}));
   research::SweepOptions o;
   KVG_ASSIGN_OR_RETURN(o.model_path, args.Require("model"));
   KVG_ASSIGN_OR_RETURN(o.out_dir, args.Require("out"));
-  if (args.Has("compressors")) o.compressors = absl::StrSplit(args.Get("compressors"), ',', absl::SkipEmpty());
+  if (args.Has("compressors"))
+    o.compressors = absl::StrSplit(args.Get("compressors"), ',', absl::SkipEmpty());
   if (args.Has("ratios")) {
     KVG_ASSIGN_OR_RETURN(o.ratios, Doubles(args.Get("ratios")));
   }
@@ -82,10 +90,10 @@ absl::Status RunSweepCommand(int argc, char** argv) {
 
 absl::Status RunTrainPredictor(int argc, char** argv) {
   CliArgs args;
-  KVG_RETURN_IF_ERROR(args.Parse(argc, argv,
-                                 {"traces", "out", "horizon", "seed", "rounds", "max-depth", "eta", "threads",
-                                  "target-fpr"},
-                                 {}));
+  KVG_RETURN_IF_ERROR(args.Parse(
+      argc, argv,
+      {"traces", "out", "horizon", "seed", "rounds", "max-depth", "eta", "threads", "target-fpr"},
+      {}));
   research::PredictorOptions o;
   KVG_ASSIGN_OR_RETURN(o.traces_dir, args.Require("traces"));
   KVG_ASSIGN_OR_RETURN(o.out_dir, args.Require("out"));
@@ -118,8 +126,8 @@ namespace kvguard::cli {
 absl::Status RunEvaluate(int argc, char** argv) {
   CliArgs args;
   KVG_RETURN_IF_ERROR(args.Parse(argc, argv,
-                                 {"model", "traces", "predictor", "out", "config", "concurrency", "max-new-tokens",
-                                  "bin-dir", "seed", "target-fpr", "fpr-scope"},
+                                 {"model", "traces", "predictor", "out", "config", "concurrency",
+                                  "max-new-tokens", "bin-dir", "seed", "target-fpr", "fpr-scope"},
                                  {"live"}));
   research::EvaluateOptions o;
   KVG_ASSIGN_OR_RETURN(o.traces_dir, args.Require("traces"));
@@ -143,10 +151,74 @@ absl::Status RunEvaluate(int argc, char** argv) {
   }
   o.fpr_per_config = scope == "per-config";
   std::string summary;
-  std::cerr << "evaluate: offline simulation" << (o.live ? " + live closed-loop runs" : "") << "...\n";
+  std::cerr << "evaluate: offline simulation" << (o.live ? " + live closed-loop runs" : "")
+            << "...\n";
   Progress progress("evaluate live runs");
-  KVG_RETURN_IF_ERROR(research::Evaluate(o, &summary, [&](int64_t d, int64_t t) { progress.Update(d, t); }));
-  std::cout << summary << "\nwritten to " << o.out_dir << "/evaluation.{md,json,csv}, cfr_vs_ratio_*.svg\n";
+  KVG_RETURN_IF_ERROR(
+      research::Evaluate(o, &summary, [&](int64_t d, int64_t t) { progress.Update(d, t); }));
+  std::cout << summary << "\nwritten to " << o.out_dir
+            << "/evaluation.{md,json,csv}, cfr_vs_ratio_*.svg\n";
+  return absl::OkStatus();
+}
+
+// `kvguard frontier`: static policies (from a sweep's traces and/or live
+// records) and guard policies (live records) on the savings/CFR frontier.
+absl::Status RunFrontier(int argc, char** argv) {
+  CliArgs args;
+  KVG_RETURN_IF_ERROR(args.Parse(
+      argc, argv, {"traces", "records", "prompts", "seed", "measure", "resamples", "out"}, {}));
+  KVG_ASSIGN_OR_RETURN(std::string out, args.Require("out"));
+  if (!args.Has("traces") && !args.Has("records"))
+    return absl::InvalidArgumentError("give --traces and/or --records");
+  research::FrontierReportOptions o{.out_dir = out};
+  KVG_ASSIGN_OR_RETURN(int64_t seed, args.GetInt("seed", 0));
+  KVG_ASSIGN_OR_RETURN(int64_t resamples, args.GetInt("resamples", 2000));
+  if (resamples < 100) return absl::InvalidArgumentError("--resamples must be >= 100");
+  o.frontier.seed = static_cast<uint64_t>(seed);
+  o.frontier.resamples = static_cast<int>(resamples);
+  const std::string measure = args.Get("measure", "integrated");
+  if (measure != "integrated" && measure != "end")
+    return absl::InvalidArgumentError("--measure must be integrated or end");
+  o.frontier.measure = measure == "end" ? research::SavingsMeasure::kAtCompletion
+                                        : research::SavingsMeasure::kIntegrated;
+  std::vector<research::PolicyRecord> records;
+  if (args.Has("traces")) {
+    int64_t nf = 0;
+    KVG_ASSIGN_OR_RETURN(auto traces, research::LoadTraces(args.Get("traces"), &nf));
+    std::ifstream mf(args.Get("traces") + "/manifest.json");
+    const auto manifest = nlohmann::json::parse(mf, nullptr, false);
+    if (manifest.is_discarded())
+      return absl::InvalidArgumentError("traces: unreadable manifest.json");
+    const auto names = manifest.value("feature_names", std::vector<std::string>{});
+    // Which prompts: the held-out test prompts of the predictor's split (default), val, or all.
+    const std::string which = args.Get("prompts", "test");
+    std::set<std::string> prompts;
+    if (which != "all") {
+      if (which != "test" && which != "val")
+        return absl::InvalidArgumentError("--prompts must be test, val or all");
+      const auto want = which == "test" ? research::PromptSet::kTest : research::PromptSet::kVal;
+      for (const auto& [id, set] : research::SplitPrompts(traces, static_cast<uint64_t>(seed))) {
+        if (set == want) prompts.insert(id);
+      }
+    }
+    KVG_ASSIGN_OR_RETURN(auto from_traces, research::StaticRecords(traces, names, prompts));
+    records.insert(records.end(), from_traces.begin(), from_traces.end());
+  }
+  for (const std::string& path : args.GetAll("records")) {
+    KVG_ASSIGN_OR_RETURN(auto more, research::ReadRecords(path));
+    if (args.Has("traces")) {
+      // The sweep supplies the static arms; keep only the guard arms of live records.
+      std::erase_if(more, [](const research::PolicyRecord& r) {
+        return r.arm.starts_with("static@") || r.arm == "none";
+      });
+    }
+    records.insert(records.end(), more.begin(), more.end());
+  }
+  if (records.empty()) return absl::InvalidArgumentError("no records");
+  KVG_RETURN_IF_ERROR(research::WriteRecords(out + "/records.jsonl", records));
+  KVG_ASSIGN_OR_RETURN(std::string md, research::WriteFrontierReport(records, o));
+  std::cout << md << "\nwritten to " << out
+            << "/frontier.{md,json,csv}, frontier_*.svg, records.jsonl\n";
   return absl::OkStatus();
 }
 

@@ -31,6 +31,9 @@ commands:
   train-predictor --traces TRACES --out DIR [--horizon 32] [--seed S] [--rounds N] [--target-fpr 0.05]
   evaluate  --model DIR --traces TRACES --predictor DIR --out DIR [--live] [--config controller.json]
             [--target-fpr 0.05] [--fpr-scope per-config|pooled] [--concurrency N] [--max-new-tokens N]
+  frontier  --out DIR (--traces TRACES [--prompts test|val|all] | --records FILE...) [--records FILE]...
+            [--measure integrated|end] [--resamples N] [--seed S]
+            (static hull vs guard policies: CFR/accuracy vs KV savings, paired bootstrap gaps)
   problems  [--split train|val|test] [--count N] [--start K] [--problem-opt key=value]... [--json]
   bench-compressors --model PATH [--compressors a,b] [--ratios 0.5,0.9] [--prompt-tokens N]
             [--decode-tokens N] [--compress-every N] [--repeats N] [--threads N] [--out DIR]
@@ -66,6 +69,7 @@ int main(int argc, char** argv) {
     else if (command == "sweep") status = kvguard::cli::RunSweepCommand(argc - 2, argv + 2);
     else if (command == "train-predictor") status = kvguard::cli::RunTrainPredictor(argc - 2, argv + 2);
     else if (command == "evaluate") status = kvguard::cli::RunEvaluate(argc - 2, argv + 2);
+    else if (command == "frontier") status = kvguard::cli::RunFrontier(argc - 2, argv + 2);
     else if (command == "problems") status = kvguard::cli::RunProblems(argc - 2, argv + 2);
     else if (command == "compressors") status = kvguard::cli::RunCompressors(argc - 2, argv + 2);
     else if (command == "calibrate-vector") status = kvguard::cli::RunCalibrateVector(argc - 2, argv + 2);
