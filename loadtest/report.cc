@@ -7,7 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/svg_plot.h"
-#include "research/catastrophe.h"
+#include "research/stats.h"
 
 namespace kvguard::loadtest {
 

@@ -14,7 +14,7 @@
 #include "common/svg_plot.h"
 #include "guard_sidecar/controller.h"
 #include "guard_sidecar/hazard_model.h"
-#include "research/catastrophe.h"
+#include "research/stats.h"
 #include "research/pipeline/frontier.h"
 #include "research/pipeline/predictor.h"
 #include "research/pipeline/traces.h"

@@ -11,7 +11,7 @@
 #include "absl/strings/str_format.h"
 #include "common/status_macros.h"
 #include "common/svg_plot.h"
-#include "research/catastrophe.h"
+#include "research/stats.h"
 #include "research/pipeline/metrics.h"
 #include "research/rng.h"
 

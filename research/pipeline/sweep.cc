@@ -12,7 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "guard_sidecar/features.h"
-#include "research/catastrophe.h"
+#include "guard_sidecar/catastrophe.h"
 #include "research/pipeline/traces.h"
 #include "services/engine/checkpoint.h"
 #include "services/engine/llama_model.h"
@@ -60,7 +60,7 @@ class ShardWriter {
 
 Trace Finish(const Running& r, const Config& c) {
   engine::GenerateResult result = r.seq->Result();
-  const Outcome o = Classify(result.output_ids, result.text, result.finish_reason == engine::FinishReason::kLength,
+  const guard::Outcome o = guard::Classify(result.output_ids, result.text, result.finish_reason == engine::FinishReason::kLength,
                              result.finish_reason == engine::FinishReason::kEos ||
                                  result.finish_reason == engine::FinishReason::kStop,
                              r.problem->answer);
@@ -68,7 +68,7 @@ Trace Finish(const Running& r, const Config& c) {
   t.prompt_id = r.problem->id;
   t.compressor = c.compressor;
   t.ratio = c.ratio;
-  t.outcome = std::string(OutcomeKindName(o.kind));
+  t.outcome = std::string(guard::OutcomeKindName(o.kind));
   t.catastrophic = o.catastrophic;
   t.looped = o.looped;
   t.non_terminated = o.non_terminated;

@@ -8,7 +8,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "research/catastrophe.h"
+#include "guard_sidecar/catastrophe.h"
 #include "services/engine/llama_model.h"
 #include "services/engine/sequence.h"
 #include "services/server/step_report.h"
@@ -335,7 +335,7 @@ void Scheduler::Complete(Active& a, const absl::Status& status) {
   std::optional<int64_t> gold;
   int64_t g;
   if (!a.sub.gold_answer.empty() && absl::SimpleAtoi(a.sub.gold_answer, &g)) gold = g;
-  const auto outcome = research::Classify(result.output_ids, result.text,
+  const auto outcome = guard::Classify(result.output_ids, result.text,
                                           result.finish_reason == engine::FinishReason::kLength,
                                           result.finish_reason == engine::FinishReason::kEos, gold);
   const int64_t uncompressed = a.seq->cache().UncompressedBytes();

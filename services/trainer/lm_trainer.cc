@@ -18,7 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "common/svg_plot.h"
-#include "research/catastrophe.h"
+#include "guard_sidecar/catastrophe.h"
 #include "services/engine/engine.h"
 #include "common/file_util.h"
 #include "services/engine/model_config.h"
@@ -487,7 +487,7 @@ absl::StatusOr<EvalResult> EvaluateGreedy(
         std::min<int64_t>(room, 2 * static_cast<int64_t>(p.solution.size()) + 16));
     if (req.max_new_tokens < 1) return absl::InvalidArgumentError("a test prompt fills the context");
     KVG_ASSIGN_OR_RETURN(engine::GenerateResult out, eng->Generate(req));
-    std::optional<int64_t> answer = research::ExtractAnswer(out.text);
+    std::optional<int64_t> answer = guard::ExtractAnswer(out.text);
     const bool correct = out.finish_reason == engine::FinishReason::kEos && answer == p.answer;
     result.correct += correct;
     result.samples.push_back({p.id, out.text, p.answer, correct});

@@ -1,4 +1,4 @@
-// File: research/catastrophe.h
+// File: guard_sidecar/catastrophe.h
 //
 // Catastrophe labels for one generation, as the mission defines them:
 // looping and non-termination are catastrophes (they burn the token budget and
@@ -6,6 +6,9 @@
 // answer is reported beside CFR, never folded into it.
 //
 // All token indices are into the GENERATED tokens only (prompt excluded).
+//
+// Product code: the server flags every completion with these (and the research
+// loop labels its traces with the same functions), so they live beside the guard.
 #pragma once
 
 #include <cstdint>
@@ -13,14 +16,14 @@
 #include <string_view>
 #include <vector>
 
-namespace kvguard::research {
+namespace kvguard::guard {
 
 // ---- looping ---------------------------------------------------------------
 
 struct LoopResult {
   bool looped = false;
-  int64_t onset = -1;   // start of the 2nd occurrence of the offending window
-  int64_t period = 0;   // distance between its 1st and 2nd occurrences
+  int64_t onset = -1;  // start of the 2nd occurrence of the offending window
+  int64_t period = 0;  // distance between its 1st and 2nd occurrences
 };
 
 // The kvguard prototype's rule (research/guard.md §5.3, detectors.py
@@ -86,10 +89,10 @@ struct Outcome {
   // may even carry the right answer before it started looping):
   bool looped = false;
   bool non_terminated = false;
-  bool catastrophic = false;   // looped || non_terminated: what CFR counts
-  bool correct = false;        // extracted answer == gold (accuracy numerator)
-  bool wrong_answer = false;   // gold known and answer missing or != gold
-  int64_t onset = -1;          // earliest catastrophe onset, -1 if none
+  bool catastrophic = false;  // looped || non_terminated: what CFR counts
+  bool correct = false;       // extracted answer == gold (accuracy numerator)
+  bool wrong_answer = false;  // gold known and answer missing or != gold
+  int64_t onset = -1;         // earliest catastrophe onset, -1 if none
   int64_t loop_onset = -1;
   int64_t loop_period = 0;
   int64_t non_termination_onset = -1;
@@ -105,32 +108,7 @@ struct ClassifyOptions {
 // `generated`: the generated token ids; `text`: their decoded text;
 // `hit_max_tokens`: generation stopped at max_new_tokens; `saw_eos`: an EOS (or
 // stop token) ended it; `gold`: the reference answer, if any.
-Outcome Classify(const std::vector<int32_t>& generated, std::string_view text,
-                 bool hit_max_tokens, bool saw_eos, std::optional<int64_t> gold,
-                 const ClassifyOptions& options = {});
+Outcome Classify(const std::vector<int32_t>& generated, std::string_view text, bool hit_max_tokens,
+                 bool saw_eos, std::optional<int64_t> gold, const ClassifyOptions& options = {});
 
-// ---- rates and intervals ----------------------------------------------------
-
-struct RateCI {
-  double rate = 0;
-  double lo = 0;
-  double hi = 0;
-};
-
-// Wilson score interval for k successes in n trials (n == 0 gives {0, 0, 1}).
-// Preferred over the normal approximation because CFR is often 0 or tiny.
-RateCI WilsonInterval(int64_t k, int64_t n, double z = 1.96);
-
-// Newcombe's hybrid score interval (method 10, 1998) for p1 - p2 of two
-// independent samples: rate = k1/n1 - k2/n2.
-RateCI NewcombeDifference(int64_t k1, int64_t n1, int64_t k2, int64_t n2, double z = 1.96);
-
-// Paired percentile bootstrap of mean(a) - mean(b), where a[i] and b[i] are the
-// outcomes (0/1, e.g. catastrophic) of the same prompt under two conditions
-// (with and without the guard). Resampling prompts, not tokens (guard.md §7.3).
-// Deterministic for a given seed. a and b must have the same non-zero size.
-RateCI BootstrapDifference(const std::vector<uint8_t>& a, const std::vector<uint8_t>& b,
-                           int resamples = 2000, double confidence = 0.95,
-                           uint64_t seed = 0);
-
-}  // namespace kvguard::research
+}  // namespace kvguard::guard

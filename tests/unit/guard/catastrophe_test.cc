@@ -1,5 +1,5 @@
 // File: tests/unit/research/catastrophe_test.cc
-#include "research/catastrophe.h"
+#include "guard_sidecar/catastrophe.h"
 
 #include <chrono>
 #include <cmath>
@@ -8,9 +8,16 @@
 
 #include "gtest/gtest.h"
 #include "research/rng.h"
+#include "research/stats.h"
 
-namespace kvguard::research {
+namespace kvguard::guard {
 namespace {
+
+using research::BootstrapDifference;
+using research::NewcombeDifference;
+using research::RateCI;
+using research::SplitMix64;
+using research::WilsonInterval;
 
 using Tokens = std::vector<int32_t>;
 
@@ -299,4 +306,4 @@ TEST(IntervalTest, PairedBootstrap) {
 }
 
 }  // namespace
-}  // namespace kvguard::research
+}  // namespace kvguard::guard
