@@ -14,12 +14,12 @@
 #include "common/svg_plot.h"
 #include "guard_sidecar/controller.h"
 #include "guard_sidecar/hazard_model.h"
-#include "research/stats.h"
 #include "research/pipeline/frontier.h"
 #include "research/pipeline/predictor.h"
 #include "research/pipeline/traces.h"
 #include "research/problems.h"
 #include "research/prompt_set.h"
+#include "research/stats.h"
 #include "services/client/generation_client.h"
 
 namespace kvguard::research {
@@ -63,7 +63,8 @@ Offline Simulate(const std::vector<const Trace*>& traces,
     const int64_t first = FirstEscalation(*t, hazards.at(t), config);
     Counts& s = o.static_counts[key];
     Counts& g = o.guarded_counts[key];
-    ++s.n, ++g.n;
+    ++s.n;
+    ++g.n;
     s.catastrophic += t->catastrophic;
     const bool averted = t->catastrophic && first >= 0 && first < t->onset;
     g.catastrophic += t->catastrophic && !averted;
@@ -109,7 +110,10 @@ absl::StatusOr<guard::ControllerConfig> TuneThresholds(
     }
   }
   if (!found) {
-    best.alert.enter = 0.95, best.alert.exit = 0.66, best.safe.enter = 0.97, best.safe.exit = 0.68;
+    best.alert.enter = 0.95;
+    best.alert.exit = 0.66;
+    best.safe.enter = 0.97;
+    best.safe.exit = 0.68;
     best.recovery.enter = 0.99;
   }
   return best;
@@ -279,72 +283,157 @@ std::string CfrCell(const Counts& c) {
   return absl::StrFormat("%.3f [%.3f, %.3f]", ci.rate, ci.lo, ci.hi);
 }
 
-}  // namespace
+// ---- the evaluation's steps: load, tune, simulate, run live, report ----------
 
-absl::Status Evaluate(const EvaluateOptions& o, std::string* summary,
-                      const std::function<void(int64_t, int64_t)>& live_progress) {
-  int64_t nf = 0;
-  KVG_ASSIGN_OR_RETURN(std::vector<Trace> traces, LoadTraces(o.traces_dir, &nf));
-  KVG_ASSIGN_OR_RETURN(auto model, guard::HazardModel::Load(o.predictor_dir + "/hazard.json"));
-  KVG_ASSIGN_OR_RETURN(auto schema, guard::FeatureSchema::FromNames(model->feature_names()));
-  const auto split = SplitPrompts(traces, o.seed);
+// The traces with their hazards, split into validation and test prompts.
+struct Inputs {
+  std::vector<Trace> traces;
   std::map<const Trace*, std::vector<float>> hazards;
   std::vector<const Trace*> val, test;
-  for (const Trace& t : traces) {
+};
+
+absl::StatusOr<std::unique_ptr<Inputs>> LoadInputs(const EvaluateOptions& o) {
+  auto in = std::make_unique<Inputs>();
+  int64_t nf = 0;
+  KVG_ASSIGN_OR_RETURN(in->traces, LoadTraces(o.traces_dir, &nf));
+  KVG_ASSIGN_OR_RETURN(auto model, guard::HazardModel::Load(o.predictor_dir + "/hazard.json"));
+  KVG_ASSIGN_OR_RETURN(auto schema, guard::FeatureSchema::FromNames(model->feature_names()));
+  const auto split = SplitPrompts(in->traces, o.seed);
+  for (const Trace& t : in->traces) {
     KVG_ASSIGN_OR_RETURN(auto h, model->PredictBatch(schema.ProjectRows(t.features)));
-    hazards[&t] = std::move(h);
-    if (split.at(t.prompt_id) == PromptSet::kVal) val.push_back(&t);
-    if (split.at(t.prompt_id) == PromptSet::kTest) test.push_back(&t);
+    in->hazards[&t] = std::move(h);
+    if (split.at(t.prompt_id) == PromptSet::kVal) in->val.push_back(&t);
+    if (split.at(t.prompt_id) == PromptSet::kTest) in->test.push_back(&t);
   }
+  return in;
+}
+
+// The tuned controller and its copy without RECOVERY, written where the live guards read them.
+struct Controllers {
+  guard::ControllerConfig tuned;
+  std::string path, no_recovery_path;
+  std::string tuning_table;  // markdown: one row per alert threshold tried
+};
+
+absl::StatusOr<Controllers> TuneControllers(const EvaluateOptions& o, const Inputs& in) {
   guard::ControllerConfig base;
   if (!o.controller_config.empty()) {
     KVG_ASSIGN_OR_RETURN(base, guard::ControllerConfig::Load(o.controller_config));
   }
-  std::string tuning =
+  Controllers c;
+  c.tuning_table =
       "| alert threshold | val FPR (pooled) | val FPR (worst configuration) | val catastrophes "
       "averted |\n"
       "| --- | --- | --- | --- |\n";
-  KVG_ASSIGN_OR_RETURN(guard::ControllerConfig tuned,
-                       TuneThresholds(val, hazards, base, o.target_fpr, o.fpr_per_config, &tuning));
+  KVG_ASSIGN_OR_RETURN(c.tuned, TuneThresholds(in.val, in.hazards, base, o.target_fpr,
+                                               o.fpr_per_config, &c.tuning_table));
   std::filesystem::create_directories(o.out_dir);
-  const std::string controller_path = o.out_dir + "/controller.json";
-  KVG_RETURN_IF_ERROR(WriteTextFile(controller_path, tuned.ToJson().dump(2)));
-  guard::ControllerConfig no_recovery = tuned;
+  c.path = o.out_dir + "/controller.json";
+  KVG_RETURN_IF_ERROR(WriteTextFile(c.path, c.tuned.ToJson().dump(2)));
+  guard::ControllerConfig no_recovery = c.tuned;
   no_recovery.recovery.enabled = false;
-  const std::string no_recovery_path = o.out_dir + "/controller_no_recovery.json";
-  KVG_RETURN_IF_ERROR(WriteTextFile(no_recovery_path, no_recovery.ToJson().dump(2)));
-  const Offline off = Simulate(test, hazards, tuned);
+  c.no_recovery_path = o.out_dir + "/controller_no_recovery.json";
+  KVG_RETURN_IF_ERROR(WriteTextFile(c.no_recovery_path, no_recovery.ToJson().dump(2)));
+  return c;
+}
 
-  std::set<Key> configs;
-  std::set<std::string> test_prompts;
-  for (const Trace* t : test) {
-    if (t->compressor != "none") configs.insert({t->compressor, t->ratio});
-    test_prompts.insert(t->prompt_id);
+// The test prompts rebuilt from the sweep's manifest, through a real server and guard.
+absl::Status RunLiveOnTestPrompts(const EvaluateOptions& o,
+                                  const std::set<std::string>& test_prompts,
+                                  const std::set<Key>& configs, const Controllers& c,
+                                  LiveResult& live,
+                                  const std::function<void(int64_t, int64_t)>& progress) {
+  std::ifstream mf(o.traces_dir + "/manifest.json");
+  nlohmann::json manifest = nlohmann::json::parse(mf);
+  KVG_ASSIGN_OR_RETURN(PromptSetSpec spec, PromptSetFromJson(manifest["prompt_set"]));
+  KVG_ASSIGN_OR_RETURN(auto all, LoadPrompts(spec));
+  std::vector<Problem> held_out;
+  for (auto& p : all) {
+    if (test_prompts.count(p.id)) held_out.push_back(std::move(p));
   }
-  LiveResult live;
-  if (o.live) {
-    std::ifstream mf(o.traces_dir + "/manifest.json");
-    nlohmann::json manifest = nlohmann::json::parse(mf);
-    KVG_ASSIGN_OR_RETURN(PromptSetSpec spec, PromptSetFromJson(manifest["prompt_set"]));
-    KVG_ASSIGN_OR_RETURN(auto all, LoadPrompts(spec));
-    std::vector<Problem> held_out;
-    for (auto& p : all)
-      if (test_prompts.count(p.id)) held_out.push_back(std::move(p));
-    const auto compressor_options =
-        manifest.value("compressor_options", std::vector<std::string>{});
-    KVG_RETURN_IF_ERROR(RunLive(o, held_out, spec.StopStrings(), compressor_options, configs,
-                                controller_path, no_recovery_path, live, live_progress));
-  }
+  const auto compressor_options = manifest.value("compressor_options", std::vector<std::string>{});
+  return RunLive(o, held_out, spec.StopStrings(), compressor_options, configs, c.path,
+                 c.no_recovery_path, live, progress);
+}
 
+double Rate(int64_t k, int64_t n) {
+  return static_cast<double>(k) / static_cast<double>(std::max<int64_t>(1, n));
+}
+
+// The live columns of one configuration's row.
+struct LiveRow {
+  double static_cfr = NAN, guarded_cfr = NAN, norec_cfr = NAN, kept = NAN, fpr = NAN;
+  std::string md;
+  nlohmann::json json;
+};
+
+LiveRow LiveColumns(const LiveResult& live, const Key& key) {
+  const Counts& a = live.by_mode[0].count(key) ? live.by_mode[0].at(key) : Counts{};
+  const Counts& b = live.by_mode[1].count(key) ? live.by_mode[1].at(key) : Counts{};
+  const Counts& c = live.by_mode[2].count(key) ? live.by_mode[2].at(key) : Counts{};
+  LiveRow r;
+  r.static_cfr = Rate(a.catastrophic, a.n);
+  r.guarded_cfr = Rate(b.catastrophic, b.n);
+  r.norec_cfr = Rate(c.catastrophic, c.n);
+  // Savings kept compares the share of KV each run saves (guarded mean over
+  // static mean), not summed bytes: a rescued run that ends at its answer
+  // instead of looping to max tokens is shorter, which must not count as lost
+  // savings. The byte-sum ratio is in the JSON too.
+  const double static_share = a.saved_fraction / static_cast<double>(std::max<int64_t>(1, a.n));
+  const double guarded_share = b.saved_fraction / static_cast<double>(std::max<int64_t>(1, b.n));
+  r.kept = a.saved_fraction > 0 ? guarded_share / static_share : NAN;
+  const double kept_bytes = a.saved > 0 ? b.saved / a.saved : NAN;
+  r.fpr = b.clean ? Rate(b.false_positive, b.clean) : NAN;
+  const RateCI d = NewcombeDifference(a.catastrophic, a.n, b.catastrophic, b.n);
+  const double relative = r.static_cfr > 0 ? (r.static_cfr - r.guarded_cfr) / r.static_cfr : NAN;
+  // The bar of issue 5: CFR at least halved, FPR <= 5%, >= 70% of the savings kept.
+  const bool met = r.static_cfr > 0 && relative >= 0.5 && !(r.fpr > 0.05) && r.kept >= 0.7;
+  r.md = absl::StrFormat(
+      " %s | %s | %.3f [%.3f, %.3f] | %.2f | %s | %.2f | %.3f | %.2f / %.2f | %s |", CfrCell(a),
+      CfrCell(b), d.rate, d.lo, d.hi, relative, CfrCell(c), r.kept, r.fpr, Rate(a.correct, a.n),
+      Rate(b.correct, b.n), r.static_cfr == 0 ? "n/a (no static failures)" : (met ? "yes" : "no"));
+  r.json = {{"static_cfr", r.static_cfr},
+            {"guarded_cfr", r.guarded_cfr},
+            {"guarded_no_recovery_cfr", r.norec_cfr},
+            {"savings_kept", r.kept},
+            {"fpr", r.fpr},
+            {"reduction", d.rate},
+            {"reduction_ci", {d.lo, d.hi}},
+            {"relative_reduction", relative},
+            {"goal_met", met},
+            {"n", a.n},
+            {"savings_kept_bytes", kept_bytes},
+            {"saved_fraction_static", static_share},
+            {"saved_fraction_guarded", guarded_share}};
+  return r;
+}
+
+constexpr char kDefinitions[] =
+    "\nDefinitions: CFR = share of traces that loop or do not terminate (no answer within max "
+    "tokens); "
+    "reduction = static minus guarded CFR (live, same prompts), Newcombe 95% CI; relative "
+    "reduction = reduction / "
+    "static CFR; savings kept = mean share of the KV saved at completion (saved / uncompressed "
+    "bytes per run), "
+    "guarded / static (summed bytes in evaluation.json: savings_kept_bytes); live FPR = share of "
+    "prompts whose static "
+    "run was clean but whose guarded run left NORMAL; offline FPR = the same on the test traces "
+    "with the controller "
+    "replayed; goal met = relative reduction >= 0.5, live FPR <= 0.05 and savings kept >= 0.70. "
+    "Per-prompt records "
+    "of every live run: records.jsonl (`kvguard frontier --records` reads them).\n";
+
+std::string ReportHeader(const EvaluateOptions& o, size_t test_prompts, const Controllers& c,
+                         const Offline& off) {
   std::string md = absl::StrCat(
-      "# CFR vs budget: static vs guarded\n\nHeld-out prompts: ", test_prompts.size(),
+      "# CFR vs budget: static vs guarded\n\nHeld-out prompts: ", test_prompts,
       " (prompt-level split, seed ", o.seed,
       "). Controller thresholds tuned on the validation prompts for FPR <= ", o.target_fpr,
       o.fpr_per_config ? " in every configuration (compressor, ratio) with >= 10 clean traces"
                        : " pooled over all configurations (--fpr-scope pooled)",
-      ":\n\n", tuning, "\nChosen: alert.enter = ", tuned.alert.enter,
-      ", safe.enter = ", tuned.safe.enter, ", recovery.enter = ", tuned.recovery.enter, " (",
-      controller_path, ").\n\nOffline FPR on test traces: ",
+      ":\n\n", c.tuning_table, "\nChosen: alert.enter = ", c.tuned.alert.enter,
+      ", safe.enter = ", c.tuned.safe.enter, ", recovery.enter = ", c.tuned.recovery.enter, " (",
+      c.path, ").\n\nOffline FPR on test traces: ",
       absl::StrFormat("%.3f pooled, %.3f in the worst configuration", off.fpr, off.max_fpr),
       "\n\n| compressor | ratio | static CFR (traces) | guarded CFR offline |");
   if (o.live) {
@@ -355,7 +444,13 @@ absl::Status Evaluate(const EvaluateOptions& o, std::string* summary,
   }
   md += "\n| --- | --- | --- | --- |";
   if (o.live) md += " --- | --- | --- | --- | --- | --- | --- | --- | --- |";
-  md += "\n";
+  return md + "\n";
+}
+
+absl::Status WriteReport(const EvaluateOptions& o, const std::set<Key>& configs,
+                         size_t test_prompts, const Controllers& c, const Offline& off,
+                         LiveResult& live, std::string* summary) {
+  std::string md = ReportHeader(o, test_prompts, c, off);
   nlohmann::json rows = nlohmann::json::array();
   std::string csv =
       "compressor,ratio,static_cfr_traces,guarded_cfr_offline,static_cfr_live,guarded_cfr_live,"
@@ -366,74 +461,40 @@ absl::Status Evaluate(const EvaluateOptions& o, std::string* summary,
     const Counts& g = off.guarded_counts.at(key);
     absl::StrAppendFormat(&md, "| %s | %.3g | %s | %s |", key.first, key.second, CfrCell(s),
                           CfrCell(g));
-    nlohmann::json row = {
-        {"compressor", key.first},
-        {"ratio", key.second},
-        {"static_cfr_traces", double(s.catastrophic) / std::max<int64_t>(1, s.n)},
-        {"guarded_cfr_offline", double(g.catastrophic) / std::max<int64_t>(1, g.n)}};
-    double ls = NAN, lg = NAN, ln = NAN, kept = NAN, fpr = NAN;
+    nlohmann::json row = {{"compressor", key.first},
+                          {"ratio", key.second},
+                          {"static_cfr_traces", Rate(s.catastrophic, s.n)},
+                          {"guarded_cfr_offline", Rate(g.catastrophic, g.n)}};
+    LiveRow l;
     if (o.live) {
-      const Counts& a = live.by_mode[0][key];
-      const Counts& b = live.by_mode[1][key];
-      const Counts& c = live.by_mode[2][key];
-      ls = double(a.catastrophic) / std::max<int64_t>(1, a.n);
-      lg = double(b.catastrophic) / std::max<int64_t>(1, b.n);
-      ln = double(c.catastrophic) / std::max<int64_t>(1, c.n);
-      // Savings kept compares the share of KV each run saves (guarded mean over
-      // static mean), not summed bytes: a rescued run that ends at its answer
-      // instead of looping to max tokens is shorter, which must not count as
-      // lost savings. The byte-sum ratio is in the JSON too.
-      kept = a.saved_fraction > 0 ? (b.saved_fraction / std::max<int64_t>(1, b.n)) /
-                                        (a.saved_fraction / std::max<int64_t>(1, a.n))
-                                  : NAN;
-      const double kept_bytes = a.saved > 0 ? b.saved / a.saved : NAN;
-      fpr = b.clean ? double(b.false_positive) / b.clean : NAN;
-      const RateCI d = NewcombeDifference(a.catastrophic, a.n, b.catastrophic, b.n);
-      const double relative = ls > 0 ? (ls - lg) / ls : NAN;
-      // The issue's bar: CFR at least halved, FPR <= 5%, >= 70% of the savings kept.
-      const bool met = ls > 0 && relative >= 0.5 && !(fpr > 0.05) && kept >= 0.7;
-      absl::StrAppendFormat(
-          &md, " %s | %s | %.3f [%.3f, %.3f] | %.2f | %s | %.2f | %.3f | %.2f / %.2f | %s |",
-          CfrCell(a), CfrCell(b), d.rate, d.lo, d.hi, relative, CfrCell(c), kept, fpr,
-          double(a.correct) / std::max<int64_t>(1, a.n),
-          double(b.correct) / std::max<int64_t>(1, b.n),
-          ls == 0 ? "n/a (no static failures)" : (met ? "yes" : "no"));
-      row["live"] = {{"static_cfr", ls},
-                     {"guarded_cfr", lg},
-                     {"guarded_no_recovery_cfr", ln},
-                     {"savings_kept", kept},
-                     {"fpr", fpr},
-                     {"reduction", d.rate},
-                     {"reduction_ci", {d.lo, d.hi}},
-                     {"relative_reduction", relative},
-                     {"goal_met", met},
-                     {"n", a.n},
-                     {"savings_kept_bytes", kept_bytes},
-                     {"saved_fraction_static", a.saved_fraction / std::max<int64_t>(1, a.n)},
-                     {"saved_fraction_guarded", b.saved_fraction / std::max<int64_t>(1, b.n)}};
+      l = LiveColumns(live, key);
+      md += l.md;
+      row["live"] = l.json;
     }
     md += "\n";
     rows.push_back(row);
     absl::StrAppendFormat(&csv, "%s,%g,%g,%g,%g,%g,%g,%g,%g\n", key.first, key.second,
                           row["static_cfr_traces"].get<double>(),
-                          row["guarded_cfr_offline"].get<double>(), ls, lg, ln, kept, fpr);
+                          row["guarded_cfr_offline"].get<double>(), l.static_cfr, l.guarded_cfr,
+                          l.norec_cfr, l.kept, l.fpr);
     PlotSpec& p = plots[key.first];
     if (p.series.empty()) {
       p = {.title = "CFR vs ratio: " + key.first,
            .x_label = "compression ratio (fraction of KV removed)",
            .y_label = "CFR"};
       p.series = {{.name = "static (sweep)"}, {.name = "guarded (offline)"}};
-      if (o.live)
-        p.series.push_back({.name = "static (live)"}),
-            p.series.push_back({.name = "guarded (live)"}),
-            p.series.push_back({.name = "guarded w/o RECOVERY (live)"});
+      if (o.live) {
+        p.series.push_back({.name = "static (live)"});
+        p.series.push_back({.name = "guarded (live)"});
+        p.series.push_back({.name = "guarded w/o RECOVERY (live)"});
+      }
     }
-    p.series[0].x.push_back(key.second), p.series[0].y.push_back(row["static_cfr_traces"]);
-    p.series[1].x.push_back(key.second), p.series[1].y.push_back(row["guarded_cfr_offline"]);
-    if (o.live) {
-      p.series[2].x.push_back(key.second), p.series[2].y.push_back(ls);
-      p.series[3].x.push_back(key.second), p.series[3].y.push_back(lg);
-      p.series[4].x.push_back(key.second), p.series[4].y.push_back(ln);
+    const std::vector<double> ys = {row["static_cfr_traces"].get<double>(),
+                                    row["guarded_cfr_offline"].get<double>(), l.static_cfr,
+                                    l.guarded_cfr, l.norec_cfr};
+    for (size_t i = 0; i < p.series.size(); ++i) {
+      p.series[i].x.push_back(key.second);
+      p.series[i].y.push_back(ys[i]);
     }
   }
   if (o.live) {
@@ -441,20 +502,10 @@ absl::Status Evaluate(const EvaluateOptions& o, std::string* summary,
         &md, "\nLive runs that failed with an RPC error (left out of the rates): ", live.errors,
         live.errors ? absl::StrCat(" (first: ", live.first_error, ")") : "", "\n");
   }
-  md +=
-      "\nDefinitions: CFR = share of traces that loop or do not terminate (no answer within max "
-      "tokens); "
-      "reduction = static minus guarded CFR (live, same prompts), Newcombe 95% CI; relative "
-      "reduction = reduction / static CFR; "
-      "savings kept = mean share of the KV saved at completion (saved / uncompressed bytes per "
-      "run), guarded / static "
-      "(summed bytes in evaluation.json: savings_kept_bytes); live FPR = share of prompts whose "
-      "static run was "
-      "clean but whose guarded run left NORMAL; offline FPR = the same on the test traces with the "
-      "controller replayed; "
-      "goal met = relative reduction >= 0.5, live FPR <= 0.05 and savings kept >= 0.70.\n";
-  for (const auto& [name, plot] : plots)
+  md += kDefinitions;
+  for (const auto& [name, plot] : plots) {
     KVG_RETURN_IF_ERROR(WriteSvgPlot(plot, o.out_dir + "/cfr_vs_ratio_" + name + ".svg"));
+  }
   if (o.live) {
     // Per-prompt records of every live run, in a fixed order: `kvguard frontier` reads them.
     std::sort(live.records.begin(), live.records.end(),
@@ -468,10 +519,30 @@ absl::Status Evaluate(const EvaluateOptions& o, std::string* summary,
   KVG_RETURN_IF_ERROR(WriteTextFile(o.out_dir + "/evaluation.csv", csv));
   KVG_RETURN_IF_ERROR(WriteTextFile(
       o.out_dir + "/evaluation.json",
-      nlohmann::json{{"rows", rows}, {"offline_fpr", off.fpr}, {"controller", tuned.ToJson()}}.dump(
-          2)));
+      nlohmann::json{{"rows", rows}, {"offline_fpr", off.fpr}, {"controller", c.tuned.ToJson()}}
+          .dump(2)));
   if (summary) *summary = md;
   return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status Evaluate(const EvaluateOptions& o, std::string* summary,
+                      const std::function<void(int64_t, int64_t)>& live_progress) {
+  KVG_ASSIGN_OR_RETURN(std::unique_ptr<Inputs> in, LoadInputs(o));
+  KVG_ASSIGN_OR_RETURN(Controllers controllers, TuneControllers(o, *in));
+  const Offline off = Simulate(in->test, in->hazards, controllers.tuned);
+  std::set<Key> configs;
+  std::set<std::string> test_prompts;
+  for (const Trace* t : in->test) {
+    if (t->compressor != "none") configs.insert({t->compressor, t->ratio});
+    test_prompts.insert(t->prompt_id);
+  }
+  LiveResult live;
+  if (o.live)
+    KVG_RETURN_IF_ERROR(
+        RunLiveOnTestPrompts(o, test_prompts, configs, controllers, live, live_progress));
+  return WriteReport(o, configs, test_prompts.size(), controllers, off, live, summary);
 }
 
 }  // namespace kvguard::research

@@ -2,6 +2,7 @@
 // model), each with progress and a written report.
 #include <unistd.h>
 
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <set>
@@ -215,6 +216,7 @@ absl::Status RunFrontier(int argc, char** argv) {
     records.insert(records.end(), more.begin(), more.end());
   }
   if (records.empty()) return absl::InvalidArgumentError("no records");
+  std::filesystem::create_directories(out);
   KVG_RETURN_IF_ERROR(research::WriteRecords(out + "/records.jsonl", records));
   KVG_ASSIGN_OR_RETURN(std::string md, research::WriteFrontierReport(records, o));
   std::cout << md << "\nwritten to " << out

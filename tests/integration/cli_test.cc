@@ -5,8 +5,9 @@
 
 #include <cstdio>
 #include <filesystem>
-#include <sstream>
 #include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
 
 #include "tests/unit/engine/test_util.h"
 
@@ -45,7 +46,8 @@ RunResult Kvguard(const std::vector<std::string>& args) {
 }
 
 TEST(CliTest, TokenizeTextAndIds) {
-  auto r = Kvguard({"tokenize", "--tokenizer", DataPath("tokenizers/qwen2"), "--text", "Hello world"});
+  auto r =
+      Kvguard({"tokenize", "--tokenizer", DataPath("tokenizers/qwen2"), "--text", "Hello world"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(json::parse(r.out)["ids"], json({42, 345, 78, 81, 300, 269, 618}));
   r = Kvguard({"tokenize", "--tokenizer", DataPath("tokenizers/qwen2/tokenizer.json"), "--ids",
@@ -71,13 +73,13 @@ TEST(CliTest, GenerateJsonWithPromptAndIds) {
   EXPECT_EQ(j["finish_reason"], "length");
   EXPECT_TRUE(j["text"].is_string());
   EXPECT_GT(j["kv_bytes"].get<int64_t>(), 0);
-  r = Kvguard({"generate", "--model", testing::ModelsPath("stories260K/stories260K.bin"), "--ids", "1",
-               "--max-new-tokens", "8", "--temperature", "0.8", "--seed", "3", "--json"});
+  r = Kvguard({"generate", "--model", testing::ModelsPath("stories260K/stories260K.bin"), "--ids",
+               "1", "--max-new-tokens", "8", "--temperature", "0.8", "--seed", "3", "--json"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   json a = json::parse(r.out);
-  auto again = Kvguard({"generate", "--model", testing::ModelsPath("stories260K/stories260K.bin"),
-                        "--ids", "1", "--max-new-tokens", "8", "--temperature", "0.8", "--seed", "3",
-                        "--json"});
+  auto again =
+      Kvguard({"generate", "--model", testing::ModelsPath("stories260K/stories260K.bin"), "--ids",
+               "1", "--max-new-tokens", "8", "--temperature", "0.8", "--seed", "3", "--json"});
   EXPECT_EQ(a["output_ids"], json::parse(again.out)["output_ids"]) << "same seed, same tokens";
 }
 
@@ -98,13 +100,15 @@ std::vector<json> JsonLines(const std::string& path) {
 TEST(CliTest, ResearchLoopEndToEndOnTheBundledModel) {
   testing::TempDir tmp;
   const std::string traces = tmp.File("traces"), pred = tmp.File("pred"), eval = tmp.File("eval");
-  auto r = Kvguard({"sweep", "--model", testing::ModelsPath("arith-lm"), "--out", traces, "--prompts", "10",
-                    "--compressors", "snapkv", "--ratios", "0.875", "--max-new-tokens", "64", "--batch", "10"});
+  auto r = Kvguard({"sweep", "--model", testing::ModelsPath("arith-lm"), "--out", traces,
+                    "--prompts", "10", "--compressors", "snapkv", "--ratios", "0.875",
+                    "--max-new-tokens", "64", "--batch", "10"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const json manifest = json::parse(testing::ReadFile(traces + "/manifest.json"));
   EXPECT_EQ(manifest["prompt_set"]["dataset"], "arith");
   EXPECT_EQ(manifest["configs"], json({"none", "snapkv@0.875"}));
-  const auto none = JsonLines(traces + "/none.jsonl"), snap = JsonLines(traces + "/snapkv@0.875.jsonl");
+  const auto none = JsonLines(traces + "/none.jsonl"),
+             snap = JsonLines(traces + "/snapkv@0.875.jsonl");
   ASSERT_EQ(none.size(), 10u);
   ASSERT_EQ(snap.size(), 10u);
   for (const json& t : snap) {
@@ -112,8 +116,8 @@ TEST(CliTest, ResearchLoopEndToEndOnTheBundledModel) {
     EXPECT_TRUE(t["prompt_id"].get<std::string>().starts_with("arith-test-"));
   }
   // Resumable: a second run finds every shard done and rewrites nothing.
-  r = Kvguard({"sweep", "--model", testing::ModelsPath("arith-lm"), "--out", traces, "--prompts", "10",
-               "--compressors", "snapkv", "--ratios", "0.875", "--max-new-tokens", "64"});
+  r = Kvguard({"sweep", "--model", testing::ModelsPath("arith-lm"), "--out", traces, "--prompts",
+               "10", "--compressors", "snapkv", "--ratios", "0.875", "--max-new-tokens", "64"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(JsonLines(traces + "/snapkv@0.875.jsonl"), snap);
 
@@ -126,23 +130,47 @@ TEST(CliTest, ResearchLoopEndToEndOnTheBundledModel) {
   EXPECT_TRUE(report["loco"].contains("snapkv"));
   EXPECT_FALSE(report["loco"].contains("none")) << "uncompressed must never be a CV fold";
 
-  r = Kvguard({"evaluate", "--model", testing::ModelsPath("arith-lm"), "--traces", traces, "--predictor", pred,
-               "--out", eval, "--live", "--bin-dir", KVG_BIN_DIR, "--max-new-tokens", "64", "--concurrency", "2"});
+  r = Kvguard({"evaluate", "--model", testing::ModelsPath("arith-lm"), "--traces", traces,
+               "--predictor", pred, "--out", eval, "--live", "--bin-dir", KVG_BIN_DIR,
+               "--max-new-tokens", "64", "--concurrency", "2"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const json ev = json::parse(testing::ReadFile(eval + "/evaluation.json"));
   EXPECT_TRUE(std::filesystem::exists(eval + "/evaluation.csv"));
   EXPECT_TRUE(std::filesystem::exists(eval + "/cfr_vs_ratio_snapkv.svg"));
   EXPECT_TRUE(std::filesystem::exists(eval + "/controller.json"));
   EXPECT_NE(ev.dump().find("\"live\""), std::string::npos) << ev.dump();
+  // One per-prompt record per live run: static, guarded and guarded without RECOVERY.
+  const auto records = JsonLines(eval + "/records.jsonl");
+  ASSERT_FALSE(records.empty());
+  EXPECT_EQ(records.size() % 3, 0u);
+  std::set<std::string> arms;
+  for (const json& rec : records) {
+    arms.insert(rec["arm"].get<std::string>());
+    EXPECT_GE(rec["savings_integrated"].get<double>(), 0.0);
+    EXPECT_LE(rec["savings_integrated"].get<double>(), 1.0);
+  }
+  EXPECT_EQ(arms, (std::set<std::string>{"static@0.875", "guarded@0.875", "guarded_norec@0.875"}));
+
+  // The frontier: static arms from the sweep, guard arms from the live records.
+  const std::string fr = tmp.File("frontier");
+  r = Kvguard({"frontier", "--traces", traces, "--records", eval + "/records.jsonl", "--out", fr,
+               "--resamples", "200"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const json frontier = json::parse(testing::ReadFile(fr + "/frontier.json"));
+  ASSERT_EQ(frontier["guard"].size(), 2u) << frontier.dump();
+  EXPECT_EQ(frontier["guard"][0]["compressor"], "snapkv");
+  EXPECT_TRUE(std::filesystem::exists(fr + "/frontier_cfr_snapkv.svg"));
+  EXPECT_NE(r.out.find("Guard policies against the static frontier"), std::string::npos) << r.out;
 }
 
 // The same sweep runs unchanged on a Hugging Face checkpoint with GSM8K
 // few-shot prompts (here a tiny random Qwen2 and 2 test questions).
 TEST(CliTest, SweepOnGsm8kWithAHuggingFaceCheckpoint) {
   testing::TempDir tmp;
-  auto r = Kvguard({"sweep", "--model", DataPath("models/tiny-qwen2"), "--out", tmp.File("t"), "--dataset", "gsm8k",
-                    "--data-dir", DataPath("gsm8k"), "--shots", "1", "--prompts", "2", "--compressors", "knorm",
-                    "--ratios", "0.5", "--max-new-tokens", "6"});
+  auto r =
+      Kvguard({"sweep", "--model", DataPath("models/tiny-qwen2"), "--out", tmp.File("t"),
+               "--dataset", "gsm8k", "--data-dir", DataPath("gsm8k"), "--shots", "1", "--prompts",
+               "2", "--compressors", "knorm", "--ratios", "0.5", "--max-new-tokens", "6"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const json manifest = json::parse(testing::ReadFile(tmp.File("t") + "/manifest.json"));
   EXPECT_EQ(manifest["prompt_set"]["dataset"], "gsm8k");
@@ -151,7 +179,8 @@ TEST(CliTest, SweepOnGsm8kWithAHuggingFaceCheckpoint) {
   ASSERT_EQ(traces.size(), 2u);
   EXPECT_EQ(traces[0]["prompt_id"], "gsm8k-test-000000");
   EXPECT_EQ(traces[0]["tokens"], 6);
-  r = Kvguard({"sweep", "--model", DataPath("models/tiny-qwen2"), "--out", tmp.File("u"), "--dataset", "gsm8k"});
+  r = Kvguard({"sweep", "--model", DataPath("models/tiny-qwen2"), "--out", tmp.File("u"),
+               "--dataset", "gsm8k"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("--data-dir"), std::string::npos) << r.err;
 }
@@ -176,9 +205,10 @@ TEST(CliTest, BadInputsFailWithOneLine) {
       {"generate", "--model", tmp.File("trunc.bin"), "--ids", "1"},
       {"tokenize", "--tokenizer", tmp.File("bad.json"), "--text", "x"},
       {"tokenize", "--tokenizer", DataPath("tokenizers/qwen2"), "--ids", "123456"},
-      {"evaluate", "--model", llama, "--traces", "/nonexistent", "--predictor", "/nonexistent", "--out",
-       tmp.File("e"), "--fpr-scope", "median"},
-      {"sweep", "--model", DataPath("models/tiny-qwen2"), "--out", tmp.File("s"), "--dataset", "squad"},
+      {"evaluate", "--model", llama, "--traces", "/nonexistent", "--predictor", "/nonexistent",
+       "--out", tmp.File("e"), "--fpr-scope", "median"},
+      {"sweep", "--model", DataPath("models/tiny-qwen2"), "--out", tmp.File("s"), "--dataset",
+       "squad"},
       {"nosuchcommand"},
   };
   for (const auto& c : cases) {
