@@ -14,6 +14,7 @@
 #include "common/svg_plot.h"
 #include "guard_sidecar/controller.h"
 #include "guard_sidecar/hazard_model.h"
+#include "research/pipeline/admission.h"
 #include "research/pipeline/frontier.h"
 #include "research/pipeline/predictor.h"
 #include "research/pipeline/traces.h"
@@ -288,6 +289,7 @@ std::string CfrCell(const Counts& c) {
 // The traces with their hazards, split into validation and test prompts.
 struct Inputs {
   std::vector<Trace> traces;
+  std::vector<std::string> feature_names;  // the traces' feature columns (manifest)
   std::map<const Trace*, std::vector<float>> hazards;
   std::vector<const Trace*> val, test;
 };
@@ -296,6 +298,13 @@ absl::StatusOr<std::unique_ptr<Inputs>> LoadInputs(const EvaluateOptions& o) {
   auto in = std::make_unique<Inputs>();
   int64_t nf = 0;
   KVG_ASSIGN_OR_RETURN(in->traces, LoadTraces(o.traces_dir, &nf));
+  {
+    std::ifstream mf(o.traces_dir + "/manifest.json");
+    const auto manifest = nlohmann::json::parse(mf, nullptr, /*allow_exceptions=*/false);
+    if (!manifest.is_discarded()) {
+      in->feature_names = manifest.value("feature_names", std::vector<std::string>{});
+    }
+  }
   KVG_ASSIGN_OR_RETURN(auto model, guard::HazardModel::Load(o.predictor_dir + "/hazard.json"));
   KVG_ASSIGN_OR_RETURN(auto schema, guard::FeatureSchema::FromNames(model->feature_names()));
   const auto split = SplitPrompts(in->traces, o.seed);
@@ -525,6 +534,47 @@ absl::Status WriteReport(const EvaluateOptions& o, const std::set<Key>& configs,
   return absl::OkStatus();
 }
 
+// Probe-and-restart admission policies (admission.h), tuned on the validation
+// traces and applied once to the test traces: their records, with the test
+// prompts' static records, for `kvguard frontier --records`.
+absl::Status WriteAdmissionPolicies(const EvaluateOptions& o, const Inputs& in,
+                                    std::string* summary) {
+  const auto tuned = TuneProbeRestart(in.val, in.hazards, in.feature_names, o.probe_tokens);
+  std::vector<PolicyRecord> records;
+  for (const Trace* t : in.test) records.push_back(StaticRecord(*t, in.feature_names));
+  std::string md = absl::StrCat(
+      "\n## Probe-and-restart admission (offline, exact from the traces)\n\nDecode ",
+      o.probe_tokens,
+      " tokens at the high ratio; restart at the low ratio when the hazard reaches the threshold. "
+      "Tuned on the validation prompts (largest CFR gap below their static hull); the test "
+      "prompts' "
+      "records are in admission_records.jsonl (`kvguard frontier --records`).\n\n"
+      "| compressor | policy | threshold | val savings | val CFR | val gap below the hull |\n"
+      "| --- | --- | --- | --- | --- | --- |\n");
+  if (tuned.empty()) md += "| (none below the validation hull) | | | | | |\n";
+  nlohmann::json policies = nlohmann::json::array();
+  for (const TunedPolicy& t : tuned) {
+    absl::StrAppendFormat(&md, "| %s | %s | %.2f | %.3f | %.3f | %+.3f |\n", t.policy.compressor,
+                          t.policy.Arm(), t.policy.threshold, t.val_savings, t.val_cfr, t.val_gap);
+    policies.push_back({{"compressor", t.policy.compressor},
+                        {"arm", t.policy.Arm()},
+                        {"high_ratio", t.policy.high_ratio},
+                        {"low_ratio", t.policy.low_ratio},
+                        {"probe_tokens", t.policy.probe_tokens},
+                        {"threshold", t.policy.threshold},
+                        {"val_gap", t.val_gap},
+                        {"val_savings", t.val_savings},
+                        {"val_cfr", t.val_cfr}});
+    auto mine = ProbeRestartRecords(t.policy, in.test, in.hazards, in.feature_names);
+    records.insert(records.end(), mine.begin(), mine.end());
+  }
+  KVG_RETURN_IF_ERROR(WriteRecords(o.out_dir + "/admission_records.jsonl", records));
+  KVG_RETURN_IF_ERROR(WriteTextFile(o.out_dir + "/admission_policies.json", policies.dump(2)));
+  if (summary) *summary += md;
+  std::ofstream(o.out_dir + "/evaluation.md", std::ios::app) << md;
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::Status Evaluate(const EvaluateOptions& o, std::string* summary,
@@ -542,7 +592,9 @@ absl::Status Evaluate(const EvaluateOptions& o, std::string* summary,
   if (o.live)
     KVG_RETURN_IF_ERROR(
         RunLiveOnTestPrompts(o, test_prompts, configs, controllers, live, live_progress));
-  return WriteReport(o, configs, test_prompts.size(), controllers, off, live, summary);
+  KVG_RETURN_IF_ERROR(
+      WriteReport(o, configs, test_prompts.size(), controllers, off, live, summary));
+  return WriteAdmissionPolicies(o, *in, summary);
 }
 
 }  // namespace kvguard::research

@@ -40,6 +40,7 @@ struct EvaluateOptions {
   // over all of them (the prototype's reading; lets high ratios run hotter).
   bool fpr_per_config = true;
   uint64_t seed = 0;
+  int probe_tokens = 16;  // probe-and-restart admission policies (admission.h)
 };
 
 // `live_progress` (optional): (live runs done, total), called from worker threads under a lock.

@@ -78,44 +78,48 @@ absl::Status WriteRecords(const std::string& path, const std::vector<PolicyRecor
   return WriteTextFile(path, text);
 }
 
-absl::StatusOr<std::vector<PolicyRecord>> StaticRecords(
-    const std::vector<Trace>& traces, const std::vector<std::string>& feature_names,
-    const std::set<std::string>& prompts) {
+PolicyRecord StaticRecord(const Trace& t, const std::vector<std::string>& feature_names) {
   const auto column = [&](const std::string& name) -> int64_t {
     auto it = std::find(feature_names.begin(), feature_names.end(), name);
     return it == feature_names.end() ? -1 : it - feature_names.begin();
   };
   const int64_t bytes_col = column("kv_bytes"), frac_col = column("kv_retained_frac");
   const int64_t nf = static_cast<int64_t>(feature_names.size());
+  PolicyRecord r{.prompt_id = t.prompt_id,
+                 .compressor = t.compressor,
+                 .arm = t.compressor == "none" ? "none" : absl::StrFormat("static@%g", t.ratio),
+                 .requested_ratio = t.ratio,
+                 .catastrophic = t.catastrophic,
+                 .looped = t.looped,
+                 .non_terminated = t.non_terminated,
+                 .correct = t.correct,
+                 .tokens = t.tokens};
+  if (t.compressor != "none" && t.kv_bytes_uncompressed > 0) {
+    r.savings_end =
+        1.0 - static_cast<double>(t.kv_bytes) / static_cast<double>(t.kv_bytes_uncompressed);
+  }
+  r.savings_integrated = r.savings_end;
+  if (t.compressor != "none" && bytes_col >= 0 && frac_col >= 0 &&
+      static_cast<int64_t>(t.features.size()) >= t.tokens * nf) {
+    double held = 0, full = 0;
+    for (int64_t i = 0; i < t.tokens; ++i) {
+      const double bytes = t.features[i * nf + bytes_col], frac = t.features[i * nf + frac_col];
+      if (frac <= 0) continue;
+      held += bytes;
+      full += bytes / frac;
+    }
+    if (full > 0) r.savings_integrated = 1.0 - held / full;
+  }
+  return r;
+}
+
+absl::StatusOr<std::vector<PolicyRecord>> StaticRecords(
+    const std::vector<Trace>& traces, const std::vector<std::string>& feature_names,
+    const std::set<std::string>& prompts) {
   std::vector<PolicyRecord> out;
   for (const Trace& t : traces) {
     if (!prompts.empty() && !prompts.count(t.prompt_id)) continue;
-    PolicyRecord r{.prompt_id = t.prompt_id,
-                   .compressor = t.compressor,
-                   .arm = t.compressor == "none" ? "none" : absl::StrFormat("static@%g", t.ratio),
-                   .requested_ratio = t.ratio,
-                   .catastrophic = t.catastrophic,
-                   .looped = t.looped,
-                   .non_terminated = t.non_terminated,
-                   .correct = t.correct,
-                   .tokens = t.tokens};
-    if (t.compressor != "none" && t.kv_bytes_uncompressed > 0) {
-      r.savings_end =
-          1.0 - static_cast<double>(t.kv_bytes) / static_cast<double>(t.kv_bytes_uncompressed);
-    }
-    r.savings_integrated = r.savings_end;
-    if (t.compressor != "none" && bytes_col >= 0 && frac_col >= 0 &&
-        static_cast<int64_t>(t.features.size()) >= t.tokens * nf) {
-      double held = 0, full = 0;
-      for (int64_t i = 0; i < t.tokens; ++i) {
-        const double bytes = t.features[i * nf + bytes_col], frac = t.features[i * nf + frac_col];
-        if (frac <= 0) continue;
-        held += bytes;
-        full += bytes / frac;
-      }
-      if (full > 0) r.savings_integrated = 1.0 - held / full;
-    }
-    out.push_back(std::move(r));
+    out.push_back(StaticRecord(t, feature_names));
   }
   return out;
 }

@@ -53,6 +53,7 @@ absl::Status WriteRecords(const std::string& jsonl_path, const std::vector<Polic
 // Static records from sweep traces of the given prompts (all when empty): one
 // per trace, arm "static@<ratio>" ("none" uncompressed). The integrated savings
 // come from the per-step kv_bytes / kv_retained_frac feature columns.
+PolicyRecord StaticRecord(const Trace& trace, const std::vector<std::string>& feature_names);
 absl::StatusOr<std::vector<PolicyRecord>> StaticRecords(
     const std::vector<Trace>& traces, const std::vector<std::string>& feature_names,
     const std::set<std::string>& prompts);

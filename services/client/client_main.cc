@@ -8,6 +8,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage_config.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "services/client/generation_client.h"
@@ -79,10 +80,17 @@ int main(int argc, char** argv) {
     options.deadline = std::chrono::milliseconds(absl::GetFlag(FLAGS_deadline_ms));
   options.connect_timeout = std::chrono::milliseconds(absl::GetFlag(FLAGS_connect_timeout_ms));
   const bool json = absl::GetFlag(FLAGS_json);
+  // The guard's mode timeline: (first step, mode) at every change.
+  std::vector<std::pair<uint32_t, std::string>> timeline;
   auto out = client.Generate(
       req,
       [&](const v1::TokenChunk& c) {
         if (!json) std::cout << c.text_delta() << std::flush;
+        if (!c.has_state() || c.state().mode() == v1::MODE_UNSPECIFIED) return;
+        std::string mode =
+            absl::AsciiStrToLower(v1::Mode_Name(c.state().mode()).substr(5));  // "MODE_ALERT"
+        if (timeline.empty() || timeline.back().second != mode)
+          timeline.emplace_back(c.state().step(), mode);
       },
       options);
   if (!out.ok()) {
@@ -92,20 +100,32 @@ int main(int argc, char** argv) {
   }
   const auto& c = out->complete;
   if (json) {
-    nlohmann::json j = {{"output_ids", out->token_ids},
-                        {"text", out->text},
-                        {"finish_reason", v1::FinishReason_Name(c.finish_reason())},
-                        {"kv_bytes", c.kv_bytes()},
-                        {"kv_bytes_saved", c.kv_bytes_saved()},
-                        {"looping", c.catastrophes().looping()},
-                        {"non_termination", c.catastrophes().non_termination()},
-                        {"ttft_ms", 1000 * out->time_to_first_token_s},
-                        {"total_ms", 1000 * out->total_s}};
+    nlohmann::json j = {
+        {"output_ids", out->token_ids},
+        {"text", out->text},
+        {"finish_reason", v1::FinishReason_Name(c.finish_reason())},
+        {"kv_bytes", c.kv_bytes()},
+        {"kv_bytes_saved", c.kv_bytes_saved()},
+        {"looping", c.catastrophes().looping()},
+        {"non_termination", c.catastrophes().non_termination()},
+        {"answer", c.catastrophes().answered() ? nlohmann::json(c.catastrophes().answer())
+                                               : nlohmann::json()},
+        {"fail_safe_events", c.fail_safe_events()},
+        {"mode_timeline", nlohmann::json::array()},
+        {"ttft_ms", 1000 * out->time_to_first_token_s},
+        {"total_ms", 1000 * out->total_s}};
+    for (const auto& [step, mode] : timeline)
+      j["mode_timeline"].push_back({{"step", step}, {"mode", mode}});
     std::cout << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
   } else {
     std::cout << "\n[" << c.usage().completion_tokens() << " tokens, "
               << v1::FinishReason_Name(c.finish_reason()) << ", kv " << c.kv_bytes() << " B, saved "
               << c.kv_bytes_saved() << " B]\n";
+    if (!timeline.empty()) {
+      std::cout << "[guard modes:";
+      for (const auto& [step, mode] : timeline) std::cout << " " << mode << "@" << step;
+      std::cout << "]\n";
+    }
   }
   return 0;
 }

@@ -422,6 +422,11 @@ absl::StatusOr<TrainReport> TrainLm(LmModel& model, const TrainOptions& o,
   // Offsetting the problem stream by the seed gives different data per seed
   // while staying a pure function of (seed, step).
   const int64_t stream_base = static_cast<int64_t>(o.seed % 1000) * 10'000'000;
+  // Fail fast rather than hours in: the first 4096 problems of the stream must
+  // fit the context (each batch is checked again as it is built).
+  for (int64_t begin = 0; begin < 4096; begin += 256) {
+    KVG_RETURN_IF_ERROR(MakeBatch(o.problems, stream_base + begin, 256, m.shape.max_positions).status());
+  }
   for (int64_t step = 0; step < o.steps; ++step) {
     KVG_ASSIGN_OR_RETURN(Batch batch, MakeBatch(o.problems, stream_base + step * o.batch, o.batch,
                                                 m.shape.max_positions));

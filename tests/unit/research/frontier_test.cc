@@ -8,6 +8,8 @@
 
 #include <cmath>
 
+#include "research/pipeline/admission.h"
+
 namespace kvguard::research {
 namespace {
 
@@ -137,6 +139,47 @@ TEST(FrontierTest, RecordsRoundTripThroughJson) {
   ASSERT_TRUE(back.ok());
   EXPECT_EQ(RecordToJson(*back), RecordToJson(r));
   EXPECT_FALSE(RecordFromJson(nlohmann::json{{"arm", "x"}}).ok());
+}
+
+}  // namespace
+}  // namespace kvguard::research
+
+namespace kvguard::research {
+namespace {
+
+// Probe-and-restart takes, per prompt, the high-ratio trace's outcome unless
+// the hazard reached the threshold within the probe, then the low-ratio one's.
+TEST(AdmissionTest, ProbeRestartPicksTheLowRatioTraceOnAlarm) {
+  std::vector<Trace> traces;
+  std::map<const Trace*, std::vector<float>> hazards;
+  for (int p = 0; p < 2; ++p) {
+    const std::string id = "p" + std::to_string(p);
+    traces.push_back({.prompt_id = id,
+                      .compressor = "snapkv",
+                      .ratio = 0.875,
+                      .catastrophic = true,
+                      .tokens = 3});
+    traces.push_back(
+        {.prompt_id = id, .compressor = "snapkv", .ratio = 0.5, .correct = true, .tokens = 3});
+  }
+  std::vector<const Trace*> ptrs;
+  for (const Trace& t : traces) ptrs.push_back(&t);
+  hazards[&traces[0]] = {0.1f, 0.9f, 0.9f};  // p0 alarms at token 1
+  hazards[&traces[1]] = {0, 0, 0};
+  hazards[&traces[2]] = {0.1f, 0.2f, 0.95f};  // p1 alarms only at token 2, after a 2-token probe
+  hazards[&traces[3]] = {0, 0, 0};
+  ProbeRestartPolicy policy{.compressor = "snapkv",
+                            .high_ratio = 0.875,
+                            .low_ratio = 0.5,
+                            .probe_tokens = 2,
+                            .threshold = 0.8};
+  auto records = ProbeRestartRecords(policy, ptrs, hazards, {});
+  ASSERT_EQ(records.size(), 2u);
+  EXPECT_EQ(records[0].arm, "probe2@0.875>0.5");
+  EXPECT_FALSE(records[0].catastrophic);  // restarted at 0.5
+  EXPECT_TRUE(records[0].correct);
+  EXPECT_TRUE(records[1].catastrophic);  // kept at 0.875
+  EXPECT_EQ(records[1].mode_steps.at("kept"), 1);
 }
 
 }  // namespace
