@@ -89,6 +89,7 @@ for (case, lib), rs in groups.items():
     pre = [x["prefill_tokens_per_s"] for x in rs]
     dec = [x["decode_tokens_per_s"] for x in rs]
     table.append({"case": case, "library": lib, "blas_loaded": rs[0]["blas"], "dtype": rs[0]["dtype"],
+                  "matmul": rs[0].get("matmul", ""),
                   "prompt_tokens": rs[0]["prompt_tokens"], "runs": len(rs),
                   "prefill_tok_s_median": statistics.median(pre), "prefill_tok_s_min": min(pre),
                   "prefill_tok_s_max": max(pre), "decode_tok_s_median": statistics.median(dec),
@@ -113,10 +114,10 @@ md = [f"# libblas.so.3 under libtorch: side by side in one run ({threads} thread
       "`scripts/bench_blas.sh`: `kvguard bench` per library via LD_LIBRARY_PATH, rounds interleaved, medians "
       "(min-max). `blas` is Debian's reference BLAS (what libtorch used before `install_deps.sh` selected BLIS). "
       "TTFT = prompt tokens / prefill rate.", "",
-      "| model, dtype | libblas.so.3 | prefill tok/s | decode tok/s | TTFT ms | prefill vs reference | decode vs reference |",
-      "| --- | --- | --- | --- | --- | --- | --- |"]
+      "| model, dtype | libblas.so.3 | GEMM path | prefill tok/s | decode tok/s | TTFT ms | prefill vs reference | decode vs reference |",
+      "| --- | --- | --- | --- | --- | --- | --- | --- |"]
 for t in table:
-    md.append(f"| {t['case']} | {t['library']} | {t['prefill_tok_s_median']:.1f} ({t['prefill_tok_s_min']:.1f}-"
+    md.append(f"| {t['case']} | {t['library']} | {t['matmul']} | {t['prefill_tok_s_median']:.1f} ({t['prefill_tok_s_min']:.1f}-"
               f"{t['prefill_tok_s_max']:.1f}) | {t['decode_tok_s_median']:.1f} ({t['decode_tok_s_min']:.1f}-"
               f"{t['decode_tok_s_max']:.1f}) | {t['ttft_ms_median']:.1f} | {t['prefill_vs_reference']:.2f}x | "
               f"{t['decode_vs_reference']:.2f}x |")

@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
-# The research loop on the bundled model, end to end:
+# The research loop on a bundled model, end to end:
 #   sweep (traces) -> train-predictor (hazard model + report) -> evaluate (offline + live)
-# Reports land in reports/research/; the hazard model and its tuned controller
-# config in models/hazard/ (the guard's defaults). Long-running: not a test.
-#   scripts/research_loop.sh [PROMPTS] [extra sweep flags...]
+#   -> frontier (static hull vs guard and admission policies, test prompts)
+# Reports land in $KVG_OUT (default reports/research/); with KVG_INSTALL=1 the hazard model and its
+# tuned controller config are copied to models/hazard/ (the guard's defaults). Long-running: not a test.
+#   [KVG_MODEL=models/arith-fewshot] [KVG_RATIOS=0.5,...] [KVG_COMPRESSORS=snapkv,...] \
+#     scripts/research_loop.sh [PROMPTS] [extra sweep flags...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PROMPTS="${1:-400}"; shift || true
 MODEL="${KVG_MODEL:-models/arith-lm}"
-OUT=reports/research
+OUT="${KVG_OUT:-reports/research}"
+RATIOS="${KVG_RATIOS:-0.5,0.625,0.75,0.8125,0.875,0.9375}"
+COMPRESSORS="${KVG_COMPRESSORS:-snapkv,tova,streaming_llm}"
+THREADS="${KVG_THREADS:-2}"
 TRACES="${KVG_TRACES:-$OUT/traces}"
 BIN=build/bin
 mkdir -p "$OUT" models/hazard
@@ -16,8 +21,8 @@ mkdir -p "$OUT" models/hazard
 mapfile -t OPTS < <(python3 scripts/problem_opts.py "$MODEL")
 echo "== sweep: $PROMPTS held-out prompts x (none + compressors x ratios) =="
 "$BIN/kvguard" sweep --model "$MODEL" --out "$TRACES" --prompts "$PROMPTS" --split test \
-  --compressors streaming_llm,snapkv,tova,knorm --ratios 0.5,0.75,0.875 \
-  --compressor-opt snapkv:window_size=16 --max-new-tokens 256 --batch 16 "${OPTS[@]}" "$@"
+  --compressors "$COMPRESSORS" --ratios "$RATIOS" \
+  --compressor-opt snapkv:window_size=16 --max-new-tokens 256 --batch 16 --threads "$THREADS" "${OPTS[@]}" "$@"
 echo "== train-predictor =="
 "$BIN/kvguard" train-predictor --traces "$TRACES" --out "$OUT/predictor" --horizon 32 --rounds 300
 echo "== evaluate (offline + live), FPR <= 5% in every configuration =="
@@ -27,8 +32,13 @@ echo "== evaluate again with the FPR bound pooled over configurations (the proto
 "$BIN/kvguard" evaluate --model "$MODEL" --traces "$TRACES" --predictor "$OUT/predictor" \
   --out "$OUT/evaluation_pooled" --config guard_sidecar/config/controller_research.json --live --concurrency 8 \
   --max-new-tokens 256 --fpr-scope pooled
-cp "$OUT/predictor/hazard.json" models/hazard/hazard.json
-# The guard ships the pooled-FPR controller: more protection at high ratios, where
-# failures concentrate; its false alarms cost savings, never correctness.
-cp "$OUT/evaluation_pooled/controller.json" models/hazard/controller.json
-echo "reports: $OUT/predictor/report.md, $OUT/evaluation{,_pooled}/evaluation.md; guard defaults: models/hazard/"
+echo "== frontier: static hull vs the guard (live) and the admission policies (offline), test prompts =="
+"$BIN/kvguard" frontier --traces "$TRACES" --records "$OUT/evaluation_pooled/records.jsonl" --out "$OUT/frontier"
+"$BIN/kvguard" frontier --records "$OUT/evaluation/admission_records.jsonl" --out "$OUT/frontier_admission"
+if [ "${KVG_INSTALL:-0}" = 1 ]; then
+  cp "$OUT/predictor/hazard.json" models/hazard/hazard.json
+  # The guard ships the pooled-FPR controller: more protection at high ratios, where
+  # failures concentrate; its false alarms cost savings, never correctness.
+  cp "$OUT/evaluation_pooled/controller.json" models/hazard/controller.json
+fi
+echo "reports: $OUT/predictor/report.md, $OUT/evaluation{,_pooled}/evaluation.md, $OUT/frontier{,_admission}/frontier.md"

@@ -228,6 +228,7 @@ absl::Status RunBench(int argc, char** argv) {
               {"dtype", r.dtype},
               {"threads", options.num_threads},
               {"blas", r.blas},
+              {"matmul", r.matmul},
               {"batch", bench.batch},
               {"prompt_tokens", bench.prompt_tokens},
               {"decode_tokens", bench.decode_tokens},

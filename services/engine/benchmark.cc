@@ -48,6 +48,14 @@ absl::StatusOr<BenchmarkResult> RunBenchmark(const std::string& model_path,
   result.dtype = DtypeName(model->dtype());
   const BlasInfo blas = DescribeBlas();
   result.blas = blas.path.empty() ? blas.name : absl::StrCat(blas.name, " (", blas.path, ")");
+  // libtorch's CPU linear: f32 calls the BLAS's sgemm; bf16/f16 go to oneDNN when built with it.
+  if (model->device().is_cuda()) {
+    result.matmul = "CUDA (cuBLAS)";
+  } else if (model->dtype() == at::kFloat) {
+    result.matmul = absl::StrCat("BLAS sgemm (", blas.name, ")");
+  } else {
+    result.matmul = at::hasMKLDNN() ? "oneDNN" : "ATen reference kernels";
+  }
   std::mt19937 rng(1234);
   std::uniform_int_distribution<int32_t> pick(0, static_cast<int32_t>(vocab - 1));
   std::vector<std::unique_ptr<SequenceKvCache>> caches;

@@ -30,6 +30,7 @@ struct BenchmarkResult {
   int64_t steps = 0;
   std::string dtype;  // the compute dtype measured ("auto" resolved)
   std::string blas;   // CPU: the BLAS library libtorch's f32 matmuls ran on (name and path)
+  std::string matmul;  // the GEMM path the measured dtype takes: BLAS sgemm, oneDNN, or CUDA
 };
 
 // Per compressor and ratio: final KV bytes and decode time per step relative
