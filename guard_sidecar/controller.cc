@@ -81,6 +81,17 @@ json LevelJson(const LevelConfig& l) {
           {"min_dwell", l.min_dwell}};
 }
 
+json AdmissionJson(const std::map<std::string, AdmissionRule>& rules) {
+  json out = json::object();
+  for (const auto& [compressor, r] : rules) {
+    out[compressor] = {{"probe_tokens", r.probe_tokens},
+                       {"threshold", r.threshold},
+                       {"min_requested_ratio", r.min_requested_ratio},
+                       {"restart_ratio", r.restart_ratio}};
+  }
+  return out;
+}
+
 }  // namespace
 
 std::string_view ModeName(v1::Mode mode) {
@@ -105,7 +116,9 @@ absl::StatusOr<ControllerConfig> ControllerConfig::FromJson(const json& j) {
   json alert = top.contains("alert") ? top["alert"] : json::object();
   json safe = top.contains("safe") ? top["safe"] : json::object();
   json recovery = top.contains("recovery") ? top["recovery"] : json::object();
-  for (const char* section : {"alert", "safe", "recovery", "fallback_hazard"}) top.erase(section);
+  json admission = top.contains("admission") ? top["admission"] : json::object();
+  for (const char* section : {"alert", "safe", "recovery", "admission", "fallback_hazard"})
+    top.erase(section);
   KVG_RETURN_IF_ERROR(ReadObject(top, "",
                                  {{"alert_ratio_scale", &c.alert_ratio_scale},
                                   {"r_safe", &c.r_safe},
@@ -120,6 +133,17 @@ absl::StatusOr<ControllerConfig> ControllerConfig::FromJson(const json& j) {
                                   {"top_n", &c.recovery.top_n},
                                   {"cooldown", &c.recovery.cooldown},
                                   {"pin", &c.recovery.pin}}));
+  if (!admission.is_object())
+    return ConfigError("admission must be an object of compressor -> rule");
+  for (const auto& [compressor, rule] : admission.items()) {
+    if (compressor.starts_with("_")) continue;
+    AdmissionRule& r = c.admission[compressor];
+    KVG_RETURN_IF_ERROR(ReadObject(rule, "admission." + compressor,
+                                   {{"probe_tokens", &r.probe_tokens},
+                                    {"threshold", &r.threshold},
+                                    {"min_requested_ratio", &r.min_requested_ratio},
+                                    {"restart_ratio", &r.restart_ratio}}));
+  }
   KVG_RETURN_IF_ERROR(c.Validate());
   return c;
 }
@@ -157,7 +181,23 @@ absl::Status ControllerConfig::Validate() const {
   }
   if (protect_recent < 0) return ConfigError("protect_recent must be >= 0");
   if (max_thinking_protect < 0) return ConfigError("max_thinking_protect must be >= 0");
+  for (const auto& [compressor, r] : admission) {
+    const std::string name = "admission." + compressor;
+    if (r.probe_tokens < 1) return ConfigError(name + ".probe_tokens must be >= 1");
+    if (!(r.threshold >= 0 && r.threshold <= 1))
+      return ConfigError(name + ".threshold must be in [0, 1]");
+    if (!(r.restart_ratio >= 0 && r.restart_ratio < r.min_requested_ratio &&
+          r.min_requested_ratio < 1)) {
+      return ConfigError(name + " needs 0 <= restart_ratio < min_requested_ratio < 1");
+    }
+  }
   return absl::OkStatus();
+}
+
+const AdmissionRule* ControllerConfig::AdmissionFor(const std::string& compressor) const {
+  auto it = admission.find(compressor);
+  if (it == admission.end()) it = admission.find("*");
+  return it == admission.end() ? nullptr : &it->second;
 }
 
 json ControllerConfig::ToJson() const {
@@ -173,7 +213,8 @@ json ControllerConfig::ToJson() const {
           {"alert_ratio_scale", alert_ratio_scale},
           {"r_safe", r_safe},
           {"protect_recent", protect_recent},
-          {"max_thinking_protect", max_thinking_protect}};
+          {"max_thinking_protect", max_thinking_protect},
+          {"admission", AdmissionJson(admission)}};
 }
 
 // ---- controller ---------------------------------------------------------------------
@@ -201,12 +242,22 @@ Decision ModeController::Step(const StepInput& in) {
   if (mode_ == v1::MODE_RECOVERY) {
     d.recompute_positions = TopEvicted();
     last_recovery_ = step_;
-    if (config_.recovery.pin) pinned_.insert(d.recompute_positions.begin(), d.recompute_positions.end());
+    if (config_.recovery.pin)
+      pinned_.insert(d.recompute_positions.begin(), d.recompute_positions.end());
   }
   if (mode_ != v1::MODE_NORMAL) {
     d.protect_positions = Protected(in.position, d.recompute_positions);
   } else {
     d.protect_positions.assign(pinned_.begin(), pinned_.end());
+  }
+  // Admission: within the probe (and the server's hold-back), a high hazard
+  // restarts the session at a lower ratio, once.
+  if (const AdmissionRule* rule = in.admission;
+      rule != nullptr && !restart_requested_ &&
+      step_ < std::min<int64_t>(rule->probe_tokens, in.holdback_tokens) &&
+      in.requested_ratio >= rule->min_requested_ratio - 1e-9 && in.hazard >= rule->threshold) {
+    d.restart_ratio = rule->restart_ratio;
+    restart_requested_ = true;
   }
   ++dwell_;
   ++step_;

@@ -33,8 +33,9 @@
 #include <cstdint>
 #include <deque>
 #include <map>
-#include <set>
 #include <nlohmann/json_fwd.hpp>
+#include <optional>
+#include <set>
 #include <span>
 #include <string>
 #include <vector>
@@ -64,6 +65,18 @@ struct RecoveryConfig {
   bool pin = false;
 };
 
+// Probe and restart (research/pipeline/admission.h): a session whose requested
+// ratio is at least `min_requested_ratio` and whose hazard reaches `threshold`
+// within its first `probe_tokens` tokens (and within the server's hold-back)
+// is restarted at `restart_ratio`: damage done at prefill is undone by
+// prefilling again, before any token reached the client.
+struct AdmissionRule {
+  int probe_tokens = 16;
+  double threshold = 0.5;
+  double min_requested_ratio = 0.875;
+  double restart_ratio = 0.5;
+};
+
 struct ControllerConfig {
   LevelConfig alert{.enter = 0.3, .exit = 0.2, .enter_steps = 8, .exit_steps = 5, .min_dwell = 16};
   LevelConfig safe{.enter = 0.7, .exit = 0.5, .enter_steps = 8, .exit_steps = 5, .min_dwell = 32};
@@ -72,6 +85,9 @@ struct ControllerConfig {
   double r_safe = 0.0;             // SAFE / RECOVERY ratio (capped by the requested one)
   int protect_recent = 32;
   int max_thinking_protect = 64;  // most recent thinking-token positions kept
+  // Per compressor name ("*": any other); empty = no restarts.
+  std::map<std::string, AdmissionRule> admission;
+  [[nodiscard]] const AdmissionRule* AdmissionFor(const std::string& compressor) const;
 
   // Every key is optional (defaults above); unknown keys are errors, except
   // "fallback_hazard" (the hazard rule's section of the same file) and keys
@@ -88,6 +104,9 @@ struct StepInput {
   int32_t position = -1;  // KV position of this token (-1: unknown)
   bool thinking = false;  // the token is a transition word
   double requested_ratio = 0;
+  int64_t holdback_tokens =
+      0;  // the server holds this session's first tokens back (restart allowed)
+  const AdmissionRule* admission = nullptr;    // the session's compressor's rule, if any
   std::span<const int32_t> evicted_positions;  // evicted at this step
   std::span<const float> evicted_attention;    // attention each had received
 };
@@ -98,6 +117,7 @@ struct Decision {
   double target_ratio = 0;
   std::vector<int32_t> protect_positions;    // ascending
   std::vector<int32_t> recompute_positions;  // RECOVERY only, by attention
+  std::optional<double> restart_ratio;       // admission: restart the session at this ratio
 };
 
 // Not thread-safe; one per session.
@@ -131,6 +151,7 @@ class ModeController {
   std::deque<int32_t> thinking_positions_;
   std::map<int32_t, float> evicted_;  // evicted position -> attention it had
   std::set<int32_t> pinned_;          // restored by RECOVERY with recovery.pin
+  bool restart_requested_ = false;
 };
 
 std::string_view ModeName(v1::Mode mode);  // "normal", "alert", "safe", "recovery"

@@ -173,6 +173,8 @@ class FeatureSchema {
 // What the server told us at SessionStart (all optional).
 struct SessionInfo {
   double requested_ratio = 0.0;
+  std::string compressor;
+  uint32_t holdback_tokens = 0;  // the server holds the first tokens back (restart allowed)
   uint32_t prompt_tokens = 0;
   uint32_t max_new_tokens = 0;
 };

@@ -83,6 +83,8 @@ const ModeController* StreamSessions::controller(const std::string& session_id) 
 
 void StreamSessions::Start(const v1::SessionStart& start) {
   SessionInfo info{.requested_ratio = start.requested_ratio(),
+                   .compressor = start.compressor(),
+                   .holdback_tokens = start.holdback_tokens(),
                    .prompt_tokens = start.prompt_tokens(),
                    .max_new_tokens = start.max_new_tokens()};
   auto session = std::make_unique<Session>(info, engine_.config());
@@ -133,12 +135,15 @@ void StreamSessions::Decide(Session& s, const v1::StepReport& report, float haza
                                      report.evicted_positions().end());
   const std::vector<float> attention(report.evicted_attention().begin(),
                                      report.evicted_attention().end());
-  const Decision d = s.controller.Step({.hazard = hazard,
-                                        .position = s.features.last_position(),
-                                        .thinking = s.features.last_is_thinking(),
-                                        .requested_ratio = s.features.info().requested_ratio,
-                                        .evicted_positions = evicted,
-                                        .evicted_attention = attention});
+  const Decision d =
+      s.controller.Step({.hazard = hazard,
+                         .position = s.features.last_position(),
+                         .thinking = s.features.last_is_thinking(),
+                         .requested_ratio = s.features.info().requested_ratio,
+                         .holdback_tokens = s.features.info().holdback_tokens,
+                         .admission = engine_.config().AdmissionFor(s.features.info().compressor),
+                         .evicted_positions = evicted,
+                         .evicted_attention = attention});
   out.set_session_id(report.session_id());
   out.set_step(report.step());
   out.set_mode(d.mode);
@@ -147,6 +152,7 @@ void StreamSessions::Decide(Session& s, const v1::StepReport& report, float haza
   out.mutable_recompute_positions()->Add(d.recompute_positions.begin(),
                                          d.recompute_positions.end());
   out.set_hazard(hazard);
+  if (d.restart_ratio) out.set_restart_ratio(*d.restart_ratio);
   if (GuardMetrics* m = engine_.metrics()) {
     m->Hazard(hazard);
     m->ModeStep(d.mode);

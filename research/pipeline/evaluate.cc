@@ -319,7 +319,8 @@ absl::StatusOr<std::unique_ptr<Inputs>> LoadInputs(const EvaluateOptions& o) {
 
 // The tuned controller and its copy without RECOVERY, written where the live guards read them.
 struct Controllers {
-  guard::ControllerConfig tuned;
+  guard::ControllerConfig tuned;       // with the tuned admission rules (below)
+  std::vector<TunedPolicy> admission;  // probe-and-restart, tuned on the validation traces
   std::string path, no_recovery_path;
   std::string tuning_table;  // markdown: one row per alert threshold tried
 };
@@ -336,6 +337,16 @@ absl::StatusOr<Controllers> TuneControllers(const EvaluateOptions& o, const Inpu
       "| --- | --- | --- | --- |\n";
   KVG_ASSIGN_OR_RETURN(c.tuned, TuneThresholds(in.val, in.hazards, base, o.target_fpr,
                                                o.fpr_per_config, &c.tuning_table));
+  if (o.admission) {
+    // The live guard restarts what the offline policy would (min_requested_ratio = its high ratio).
+    c.admission = TuneProbeRestart(in.val, in.hazards, in.feature_names, o.probe_tokens);
+    for (const TunedPolicy& t : c.admission) {
+      c.tuned.admission[t.policy.compressor] = {.probe_tokens = t.policy.probe_tokens,
+                                                .threshold = t.policy.threshold,
+                                                .min_requested_ratio = t.policy.high_ratio,
+                                                .restart_ratio = t.policy.low_ratio};
+    }
+  }
   std::filesystem::create_directories(o.out_dir);
   c.path = o.out_dir + "/controller.json";
   KVG_RETURN_IF_ERROR(WriteTextFile(c.path, c.tuned.ToJson().dump(2)));
@@ -538,8 +549,7 @@ absl::Status WriteReport(const EvaluateOptions& o, const std::set<Key>& configs,
 // traces and applied once to the test traces: their records, with the test
 // prompts' static records, for `kvguard frontier --records`.
 absl::Status WriteAdmissionPolicies(const EvaluateOptions& o, const Inputs& in,
-                                    std::string* summary) {
-  const auto tuned = TuneProbeRestart(in.val, in.hazards, in.feature_names, o.probe_tokens);
+                                    const std::vector<TunedPolicy>& tuned, std::string* summary) {
   std::vector<PolicyRecord> records;
   for (const Trace* t : in.test) records.push_back(StaticRecord(*t, in.feature_names));
   std::string md = absl::StrCat(
@@ -594,7 +604,7 @@ absl::Status Evaluate(const EvaluateOptions& o, std::string* summary,
         RunLiveOnTestPrompts(o, test_prompts, configs, controllers, live, live_progress));
   KVG_RETURN_IF_ERROR(
       WriteReport(o, configs, test_prompts.size(), controllers, off, live, summary));
-  return WriteAdmissionPolicies(o, *in, summary);
+  return WriteAdmissionPolicies(o, *in, controllers.admission, summary);
 }
 
 }  // namespace kvguard::research

@@ -25,13 +25,13 @@
 namespace kvguard::research {
 
 struct EvaluateOptions {
-  std::string model_dir;        // the LM (live runs)
-  std::string traces_dir;       // sweep output
-  std::string predictor_dir;    // train-predictor output (hazard.json, report.json)
+  std::string model_dir;      // the LM (live runs)
+  std::string traces_dir;     // sweep output
+  std::string predictor_dir;  // train-predictor output (hazard.json, report.json)
   std::string out_dir;
   std::string controller_config;  // base config; thresholds are tuned on top
   bool live = false;
-  std::string bin_dir;          // kvguard-server / kvguard-guard
+  std::string bin_dir;  // kvguard-server / kvguard-guard
   int concurrency = 8;
   int max_new_tokens = 256;
   double target_fpr = 0.05;
@@ -41,6 +41,7 @@ struct EvaluateOptions {
   bool fpr_per_config = true;
   uint64_t seed = 0;
   int probe_tokens = 16;  // probe-and-restart admission policies (admission.h)
+  bool admission = true;  // tune them and give them to the live guard (controller.json "admission")
 };
 
 // `live_progress` (optional): (live runs done, total), called from worker threads under a lock.

@@ -126,10 +126,11 @@ namespace kvguard::cli {
 
 absl::Status RunEvaluate(int argc, char** argv) {
   CliArgs args;
-  KVG_RETURN_IF_ERROR(args.Parse(argc, argv,
-                                 {"model", "traces", "predictor", "out", "config", "concurrency",
-                                  "max-new-tokens", "bin-dir", "seed", "target-fpr", "fpr-scope"},
-                                 {"live"}));
+  KVG_RETURN_IF_ERROR(
+      args.Parse(argc, argv,
+                 {"model", "traces", "predictor", "out", "config", "concurrency", "max-new-tokens",
+                  "bin-dir", "seed", "target-fpr", "fpr-scope", "admission"},
+                 {"live"}));
   research::EvaluateOptions o;
   KVG_ASSIGN_OR_RETURN(o.traces_dir, args.Require("traces"));
   KVG_ASSIGN_OR_RETURN(o.predictor_dir, args.Require("predictor"));
@@ -151,6 +152,11 @@ absl::Status RunEvaluate(int argc, char** argv) {
     return absl::InvalidArgumentError("--fpr-scope must be per-config or pooled");
   }
   o.fpr_per_config = scope == "per-config";
+  const std::string admission = args.Get("admission", "on");
+  if (admission != "on" && admission != "off") {
+    return absl::InvalidArgumentError("--admission must be on or off");
+  }
+  o.admission = admission == "on";
   std::string summary;
   std::cerr << "evaluate: offline simulation" << (o.live ? " + live closed-loop runs" : "")
             << "...\n";

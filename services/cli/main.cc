@@ -31,6 +31,7 @@ commands:
   train-predictor --traces TRACES --out DIR [--horizon 32] [--seed S] [--rounds N] [--target-fpr 0.05]
   evaluate  --model DIR --traces TRACES --predictor DIR --out DIR [--live] [--config controller.json]
             [--target-fpr 0.05] [--fpr-scope per-config|pooled] [--concurrency N] [--max-new-tokens N]
+            [--admission on|off]   (probe-and-restart rules tuned on validation, given to the live guard)
   frontier  --out DIR (--traces TRACES [--prompts test|val|all] | --records FILE...) [--records FILE]...
             [--measure integrated|end] [--resamples N] [--seed S]
             (static hull vs guard policies: CFR/accuracy vs KV savings, paired bootstrap gaps)

@@ -13,39 +13,132 @@ using prometheus::Histogram;
 Histogram::BucketBoundaries Latency() {
   return {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60};
 }
-Histogram::BucketBoundaries Unit() { return {0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0}; }
+Histogram::BucketBoundaries Unit() {
+  return {0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0};
+}
 
 }  // namespace
 
 ServerMetrics::ServerMetrics() : registry_(std::make_shared<prometheus::Registry>()) {
   auto& r = *registry_;
-  requests_ = &BuildCounter().Name("kvguard_requests_total").Help("Generate requests by final status").Register(r);
-  rejected_ = &BuildCounter().Name("kvguard_requests_rejected_total").Help("Requests refused before running, by reason").Register(r);
-  prompt_tokens_ = &BuildCounter().Name("kvguard_prompt_tokens_total").Help("Prompt tokens prefilled").Register(r).Add({});
-  generated_tokens_ = &BuildCounter().Name("kvguard_generated_tokens_total").Help("Tokens generated").Register(r).Add({});
-  ttft_ = &BuildHistogram().Name("kvguard_time_to_first_token_seconds").Help("Time from admission to the first token").Register(r).Add({}, Latency());
-  itl_ = &BuildHistogram().Name("kvguard_inter_token_latency_seconds").Help("Time between consecutive tokens of a stream").Register(r).Add({}, Latency());
-  duration_ = &BuildHistogram().Name("kvguard_request_duration_seconds").Help("End-to-end request time").Register(r).Add({}, Latency());
-  step_ = &BuildHistogram().Name("kvguard_decode_step_seconds").Help("One batched decode step incl. sampling and compression").Register(r).Add({}, Latency());
-  batch_ = &BuildHistogram().Name("kvguard_batch_size").Help("Sequences per decode step").Register(r).Add({}, Histogram::BucketBoundaries{1, 2, 4, 8, 16, 32, 64});
-  queue_depth_ = &BuildGauge().Name("kvguard_queue_depth").Help("Requests waiting for admission").Register(r).Add({});
-  active_ = &BuildGauge().Name("kvguard_active_sequences").Help("Sequences being decoded").Register(r).Add({});
-  kv_bytes_ = &BuildGauge().Name("kvguard_kv_bytes").Help("KV-cache bytes held by active sequences").Register(r).Add({});
-  retained_ = &BuildHistogram().Name("kvguard_kv_retained_fraction").Help("Retained / total KV entries per sequence step").Register(r).Add({}, Unit());
-  mode_steps_ = &BuildCounter().Name("kvguard_mode_steps_total").Help("Sequence steps spent in each guard mode").Register(r);
-  transitions_ = &BuildCounter().Name("kvguard_mode_transitions_total").Help("Guard mode changes applied").Register(r);
-  hazard_ = &BuildHistogram().Name("kvguard_hazard").Help("Hazard reported by the guard per sequence step").Register(r).Add({}, Unit());
-  guard_rtt_ = &BuildHistogram().Name("kvguard_guard_round_trip_seconds").Help("Send of a step batch to its directives").Register(r).Add({}, Latency());
-  fail_safe_ = &BuildCounter().Name("kvguard_guard_fail_safe_total").Help("Steps run under the fail-safe policy, by reason").Register(r);
-  guard_connected_ = &BuildGauge().Name("kvguard_guard_connected").Help("1 while the guard stream is up").Register(r).Add({});
-  generations_ = &BuildCounter().Name("kvguard_generations_total").Help("Finished generations by compressor and guard").Register(r);
-  catastrophes_ = &BuildCounter().Name("kvguard_catastrophes_total").Help("Catastrophic generations by kind and compressor").Register(r);
-  kv_saved_ = &BuildCounter().Name("kvguard_kv_bytes_saved_total").Help("KV bytes saved at completion vs uncompressed").Register(r).Add({});
-  recovered_ = &BuildCounter().Name("kvguard_recovered_positions_total").Help("KV positions recomputed by RECOVERY").Register(r).Add({});
+  requests_ = &BuildCounter()
+                   .Name("kvguard_requests_total")
+                   .Help("Generate requests by final status")
+                   .Register(r);
+  rejected_ = &BuildCounter()
+                   .Name("kvguard_requests_rejected_total")
+                   .Help("Requests refused before running, by reason")
+                   .Register(r);
+  prompt_tokens_ = &BuildCounter()
+                        .Name("kvguard_prompt_tokens_total")
+                        .Help("Prompt tokens prefilled")
+                        .Register(r)
+                        .Add({});
+  generated_tokens_ = &BuildCounter()
+                           .Name("kvguard_generated_tokens_total")
+                           .Help("Tokens generated")
+                           .Register(r)
+                           .Add({});
+  ttft_ = &BuildHistogram()
+               .Name("kvguard_time_to_first_token_seconds")
+               .Help("Time from admission to the first token")
+               .Register(r)
+               .Add({}, Latency());
+  itl_ = &BuildHistogram()
+              .Name("kvguard_inter_token_latency_seconds")
+              .Help("Time between consecutive tokens of a stream")
+              .Register(r)
+              .Add({}, Latency());
+  duration_ = &BuildHistogram()
+                   .Name("kvguard_request_duration_seconds")
+                   .Help("End-to-end request time")
+                   .Register(r)
+                   .Add({}, Latency());
+  step_ = &BuildHistogram()
+               .Name("kvguard_decode_step_seconds")
+               .Help("One batched decode step incl. sampling and compression")
+               .Register(r)
+               .Add({}, Latency());
+  batch_ = &BuildHistogram()
+                .Name("kvguard_batch_size")
+                .Help("Sequences per decode step")
+                .Register(r)
+                .Add({}, Histogram::BucketBoundaries{1, 2, 4, 8, 16, 32, 64});
+  queue_depth_ = &BuildGauge()
+                      .Name("kvguard_queue_depth")
+                      .Help("Requests waiting for admission")
+                      .Register(r)
+                      .Add({});
+  active_ = &BuildGauge()
+                 .Name("kvguard_active_sequences")
+                 .Help("Sequences being decoded")
+                 .Register(r)
+                 .Add({});
+  kv_bytes_ = &BuildGauge()
+                   .Name("kvguard_kv_bytes")
+                   .Help("KV-cache bytes held by active sequences")
+                   .Register(r)
+                   .Add({});
+  retained_ = &BuildHistogram()
+                   .Name("kvguard_kv_retained_fraction")
+                   .Help("Retained / total KV entries per sequence step")
+                   .Register(r)
+                   .Add({}, Unit());
+  mode_steps_ = &BuildCounter()
+                     .Name("kvguard_mode_steps_total")
+                     .Help("Sequence steps spent in each guard mode")
+                     .Register(r);
+  transitions_ = &BuildCounter()
+                      .Name("kvguard_mode_transitions_total")
+                      .Help("Guard mode changes applied")
+                      .Register(r);
+  hazard_ = &BuildHistogram()
+                 .Name("kvguard_hazard")
+                 .Help("Hazard reported by the guard per sequence step")
+                 .Register(r)
+                 .Add({}, Unit());
+  guard_rtt_ = &BuildHistogram()
+                    .Name("kvguard_guard_round_trip_seconds")
+                    .Help("Send of a step batch to its directives")
+                    .Register(r)
+                    .Add({}, Latency());
+  fail_safe_ = &BuildCounter()
+                    .Name("kvguard_guard_fail_safe_total")
+                    .Help("Steps run under the fail-safe policy, by reason")
+                    .Register(r);
+  guard_connected_ = &BuildGauge()
+                          .Name("kvguard_guard_connected")
+                          .Help("1 while the guard stream is up")
+                          .Register(r)
+                          .Add({});
+  generations_ = &BuildCounter()
+                      .Name("kvguard_generations_total")
+                      .Help("Finished generations by compressor and guard")
+                      .Register(r);
+  catastrophes_ = &BuildCounter()
+                       .Name("kvguard_catastrophes_total")
+                       .Help("Catastrophic generations by kind and compressor")
+                       .Register(r);
+  kv_saved_ = &BuildCounter()
+                   .Name("kvguard_kv_bytes_saved_total")
+                   .Help("KV bytes saved at completion vs uncompressed")
+                   .Register(r)
+                   .Add({});
+  recovered_ = &BuildCounter()
+                    .Name("kvguard_recovered_positions_total")
+                    .Help("KV positions recomputed by RECOVERY")
+                    .Register(r)
+                    .Add({});
+  restarts_ = &BuildCounter()
+                   .Name("kvguard_guard_restarts_total")
+                   .Help("Guarded requests restarted at a lower ratio within the probe (admission)")
+                   .Register(r)
+                   .Add({});
   // Touch the labelled series the dashboards and alerts query, so they exist from the start.
   for (const char* m : {"normal", "alert", "safe", "recovery"}) mode_steps_->Add({{"mode", m}});
   for (const char* reason : {"deadline", "disconnected"}) fail_safe_->Add({{"reason", reason}});
-  for (const char* reason : {"queue_full", "invalid_argument", "draining"}) rejected_->Add({{"reason", reason}});
+  for (const char* reason : {"queue_full", "invalid_argument", "draining"})
+    rejected_->Add({{"reason", reason}});
 }
 
 bool ServerMetrics::Serve(const std::string& address) {
@@ -59,8 +152,12 @@ bool ServerMetrics::Serve(const std::string& address) {
   }
 }
 
-void ServerMetrics::RequestFinished(const std::string& status) { requests_->Add({{"status", status}}).Increment(); }
-void ServerMetrics::RequestRejected(const std::string& reason) { rejected_->Add({{"reason", reason}}).Increment(); }
+void ServerMetrics::RequestFinished(const std::string& status) {
+  requests_->Add({{"status", status}}).Increment();
+}
+void ServerMetrics::RequestRejected(const std::string& reason) {
+  rejected_->Add({{"reason", reason}}).Increment();
+}
 
 void ServerMetrics::Tokens(int64_t prompt, int64_t completion) {
   prompt_tokens_->Increment(static_cast<double>(prompt));
@@ -81,14 +178,17 @@ void ServerMetrics::ModeTransition(const std::string& from, const std::string& t
   transitions_->Add({{"from", from}, {"to", to}}).Increment();
 }
 
-void ServerMetrics::Generation(const std::string& compressor, bool guarded, bool loop, bool non_terminated,
-                               bool wrong_answer) {
+void ServerMetrics::Generation(const std::string& compressor, bool guarded, bool loop,
+                               bool non_terminated, bool wrong_answer) {
   const std::string c = compressor.empty() ? "none" : compressor;
   const std::string g = guarded ? "true" : "false";
   generations_->Add({{"compressor", c}, {"guarded", g}}).Increment();
   if (loop) catastrophes_->Add({{"kind", "loop"}, {"compressor", c}, {"guarded", g}}).Increment();
-  if (non_terminated) catastrophes_->Add({{"kind", "non_termination"}, {"compressor", c}, {"guarded", g}}).Increment();
-  if (wrong_answer) catastrophes_->Add({{"kind", "wrong_answer"}, {"compressor", c}, {"guarded", g}}).Increment();
+  if (non_terminated)
+    catastrophes_->Add({{"kind", "non_termination"}, {"compressor", c}, {"guarded", g}})
+        .Increment();
+  if (wrong_answer)
+    catastrophes_->Add({{"kind", "wrong_answer"}, {"compressor", c}, {"guarded", g}}).Increment();
 }
 
 }  // namespace kvguard::server

@@ -45,6 +45,7 @@ class ServerMetrics {
                   bool wrong_answer);
   void KvBytesSaved(int64_t bytes) { kv_saved_->Increment(static_cast<double>(bytes)); }
   void Recovered(int64_t positions) { recovered_->Increment(static_cast<double>(positions)); }
+  void Restarted() { restarts_->Increment(); }
 
  private:
   std::shared_ptr<prometheus::Registry> registry_;
@@ -72,6 +73,7 @@ class ServerMetrics {
   prometheus::Family<prometheus::Counter>* catastrophes_;
   prometheus::Counter* kv_saved_;
   prometheus::Counter* recovered_;
+  prometheus::Counter* restarts_;
 };
 
 }  // namespace kvguard::server

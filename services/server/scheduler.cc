@@ -8,6 +8,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
 #include "guard_sidecar/catastrophe.h"
 #include "services/engine/llama_model.h"
 #include "services/engine/sequence.h"
@@ -22,19 +23,27 @@ double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).coun
 
 std::string ModeName(v1::Mode mode) {
   switch (mode) {
-    case v1::MODE_ALERT: return "alert";
-    case v1::MODE_SAFE: return "safe";
-    case v1::MODE_RECOVERY: return "recovery";
-    default: return "normal";
+    case v1::MODE_ALERT:
+      return "alert";
+    case v1::MODE_SAFE:
+      return "safe";
+    case v1::MODE_RECOVERY:
+      return "recovery";
+    default:
+      return "normal";
   }
 }
 
 v1::FinishReason ToProto(engine::FinishReason r) {
   switch (r) {
-    case engine::FinishReason::kLength: return v1::FINISH_REASON_LENGTH;
-    case engine::FinishReason::kEos: return v1::FINISH_REASON_EOS;
-    case engine::FinishReason::kStop: return v1::FINISH_REASON_STOP;
-    case engine::FinishReason::kCancelled: return v1::FINISH_REASON_CANCELLED;
+    case engine::FinishReason::kLength:
+      return v1::FINISH_REASON_LENGTH;
+    case engine::FinishReason::kEos:
+      return v1::FINISH_REASON_EOS;
+    case engine::FinishReason::kStop:
+      return v1::FINISH_REASON_STOP;
+    case engine::FinishReason::kCancelled:
+      return v1::FINISH_REASON_CANCELLED;
   }
   return v1::FINISH_REASON_UNSPECIFIED;
 }
@@ -43,7 +52,13 @@ v1::FinishReason ToProto(engine::FinishReason r) {
 
 struct Scheduler::Active {
   Submission sub;
+  std::string session_id;  // the guard's key: the request id, "#restart" after a restart
   std::unique_ptr<engine::Sequence> seq;
+  // Chunks of the first guard_probe_tokens steps, not yet streamed: a restart
+  // discards them, the client never sees them.
+  std::vector<v1::GenerateResponse> held;
+  bool holding = false;
+  int restarts = 0;
   uint64_t cache_id = 0;
   uint64_t cache_version = 0;
   v1::Mode mode = v1::MODE_NORMAL;
@@ -108,7 +123,8 @@ void Scheduler::Loop() {
       if (draining_ && Clock::now() >= drain_deadline_) {
         for (auto& a : active_) {
           a->seq->Cancel();
-          a->sub.sink->Finish(absl::UnavailableError("server shut down before the generation finished"));
+          a->sub.sink->Finish(
+              absl::UnavailableError("server shut down before the generation finished"));
           a->done = true;
         }
         active_.clear();
@@ -124,35 +140,79 @@ void Scheduler::Admit() {
   std::vector<Submission> admitted;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    while (!queue_.empty() && static_cast<int>(active_.size() + admitted.size()) < options_.max_concurrent) {
+    while (!queue_.empty() &&
+           static_cast<int>(active_.size() + admitted.size()) < options_.max_concurrent) {
       admitted.push_back(std::move(queue_.front()));
       queue_.pop_front();
     }
     stats_.queued = static_cast<int64_t>(queue_.size());
   }
   for (Submission& s : admitted) {
-    engine::SequenceOptions so{.report_top_logprobs = s.guarded ? options_.report_top_logprobs : 0,
-                               .gather_attention = s.guarded};
-    auto seq = engine::Sequence::Create(model_, tokenizer_, s.request, so);
-    if (!seq.ok()) {
-      s.sink->Finish(seq.status());
+    auto a = std::make_unique<Active>();
+    a->sub = std::move(s);
+    a->session_id = a->sub.request_id;
+    a->holding = a->sub.guarded && options_.guard_probe_tokens > 0;
+    if (absl::Status st = StartSequence(*a); !st.ok()) {
+      a->sub.sink->Finish(st);
       continue;
     }
-    auto a = std::make_unique<Active>();
-    a->cache_id = ++next_cache_id_;
-    a->seq = std::move(*seq);
     a->admitted = a->last_token = Clock::now();
-    if (s.guarded) {
-      v1::SessionStart* start = pending_.add_starts();
-      start->set_session_id(s.request_id);
-      start->set_compressor(s.request.compression.compressor);
-      start->set_requested_ratio(s.request.compression.ratio);
-      start->set_prompt_tokens(static_cast<uint32_t>(s.request.prompt_ids.size()));
-      start->set_max_new_tokens(static_cast<uint32_t>(s.request.max_new_tokens));
-    }
-    a->sub = std::move(s);
     active_.push_back(std::move(a));
   }
+}
+
+absl::Status Scheduler::StartSequence(Active& a) {
+  const engine::GenerateRequest& request = a.sub.request;
+  engine::SequenceOptions so{
+      .report_top_logprobs = a.sub.guarded ? options_.report_top_logprobs : 0,
+      .gather_attention = a.sub.guarded};
+  KVG_ASSIGN_OR_RETURN(a.seq, engine::Sequence::Create(model_, tokenizer_, request, so));
+  a.cache_id = ++next_cache_id_;
+  a.cache_version = 0;
+  if (a.sub.guarded) {
+    v1::SessionStart* start = pending_.add_starts();
+    start->set_session_id(a.session_id);
+    start->set_compressor(request.compression.compressor);
+    start->set_requested_ratio(request.compression.ratio);
+    start->set_prompt_tokens(static_cast<uint32_t>(request.prompt_ids.size()));
+    start->set_max_new_tokens(static_cast<uint32_t>(request.max_new_tokens));
+    start->set_holdback_tokens(a.holding ? static_cast<uint32_t>(options_.guard_probe_tokens) : 0);
+  }
+  return absl::OkStatus();
+}
+
+// Admission: the guard saw a high hazard while every token was still held
+// back. End the guard session, drop the held tokens and the KV, and prefill
+// the prompt again at the lower ratio as a new session; the client's stream
+// starts with the new sequence's tokens.
+void Scheduler::Restart(Active& a, double ratio) {
+  v1::SessionEnd* end = pending_.add_ends();
+  end->set_session_id(a.session_id);
+  end->set_finish_reason(v1::FINISH_REASON_UNSPECIFIED);
+  a.held.clear();
+  a.sub.request.compression.ratio = ratio;
+  a.session_id = a.sub.request_id + "#restart";
+  a.holding = false;  // at most one restart: stream from now on
+  a.mode = v1::MODE_NORMAL;
+  ++a.restarts;
+  ++a.mode_steps["restart"];
+  if (absl::Status st = StartSequence(a); !st.ok()) Complete(a, st);
+  if (metrics_) metrics_->Restarted();
+}
+
+void Scheduler::Emit(Active& a, v1::GenerateResponse msg, int64_t step) {
+  if (a.holding && step < options_.guard_probe_tokens) {
+    a.held.push_back(std::move(msg));
+    return;
+  }
+  Flush(a);
+  a.sub.sink->Send(std::move(msg));
+}
+
+void Scheduler::Flush(Active& a) {
+  for (v1::GenerateResponse& m : a.held) a.sub.sink->Send(std::move(m));
+  a.held.clear();
+  a.holding = false;
 }
 
 bool Scheduler::RunStep() {
@@ -192,10 +252,15 @@ bool Scheduler::RunStep() {
     }
     const auto now = Clock::now();
     if (metrics_) {
-      if (r->step == 0) metrics_->TimeToFirstToken(Seconds(now - a.admitted));
-      else metrics_->InterTokenLatency(Seconds(now - a.last_token));
-      metrics_->RetainedFraction(r->kv.total_tokens ? double(r->kv.retained_slots) /
-          double(r->kv.total_tokens * model_.config().num_layers * model_.config().num_kv_heads) : 1.0);
+      if (r->step == 0)
+        metrics_->TimeToFirstToken(Seconds(now - a.admitted));
+      else
+        metrics_->InterTokenLatency(Seconds(now - a.last_token));
+      metrics_->RetainedFraction(r->kv.total_tokens
+                                     ? double(r->kv.retained_slots) /
+                                           double(r->kv.total_tokens * model_.config().num_layers *
+                                                  model_.config().num_kv_heads)
+                                     : 1.0);
       metrics_->Mode(ModeName(a.mode));
       if (a.sub.guarded) metrics_->Hazard(a.hazard);
     }
@@ -223,12 +288,16 @@ bool Scheduler::RunStep() {
     state->set_hazard(a.hazard);
     state->set_ratio(r->ratio);
     state->set_kv_bytes(r->kv.bytes);
-    state->set_retained_tokens(r->kv.retained_slots /
-                               std::max<int64_t>(1, model_.config().num_layers * model_.config().num_kv_heads));
-    a.sub.sink->Send(std::move(msg));
-    if (a.sub.guarded) *reports.add_reports() = Report(a, *r, options_.research_logits ? row : nullptr);
-    if (r->finished) Complete(a, absl::OkStatus());
-    else stepped.push_back(&a);
+    state->set_retained_tokens(
+        r->kv.retained_slots /
+        std::max<int64_t>(1, model_.config().num_layers * model_.config().num_kv_heads));
+    Emit(a, std::move(msg), r->step);
+    if (a.sub.guarded)
+      *reports.add_reports() = Report(a, *r, options_.research_logits ? row : nullptr);
+    if (r->finished)
+      Complete(a, absl::OkStatus());
+    else
+      stepped.push_back(&a);
   }
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -240,16 +309,22 @@ bool Scheduler::RunStep() {
   for (auto& r : *reports.mutable_reports()) *pending_.add_reports() = std::move(r);
   const GuardOutcome guard = ExchangeGuard(stepped);
   if (options_.on_step) {
-    options_.on_step({.batch = static_cast<int64_t>(items.size()), .compute_s = Seconds(t1 - t0),
-                      .guard_s = Seconds(Clock::now() - t1), .guard_missed = guard == GuardOutcome::kMissed});
+    options_.on_step({.batch = static_cast<int64_t>(items.size()),
+                      .compute_s = Seconds(t1 - t0),
+                      .guard_s = Seconds(Clock::now() - t1),
+                      .guard_missed = guard == GuardOutcome::kMissed});
   }
   return true;
 }
 
-v1::StepReport Scheduler::Report(const Active& a, const engine::StepResult& r, const float* logits) const {
+v1::StepReport Scheduler::Report(const Active& a, const engine::StepResult& r,
+                                 const float* logits) const {
   return MakeStepReport(r, model_.config(), tokenizer_,
-                        {.session_id = a.sub.request_id, .cache_id = a.cache_id, .cache_version = a.cache_version,
-                         .mode = a.mode, .logits = logits});
+                        {.session_id = a.session_id,
+                         .cache_id = a.cache_id,
+                         .cache_version = a.cache_version,
+                         .mode = a.mode,
+                         .logits = logits});
 }
 
 Scheduler::GuardOutcome Scheduler::ExchangeGuard(std::vector<Active*>& stepped) {
@@ -274,7 +349,7 @@ Scheduler::GuardOutcome Scheduler::ExchangeGuard(std::vector<Active*>& stepped) 
   }
   if (metrics_ && options_.guard_lag == 0) metrics_->GuardRoundTrip(Seconds(Clock::now() - t0));
   std::map<std::string, Active*> by_id;
-  for (Active* a : stepped) by_id[a->sub.request_id] = a;
+  for (Active* a : stepped) by_id[a->session_id] = a;
   for (const v1::Directive& d : reply->directives()) {
     auto it = by_id.find(d.session_id());
     if (it != by_id.end()) ApplyDirective(*it->second, d);
@@ -283,13 +358,18 @@ Scheduler::GuardOutcome Scheduler::ExchangeGuard(std::vector<Active*>& stepped) 
 }
 
 void Scheduler::ApplyDirective(Active& a, const v1::Directive& d) {
+  if (d.has_restart_ratio() && a.holding && d.restart_ratio() >= 0 && d.restart_ratio() < 1) {
+    Restart(a, d.restart_ratio());
+    return;
+  }
   if (d.mode() != a.mode && d.mode() != v1::MODE_UNSPECIFIED) {
     if (metrics_) metrics_->ModeTransition(ModeName(a.mode), ModeName(d.mode()));
     a.mode = d.mode();
   }
   a.hazard = d.hazard();
   if (d.target_ratio() >= 0 && d.target_ratio() < 1) (void)a.seq->SetRatio(d.target_ratio());
-  a.seq->SetProtected(std::set<int32_t>(d.protect_positions().begin(), d.protect_positions().end()));
+  a.seq->SetProtected(
+      std::set<int32_t>(d.protect_positions().begin(), d.protect_positions().end()));
   a.seq->SetEvictionPaused(a.mode == v1::MODE_SAFE || a.mode == v1::MODE_RECOVERY);
   if (d.recompute_positions_size() > 0) {
     std::vector<int32_t> positions(d.recompute_positions().begin(), d.recompute_positions().end());
@@ -323,10 +403,11 @@ void Scheduler::Complete(Active& a, const absl::Status& status) {
   engine::GenerateResult result = a.seq->Result();
   if (a.sub.guarded) {
     v1::SessionEnd* end = pending_.add_ends();
-    end->set_session_id(a.sub.request_id);
+    end->set_session_id(a.session_id);
     end->set_finish_reason(ToProto(result.finish_reason));
   }
   if (!status.ok()) {
+    a.held.clear();
     if (metrics_) metrics_->RequestFinished(absl::StatusCodeToString(status.code()));
     a.sub.sink->Finish(status);
     a.seq.reset();
@@ -336,8 +417,8 @@ void Scheduler::Complete(Active& a, const absl::Status& status) {
   int64_t g;
   if (!a.sub.gold_answer.empty() && absl::SimpleAtoi(a.sub.gold_answer, &g)) gold = g;
   const auto outcome = guard::Classify(result.output_ids, result.text,
-                                          result.finish_reason == engine::FinishReason::kLength,
-                                          result.finish_reason == engine::FinishReason::kEos, gold);
+                                       result.finish_reason == engine::FinishReason::kLength,
+                                       result.finish_reason == engine::FinishReason::kEos, gold);
   const int64_t uncompressed = a.seq->cache().UncompressedBytes();
   v1::GenerateResponse msg;
   msg.set_request_id(a.sub.request_id);
@@ -360,9 +441,11 @@ void Scheduler::Complete(Active& a, const absl::Status& status) {
   for (const auto& [mode, steps] : a.mode_steps) (*done->mutable_mode_steps())[mode] = steps;
   done->set_fail_safe_events(a.fail_safe_events);
   // Metrics first: a client that sees its stream end must see them counted.
+  Flush(a);  // a generation that ended within the hold-back
   if (metrics_) {
     metrics_->RequestFinished("OK");
-    metrics_->Tokens(static_cast<int64_t>(result.prompt_ids.size()), static_cast<int64_t>(result.output_ids.size()));
+    metrics_->Tokens(static_cast<int64_t>(result.prompt_ids.size()),
+                     static_cast<int64_t>(result.output_ids.size()));
     metrics_->RequestDuration(Seconds(Clock::now() - a.admitted));
     metrics_->Generation(a.sub.request.compression.compressor, a.sub.guarded, outcome.looped,
                          outcome.non_terminated, outcome.wrong_answer);

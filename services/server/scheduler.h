@@ -58,9 +58,9 @@ enum class FailSafePolicy { kHold, kSafe };
 
 // Timing of one decode step, for benchmarks (SchedulerOptions::on_step).
 struct StepTiming {
-  int64_t batch = 0;        // sequences stepped
-  double compute_s = 0;     // forward + sampling + compression + streaming
-  double guard_s = 0;       // send + wait for directives (0 when unguarded)
+  int64_t batch = 0;     // sequences stepped
+  double compute_s = 0;  // forward + sampling + compression + streaming
+  double guard_s = 0;    // send + wait for directives (0 when unguarded)
   bool guard_missed = false;
 };
 
@@ -73,6 +73,9 @@ struct SchedulerOptions {
   double r_safe = 0.0;  // ratio under the SAFE fail-safe
   int report_top_logprobs = 20;
   bool research_logits = false;  // stream full logits to the guard
+  // Guarded requests: the first N tokens are held back from the client so the
+  // guard can restart the request at a lower ratio (admission); 0 = stream at once.
+  int guard_probe_tokens = 0;
   std::function<void(const StepTiming&)> on_step;  // called on the loop thread
 };
 
@@ -110,6 +113,10 @@ class Scheduler {
   enum class GuardOutcome { kNone, kAnswered, kMissed };
   GuardOutcome ExchangeGuard(std::vector<Active*>& stepped);
   void ApplyDirective(Active& a, const v1::Directive& d);
+  absl::Status StartSequence(Active& a);
+  void Restart(Active& a, double ratio);
+  void Emit(Active& a, v1::GenerateResponse msg, int64_t step);
+  void Flush(Active& a);
   void ApplyFailSafe(std::vector<Active*>& stepped, const char* reason);
   void Complete(Active& a, const absl::Status& status);
   v1::StepReport Report(const Active& a, const engine::StepResult& r, const float* logits) const;

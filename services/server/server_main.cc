@@ -4,21 +4,22 @@
 //       --listen 127.0.0.1:50051 [--guard 127.0.0.1:50052] [--metrics_listen 127.0.0.1:9091]
 //
 // flags -> load model -> RunServer -> wait for SIGTERM/SIGINT -> drain.
+#include <ATen/Parallel.h>
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <semaphore.h>
 
 #include <csignal>
 #include <cstdio>
 #include <iostream>
-#include <semaphore.h>
 
-#include "common/blas.h"
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
-#include "absl/flags/usage_config.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
 #include "absl/strings/str_cat.h"
+#include "common/blas.h"
 #include "services/engine/checkpoint.h"
 #include "services/engine/llama_model.h"
 #include "services/engine/tokenizer.h"
@@ -26,7 +27,6 @@
 #include "services/server/grpc_guard_link.h"
 #include "services/server/metrics.h"
 #include "services/server/scheduler.h"
-#include <ATen/Parallel.h>
 
 ABSL_FLAG(std::string, model, "", "checkpoint directory or llama2.c .bin file (required)");
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051", "gRPC listen address (port 0 picks a free one)");
@@ -35,16 +35,22 @@ ABSL_FLAG(int, guard_deadline_ms, 50, "how long a decode step waits for the guar
 ABSL_FLAG(int, guard_lag, 0, "0 = apply step t's directive before step t+1; 1 = one step later");
 ABSL_FLAG(std::string, fail_safe, "safe", "on a missed guard deadline or lost stream: hold | safe");
 ABSL_FLAG(double, r_safe, 0.0, "compression ratio in SAFE mode under the fail-safe policy");
-ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9091", "Prometheus /metrics address; empty = off");
+ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9091",
+          "Prometheus /metrics address; empty = off");
 ABSL_FLAG(int, max_concurrent, 16, "sequences decoded together");
 ABSL_FLAG(int, max_queue, 64, "requests waiting beyond that; more get RESOURCE_EXHAUSTED");
 ABSL_FLAG(std::string, default_compressor, "", "compressor for requests that name none");
 ABSL_FLAG(double, default_ratio, 0.0, "ratio for requests that give none");
 ABSL_FLAG(std::string, device, "cpu", "cpu | cuda | cuda:N");
-ABSL_FLAG(std::string, dtype, "auto", "auto (the checkpoint's own: bf16 stays bf16) | f32 | bf16 | f16");
+ABSL_FLAG(std::string, dtype, "auto",
+          "auto (the checkpoint's own: bf16 stays bf16) | f32 | bf16 | f16");
 ABSL_FLAG(int, threads, 0, "CPU intra-op threads (0 = libtorch default)");
 ABSL_FLAG(int, drain_grace_ms, 10000, "on SIGTERM: time in-flight streams get to finish");
 ABSL_FLAG(bool, research_logits, false, "stream full logits to the guard (research mode)");
+ABSL_FLAG(
+    int, guard_probe_tokens, 16,
+    "guarded requests: hold the first N tokens back so the guard can restart a request at a lower "
+    "ratio when prefill compression damaged it (admission); 0 = stream at once");
 
 namespace {
 
@@ -68,7 +74,8 @@ int main(int argc, char** argv) {
   if (model_path.empty()) return Fail("--model is required");
   const std::string fail_safe = absl::GetFlag(FLAGS_fail_safe);
   if (fail_safe != "hold" && fail_safe != "safe") return Fail("--fail_safe must be hold or safe");
-  if (absl::GetFlag(FLAGS_guard_lag) != 0 && absl::GetFlag(FLAGS_guard_lag) != 1) return Fail("--guard_lag must be 0 or 1");
+  if (absl::GetFlag(FLAGS_guard_lag) != 0 && absl::GetFlag(FLAGS_guard_lag) != 1)
+    return Fail("--guard_lag must be 0 or 1");
   if (absl::GetFlag(FLAGS_threads) > 0) {
     at::set_num_threads(absl::GetFlag(FLAGS_threads));
     SetBlasThreads(absl::GetFlag(FLAGS_threads));
@@ -77,7 +84,8 @@ int main(int argc, char** argv) {
   // The metrics endpoint starts first: a bad address fails before the model loads.
   server::ServerMetrics metrics;
   const std::string metrics_addr = absl::GetFlag(FLAGS_metrics_listen);
-  if (!metrics_addr.empty() && !metrics.Serve(metrics_addr)) return Fail("cannot serve metrics on " + metrics_addr);
+  if (!metrics_addr.empty() && !metrics.Serve(metrics_addr))
+    return Fail("cannot serve metrics on " + metrics_addr);
   auto ckpt = engine::OpenCheckpoint(model_path);
   if (!ckpt.ok()) return Fail(std::string(ckpt.status().message()));
   std::unique_ptr<engine::Tokenizer> tokenizer;
@@ -86,8 +94,8 @@ int main(int argc, char** argv) {
     if (!t.ok()) return Fail(std::string(t.status().message()));
     tokenizer = std::move(*t);
   }
-  auto model = engine::LlamaModel::Load(std::move(*ckpt),
-                                        {.device = absl::GetFlag(FLAGS_device), .dtype = absl::GetFlag(FLAGS_dtype)});
+  auto model = engine::LlamaModel::Load(std::move(*ckpt), {.device = absl::GetFlag(FLAGS_device),
+                                                           .dtype = absl::GetFlag(FLAGS_dtype)});
   if (!model.ok()) return Fail(std::string(model.status().message()));
   std::string blas_text;
   if ((*model)->device().is_cpu()) {
@@ -97,23 +105,27 @@ int main(int argc, char** argv) {
   }
 
   std::unique_ptr<server::GrpcGuardLink> guard;
-  if (!absl::GetFlag(FLAGS_guard).empty()) guard = std::make_unique<server::GrpcGuardLink>(absl::GetFlag(FLAGS_guard));
+  if (!absl::GetFlag(FLAGS_guard).empty())
+    guard = std::make_unique<server::GrpcGuardLink>(absl::GetFlag(FLAGS_guard));
 
   server::SchedulerOptions so;
   so.max_concurrent = absl::GetFlag(FLAGS_max_concurrent);
   so.max_queue = absl::GetFlag(FLAGS_max_queue);
   so.guard_deadline = std::chrono::milliseconds(absl::GetFlag(FLAGS_guard_deadline_ms));
   so.guard_lag = absl::GetFlag(FLAGS_guard_lag);
-  so.fail_safe = fail_safe == "hold" ? server::FailSafePolicy::kHold : server::FailSafePolicy::kSafe;
+  so.fail_safe =
+      fail_safe == "hold" ? server::FailSafePolicy::kHold : server::FailSafePolicy::kSafe;
   so.r_safe = absl::GetFlag(FLAGS_r_safe);
   so.research_logits = absl::GetFlag(FLAGS_research_logits);
+  so.guard_probe_tokens = std::max(0, absl::GetFlag(FLAGS_guard_probe_tokens));
   server::Scheduler scheduler(**model, tokenizer.get(), so, guard.get(), &metrics);
 
   server::ServerDefaults defaults{.compressor = absl::GetFlag(FLAGS_default_compressor),
                                   .ratio = absl::GetFlag(FLAGS_default_ratio),
                                   .guard_available = guard != nullptr};
   server::GenerationServiceImpl service(scheduler, (*model)->config(), tokenizer.get(), defaults,
-                                        {.model_path = model_path, .device = absl::GetFlag(FLAGS_device),
+                                        {.model_path = model_path,
+                                         .device = absl::GetFlag(FLAGS_device),
                                          .dtype = engine::DtypeName((*model)->dtype()),
                                          .blas = blas_text},
                                         &metrics);
@@ -126,12 +138,13 @@ int main(int argc, char** argv) {
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (!server || port == 0) return Fail("cannot listen on " + absl::GetFlag(FLAGS_listen));
   server->GetHealthCheckService()->SetServingStatus(true);
-  const std::string host = absl::GetFlag(FLAGS_listen).substr(0, absl::GetFlag(FLAGS_listen).rfind(':'));
+  const std::string host =
+      absl::GetFlag(FLAGS_listen).substr(0, absl::GetFlag(FLAGS_listen).rfind(':'));
   std::cout << "kvguard-server listening on " << host << ":" << port << " (metrics "
             << (metrics_addr.empty() ? "off" : metrics_addr) << ", guard "
-            << (guard ? absl::GetFlag(FLAGS_guard) : "none") << ", " << (*model)->device().str() << " "
-            << engine::DtypeName((*model)->dtype()) << (blas_text.empty() ? "" : ", BLAS " + blas_text) << ")"
-            << std::endl;
+            << (guard ? absl::GetFlag(FLAGS_guard) : "none") << ", " << (*model)->device().str()
+            << " " << engine::DtypeName((*model)->dtype())
+            << (blas_text.empty() ? "" : ", BLAS " + blas_text) << ")" << std::endl;
 
   sem_init(&g_shutdown, 0, 0);
   std::signal(SIGTERM, OnSignal);

@@ -198,7 +198,10 @@ TEST(ControllerTest, PinnedRecoveriesStayProtectedAfterReturningToNormal) {
   ModeController c(config);
   const std::vector<int32_t> evicted = {3, 5, 7, 9};
   const std::vector<float> attention = {0.1f, 0.7f, 0.3f, 0.5f};
-  c.Step({.hazard = 0.0f, .position = 10, .requested_ratio = 0.8, .evicted_positions = evicted,
+  c.Step({.hazard = 0.0f,
+          .position = 10,
+          .requested_ratio = 0.8,
+          .evicted_positions = evicted,
           .evicted_attention = attention});
   RunModes(c, Concat({Repeat(0.5f, 3), Repeat(0.8f, 3), Repeat(0.95f, 2)}));
   int32_t position = 30;
@@ -212,7 +215,10 @@ TEST(ControllerTest, PinnedRecoveriesStayProtectedAfterReturningToNormal) {
   EXPECT_EQ(d.protect_positions, (std::vector<int32_t>{5, 9}));
   // Without pin, NORMAL protects nothing.
   ModeController plain(SmallConfig());
-  plain.Step({.hazard = 0.0f, .position = 10, .requested_ratio = 0.8, .evicted_positions = evicted,
+  plain.Step({.hazard = 0.0f,
+              .position = 10,
+              .requested_ratio = 0.8,
+              .evicted_positions = evicted,
               .evicted_attention = attention});
   RunModes(plain, Concat({Repeat(0.5f, 3), Repeat(0.8f, 3), Repeat(0.95f, 2)}));
   for (int i = 0; i < 200 && plain.mode() != MODE_NORMAL; ++i) {
@@ -272,6 +278,44 @@ TEST(ControllerConfigTest, ShippedConfigLoads) {
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_TRUE(c->Validate().ok());
   EXPECT_FALSE(ControllerConfig::Load("/nonexistent/controller.json").ok());
+}
+
+// Admission: a hazard at or above the threshold within the probe and the
+// server's hold-back restarts the session, once; never past the probe, below
+// the rule's requested ratio, or when the server holds nothing back.
+TEST(ControllerTest, AdmissionRestartsOnceWithinTheProbe) {
+  auto config = ControllerConfig::FromJson(nlohmann::json::parse(R"({"admission": {"snapkv":
+      {"probe_tokens": 4, "threshold": 0.6, "min_requested_ratio": 0.8, "restart_ratio": 0.5}}})"));
+  ASSERT_TRUE(config.ok()) << config.status();
+  const AdmissionRule* rule = config->AdmissionFor("snapkv");
+  ASSERT_NE(rule, nullptr);
+  EXPECT_EQ(config->AdmissionFor("tova"), nullptr);
+  auto run = [&](std::vector<float> hazards, double requested, int64_t holdback) {
+    ModeController c(*config);
+    std::vector<int> restarts;
+    for (size_t i = 0; i < hazards.size(); ++i) {
+      Decision d = c.Step({.hazard = hazards[i],
+                           .requested_ratio = requested,
+                           .holdback_tokens = holdback,
+                           .admission = rule});
+      if (d.restart_ratio) {
+        EXPECT_EQ(*d.restart_ratio, 0.5);
+        restarts.push_back(static_cast<int>(i));
+      }
+    }
+    return restarts;
+  };
+  EXPECT_EQ(run({0.1f, 0.7f, 0.9f, 0.9f}, 0.875, 16), std::vector<int>({1}));  // once
+  EXPECT_TRUE(run({0.1f, 0.1f, 0.1f, 0.1f, 0.9f}, 0.875, 16).empty());         // past the probe
+  EXPECT_TRUE(run({0.9f}, 0.75, 16).empty());              // requested ratio too low
+  EXPECT_TRUE(run({0.9f}, 0.875, 0).empty());              // nothing held back
+  EXPECT_TRUE(run({0.1f, 0.1f, 0.9f}, 0.875, 2).empty());  // past the hold-back
+  // The rule survives a JSON round trip; a restart ratio at or above the rule's floor is refused.
+  EXPECT_EQ(ControllerConfig::FromJson(config->ToJson())->admission.at("snapkv").threshold, 0.6);
+  auto bad = ControllerConfig::FromJson(nlohmann::json::parse(
+      R"({"admission": {"*": {"min_requested_ratio": 0.5, "restart_ratio": 0.5}}})"));
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("admission.*"), std::string::npos) << bad.status();
 }
 
 }  // namespace
