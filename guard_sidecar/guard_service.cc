@@ -152,7 +152,7 @@ void StreamSessions::Decide(Session& s, const v1::StepReport& report, float haza
   out.mutable_recompute_positions()->Add(d.recompute_positions.begin(),
                                          d.recompute_positions.end());
   out.set_hazard(hazard);
-  if (d.restart_ratio) out.set_restart_ratio(*d.restart_ratio);
+  if (d.restart_ratio) out.mutable_restart_ratio()->set_value(*d.restart_ratio);
   if (GuardMetrics* m = engine_.metrics()) {
     m->Hazard(hazard);
     m->ModeStep(d.mode);

@@ -358,8 +358,9 @@ Scheduler::GuardOutcome Scheduler::ExchangeGuard(std::vector<Active*>& stepped) 
 }
 
 void Scheduler::ApplyDirective(Active& a, const v1::Directive& d) {
-  if (d.has_restart_ratio() && a.holding && d.restart_ratio() >= 0 && d.restart_ratio() < 1) {
-    Restart(a, d.restart_ratio());
+  if (d.has_restart_ratio() && a.holding && d.restart_ratio().value() >= 0 &&
+      d.restart_ratio().value() < 1) {
+    Restart(a, d.restart_ratio().value());
     return;
   }
   if (d.mode() != a.mode && d.mode() != v1::MODE_UNSPECIFIED) {
