@@ -27,20 +27,20 @@ BlasInfo DescribeBlas() {
   if (sgemm == nullptr || dladdr(sgemm, &dl) == 0 || dl.dli_fname == nullptr) return info;
   char resolved[PATH_MAX];
   info.path = realpath(dl.dli_fname, resolved) != nullptr ? resolved : dl.dli_fname;
+  // The library that provides sgemm_ decides; other BLAS libraries may be loaded too (Debian's
+  // liblapack.so.3 alternative can pull OpenBLAS in beside the reference libblas.so.3).
   using VersionFn = const char* (*)();
-  if (auto* v = reinterpret_cast<VersionFn>(dlsym(RTLD_DEFAULT, "bli_info_get_version_str"))) {
-    info.name = "BLIS";
-    info.detail = v();
+  if (info.path.find("openblas") != std::string::npos) {
+    info.name = "OpenBLAS";
+    if (auto* c = reinterpret_cast<VersionFn>(dlsym(RTLD_DEFAULT, "openblas_get_config")))
+      info.detail = c();
   } else if (info.path.find("blis") != std::string::npos) {
     info.name = "BLIS";  // Debian's BLIS libblas.so.3 exports no bli_* symbols
     if (const char* n = getenv("BLIS_NUM_THREADS")) info.detail = std::string("threads ") + n;
-  } else if (auto* c = reinterpret_cast<VersionFn>(dlsym(RTLD_DEFAULT, "openblas_get_config"))) {
-    info.name = "OpenBLAS";
-    info.detail = c();
-  } else if (dlsym(RTLD_DEFAULT, "mkl_get_max_threads") != nullptr) {
-    info.name = "MKL";
   } else if (info.path.find("/blas/") != std::string::npos) {
     info.name = "reference";  // Debian's libblas3 (netlib)
+  } else if (dlsym(RTLD_DEFAULT, "mkl_get_max_threads") != nullptr) {
+    info.name = "MKL";
   }
   return info;
 }
