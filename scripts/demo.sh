@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The main job on the bundled default model: install, build, then run the
-# guarded service on loopback and stream a few held-out word problems
-# through it, uncompressed, compressed, and compressed with the guard.
+# guarded service on loopback and send held-out word problems through it,
+# each with static compression and guarded at the same ratio.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install_deps.sh
 scripts/build.sh
-MODEL="${KVG_MODEL:-models/arith-lm}"
+MODEL="${KVG_MODEL:-models/arith-fewshot}"
 BIN=build/bin
 LOG=$(mktemp -d)
 cleanup() { kill "${SERVER_PID:-}" "${GUARD_PID:-}" 2>/dev/null || true; wait 2>/dev/null || true; }
@@ -26,23 +26,8 @@ for _ in $(seq 300); do grep -q "listening on" "$LOG/server.log" && break; sleep
 SERVER_ADDR=$(grep -o 'listening on [0-9.]*:[0-9]*' "$LOG/server.log" | head -1 | awk '{print $3}')
 echo "== kvguard-server on $SERVER_ADDR (model $MODEL), kvguard-guard on $GUARD_ADDR =="
 
-# Held-out problems of the model's own task (the options in its training.json).
-mapfile -t OPTS < <(python3 scripts/problem_opts.py "$MODEL")
-"$BIN/kvguard" problems --split test --count 3 --json "${OPTS[@]}" | while read -r line; do
-  # $(...) strips trailing newlines; the prompt ends with "Solution:\n", which the model expects.
-  PROMPT="$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["prompt"])' "$line")"$'\n'
-  ANSWER=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["answer"])' "$line")
-  echo
-  echo "---- problem (gold answer $ANSWER) ----"
-  echo "$PROMPT"
-  for MODE in "none:0:false" "streaming_llm:0.8:false" "streaming_llm:0.8:true"; do
-    IFS=: read -r C R G <<<"$MODE"
-    echo "-- compressor=$C ratio=$R guard=$G"
-    if [ "$C" = none ]; then
-      "$BIN/kvguard-client" --server "$SERVER_ADDR" --prompt "$PROMPT" --max_new_tokens 160 --guard "$G"
-    else
-      "$BIN/kvguard-client" --server "$SERVER_ADDR" --prompt "$PROMPT" --max_new_tokens 160 \
-        --compressor "$C" --ratio "$R" --guard "$G"
-    fi
-  done
-done
+# Held-out problems of the model's own task (the options in its training.json), each once with
+# static compression and once guarded at the same ratio: the problems where static compression
+# fails and the guard changes the outcome, with the guard's mode timeline, then a small table.
+python3 scripts/demo_guard.py --bin "$BIN" --server "$SERVER_ADDR" --model "$MODEL" \
+  --compressor "${KVG_DEMO_COMPRESSOR:-streaming_llm}" --ratio "${KVG_DEMO_RATIO:-0.875}" --count "${KVG_DEMO_COUNT:-24}"

@@ -46,8 +46,12 @@ def saved_share(run):
     return run["kv_bytes_saved"] / total if total else 0.0
 
 
-def timeline(run):
-    return " -> ".join(f"{t['mode'].upper()}@{t['step']}" for t in run.get("mode_timeline", [])) or "(no steps)"
+def timeline(run, args):
+    steps = " -> ".join(f"{t['mode'].upper()}@{t['step']}" for t in run.get("mode_timeline", [])) or "(no steps)"
+    if run.get("mode_steps", {}).get("restart"):
+        # The guard restarted the request within its probe: the client saw only the new run.
+        return f"probe at {args.ratio}: hazard high -> RESTART at a lower ratio -> {steps}"
+    return steps
 
 
 def main():
@@ -83,7 +87,7 @@ def main():
         print(f"story:    {story}\n          {question}")
         print(f"static:   {so:16s} saved {saved_share(s):.0%} of the KV | {s['text'][:110]!r}")
         print(f"guarded:  {go:16s} saved {saved_share(g):.0%} of the KV | {g['text'][:110]!r}")
-        print(f"          guard modes: {timeline(g)}")
+        print(f"          guard modes: {timeline(g, args)}")
     if shown == 0:
         print("\n(in this sample the guard changed no failing outcome)")
 

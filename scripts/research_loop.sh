@@ -25,16 +25,17 @@ echo "== sweep: $PROMPTS held-out prompts x (none + compressors x ratios) =="
   --compressor-opt snapkv:window_size=16 --max-new-tokens 256 --batch 16 --threads "$THREADS" "${OPTS[@]}" "$@"
 echo "== train-predictor =="
 "$BIN/kvguard" train-predictor --traces "$TRACES" --out "$OUT/predictor" --horizon 32 --rounds 300
-echo "== evaluate (offline + live), FPR <= 5% in every configuration =="
-"$BIN/kvguard" evaluate --model "$MODEL" --traces "$TRACES" --predictor "$OUT/predictor" \
-  --out "$OUT/evaluation" --config guard_sidecar/config/controller_research.json --live --concurrency 8 --max-new-tokens 256
-echo "== evaluate again with the FPR bound pooled over configurations (the prototype's reading) =="
-"$BIN/kvguard" evaluate --model "$MODEL" --traces "$TRACES" --predictor "$OUT/predictor" \
-  --out "$OUT/evaluation_pooled" --config guard_sidecar/config/controller_research.json --live --concurrency 8 \
-  --max-new-tokens 256 --fpr-scope pooled
+for SCOPE in ${KVG_FPR_SCOPES:-per-config pooled}; do
+  # per-config: FPR <= 5% in every configuration; pooled: over all of them (the prototype's reading).
+  DIR="$OUT/evaluation"; [ "$SCOPE" = pooled ] && DIR="$OUT/evaluation_pooled"
+  echo "== evaluate (offline + live), FPR scope $SCOPE =="
+  "$BIN/kvguard" evaluate --model "$MODEL" --traces "$TRACES" --predictor "$OUT/predictor" \
+    --out "$DIR" --config guard_sidecar/config/controller_research.json --live --concurrency 8 \
+    --max-new-tokens 256 --fpr-scope "$SCOPE"
+done
 echo "== frontier: static hull vs the guard (live) and the admission policies (offline), test prompts =="
 "$BIN/kvguard" frontier --traces "$TRACES" --records "$OUT/evaluation_pooled/records.jsonl" --out "$OUT/frontier"
-"$BIN/kvguard" frontier --records "$OUT/evaluation/admission_records.jsonl" --out "$OUT/frontier_admission"
+"$BIN/kvguard" frontier --records "$OUT/evaluation_pooled/admission_records.jsonl" --out "$OUT/frontier_admission"
 if [ "${KVG_INSTALL:-0}" = 1 ]; then
   cp "$OUT/predictor/hazard.json" models/hazard/hazard.json
   # The guard ships the pooled-FPR controller: more protection at high ratios, where

@@ -332,13 +332,16 @@ std::string Opt(const std::optional<double>& v) { return v ? absl::StrFormat("%.
 
 std::string Verdict(const FrontierResult& r) {
   if (!r.hull_cfr) return "outside the static range";
-  const bool below = r.cfr_gap.lo > 0;
-  const bool halved = r.hull_cfr && *r.hull_cfr > 0 && r.guard_cfr.value <= 0.5 * *r.hull_cfr;
-  const bool accuracy_kept = !(r.accuracy_gap.hi < 0);
-  if (below && halved && accuracy_kept) return "dominates (CFR <= half the hull, CI excludes 0)";
-  if (below && accuracy_kept) return "below the hull, not halved";
-  if (r.cfr_gap.hi < 0) return "above the hull (static mix is better)";
-  return "not distinguishable from the hull";
+  const bool below = r.cfr_gap.lo > 0;  // CFR below the hull, CI excludes 0
+  const bool above = r.cfr_gap.hi < 0;  // CFR above the hull, CI excludes 0
+  const bool halved = *r.hull_cfr > 0 && r.guard_cfr.value <= 0.5 * *r.hull_cfr;
+  const bool accuracy_below = r.accuracy_gap.hi < 0;  // accuracy below the hull, CI excludes 0
+  if (below && halved && !accuracy_below) return "dominates (CFR <= half the hull, CI excludes 0)";
+  if (below && accuracy_below) return "CFR below the hull, accuracy below it";
+  if (below) return "CFR below the hull, not halved";
+  if (above) return "CFR above the hull (a static mix is better)";
+  return accuracy_below ? "CFR not distinguishable, accuracy below the hull"
+                        : "not distinguishable from the hull";
 }
 
 }  // namespace

@@ -112,10 +112,12 @@ int main(int argc, char** argv) {
                                                : nlohmann::json()},
         {"fail_safe_events", c.fail_safe_events()},
         {"mode_timeline", nlohmann::json::array()},
+        {"mode_steps", nlohmann::json::object()},
         {"ttft_ms", 1000 * out->time_to_first_token_s},
         {"total_ms", 1000 * out->total_s}};
     for (const auto& [step, mode] : timeline)
       j["mode_timeline"].push_back({{"step", step}, {"mode", mode}});
+    for (const auto& [mode, steps] : c.mode_steps()) j["mode_steps"][mode] = steps;
     std::cout << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
   } else {
     std::cout << "\n[" << c.usage().completion_tokens() << " tokens, "
