@@ -123,7 +123,8 @@ int main(int argc, char** argv) {
     std::cout << "\n[" << c.usage().completion_tokens() << " tokens, "
               << v1::FinishReason_Name(c.finish_reason()) << ", kv " << c.kv_bytes() << " B, saved "
               << c.kv_bytes_saved() << " B]\n";
-    if (!timeline.empty()) {
+    // Only when the guard did something: an unguarded or calm run is NORMAL throughout.
+    if (timeline.size() > 1 || (timeline.size() == 1 && timeline[0].second != "normal")) {
       std::cout << "[guard modes:";
       for (const auto& [step, mode] : timeline) std::cout << " " << mode << "@" << step;
       std::cout << "]\n";
