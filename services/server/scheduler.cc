@@ -58,6 +58,7 @@ struct Scheduler::Active {
   // discards them, the client never sees them.
   std::vector<v1::GenerateResponse> held;
   bool holding = false;
+  bool first_sent = false;  // the client has its first token (TTFT is measured then)
   int restarts = 0;
   uint64_t cache_id = 0;
   uint64_t cache_version = 0;
@@ -206,13 +207,21 @@ void Scheduler::Emit(Active& a, v1::GenerateResponse msg, int64_t step) {
     return;
   }
   Flush(a);
-  a.sub.sink->Send(std::move(msg));
+  Send(a, std::move(msg));
 }
 
 void Scheduler::Flush(Active& a) {
-  for (v1::GenerateResponse& m : a.held) a.sub.sink->Send(std::move(m));
+  for (v1::GenerateResponse& m : a.held) Send(a, std::move(m));
   a.held.clear();
   a.holding = false;
+}
+
+void Scheduler::Send(Active& a, v1::GenerateResponse msg) {
+  if (!a.first_sent && msg.has_chunk()) {
+    a.first_sent = true;
+    if (metrics_) metrics_->TimeToFirstToken(Seconds(Clock::now() - a.admitted));
+  }
+  a.sub.sink->Send(std::move(msg));
 }
 
 bool Scheduler::RunStep() {
@@ -252,10 +261,8 @@ bool Scheduler::RunStep() {
     }
     const auto now = Clock::now();
     if (metrics_) {
-      if (r->step == 0)
-        metrics_->TimeToFirstToken(Seconds(now - a.admitted));
-      else
-        metrics_->InterTokenLatency(Seconds(now - a.last_token));
+      // TTFT is recorded when the first chunk really leaves (Send), after any hold-back.
+      if (r->step > 0) metrics_->InterTokenLatency(Seconds(now - a.last_token));
       metrics_->RetainedFraction(r->kv.total_tokens
                                      ? double(r->kv.retained_slots) /
                                            double(r->kv.total_tokens * model_.config().num_layers *

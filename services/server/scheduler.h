@@ -117,6 +117,7 @@ class Scheduler {
   void Restart(Active& a, double ratio);
   void Emit(Active& a, v1::GenerateResponse msg, int64_t step);
   void Flush(Active& a);
+  void Send(Active& a, v1::GenerateResponse msg);
   void ApplyFailSafe(std::vector<Active*>& stepped, const char* reason);
   void Complete(Active& a, const absl::Status& status);
   v1::StepReport Report(const Active& a, const engine::StepResult& r, const float* logits) const;
