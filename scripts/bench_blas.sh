@@ -144,7 +144,11 @@ md += sorted({f"- {t['library']}: {t['blas_loaded']}" for t in table})
 open(f"{out}/blas.md", "w").write("\n".join(md) + "\n")
 # A grouped bar chart of decode and prefill speed-up over the reference BLAS (log-free, plain SVG).
 bars = [t for t in table if t["library"] != "blas"]
-W, H, pad = 720, 320, 60
+W, H, pad = max(720, 130 * len(bars) + 120), 320, 60
+SHORT_LIB = {"blis-openmp": "BLIS", "blis-pthread": "BLIS pth", "openblas-openmp": "OpenBLAS",
+             "openblas-pthread": "OpenBLAS pth"}
+def short_case(c):
+    return c.replace("qwen2.5-0.5b", "0.5B").replace(" (default model)", "")
 mx = max(max(t["prefill_vs_reference"], t["decode_vs_reference"]) for t in bars) * 1.1
 bw = (W - 2 * pad) / (len(bars) * 2.5)
 svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H + 90}" font-family="sans-serif" font-size="11">',
@@ -160,8 +164,8 @@ for i, t in enumerate(bars):
         h = (H - 40) * v / mx
         svg.append(f'<rect x="{x + j*bw:.1f}" y="{H-h:.1f}" width="{bw*0.95:.1f}" height="{h:.1f}" fill="{color}"/>'
                    f'<text x="{x + j*bw + bw/2:.1f}" y="{H-h-3:.1f}" text-anchor="middle">{v:.1f}x</text>')
-    svg.append(f'<text x="{x+bw:.1f}" y="{H+14}" text-anchor="middle">{t["library"]}</text>'
-               f'<text x="{x+bw:.1f}" y="{H+28}" text-anchor="middle">{t["case"][:28]}</text>')
+    svg.append(f'<text x="{x+bw:.1f}" y="{H+14}" text-anchor="middle">{SHORT_LIB.get(t["library"], t["library"])}</text>'
+               f'<text x="{x+bw:.1f}" y="{H+28}" text-anchor="middle">{short_case(t["case"])}</text>')
 svg.append(f'<rect x="{pad}" y="{H+50}" width="10" height="10" fill="#4878d0"/><text x="{pad+14}" y="{H+59}">prefill</text>'
            f'<rect x="{pad+80}" y="{H+50}" width="10" height="10" fill="#ee854a"/><text x="{pad+94}" y="{H+59}">decode</text>')
 svg.append("</svg>")
