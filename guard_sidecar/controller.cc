@@ -94,19 +94,6 @@ json AdmissionJson(const std::map<std::string, AdmissionRule>& rules) {
 
 }  // namespace
 
-std::string_view ModeName(v1::Mode mode) {
-  switch (mode) {
-    case v1::MODE_ALERT:
-      return "alert";
-    case v1::MODE_SAFE:
-      return "safe";
-    case v1::MODE_RECOVERY:
-      return "recovery";
-    default:
-      return "normal";
-  }
-}
-
 // ---- config -----------------------------------------------------------------------
 
 absl::StatusOr<ControllerConfig> ControllerConfig::FromJson(const json& j) {

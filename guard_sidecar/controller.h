@@ -42,6 +42,7 @@
 
 #include "absl/status/statusor.h"
 #include "kvguard/v1/common.pb.h"
+#include "proto/kvguard/v1/mode_name.h"
 
 namespace kvguard::guard {
 
@@ -154,6 +155,6 @@ class ModeController {
   bool restart_requested_ = false;
 };
 
-std::string_view ModeName(v1::Mode mode);  // "normal", "alert", "safe", "recovery"
+using v1::ModeName;  // "normal", "alert", "safe", "recovery" (proto/kvguard/v1/mode_name.h)
 
 }  // namespace kvguard::guard

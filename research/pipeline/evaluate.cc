@@ -172,6 +172,66 @@ absl::StatusOr<std::unique_ptr<ChildProcess>> Spawn(const std::string& bin,
   return p;
 }
 
+// One live request: the problem at (compressor, ratio), guarded or not, with
+// the sweep's options for that compressor so live runs use the same settings.
+v1::GenerateRequest LiveRequest(const EvaluateOptions& o, const Problem& p, const Key& key,
+                                bool guarded, const std::vector<std::string>& stop_strings,
+                                const std::vector<std::string>& compressor_options) {
+  v1::GenerateRequest r;
+  r.set_text(p.prompt);
+  r.mutable_stopping()->set_max_new_tokens(o.max_new_tokens);
+  for (const std::string& stop : stop_strings) r.mutable_stopping()->add_stop(stop);
+  r.mutable_compression()->set_compressor(key.first);
+  for (const std::string& kv : CompressorOptionsFor(key.first, compressor_options)) {
+    const size_t eq = kv.find('=');
+    if (eq != std::string::npos)
+      (*r.mutable_compression()->mutable_options())[kv.substr(0, eq)] = kv.substr(eq + 1);
+  }
+  r.mutable_compression()->mutable_ratio()->set_value(key.second);
+  r.mutable_compression()->mutable_guard()->set_value(guarded);
+  r.set_gold_answer(absl::StrCat(p.answer));
+  return r;
+}
+
+// A run that left NORMAL at some step (any guard intervention, a restart included).
+bool LeftNormal(const PolicyRecord& r) {
+  for (const auto& [mode, steps] : r.mode_steps) {
+    if (mode != "normal" && steps > 0) return true;
+  }
+  return false;
+}
+
+void Tally(Counts& k, const PolicyRecord& r, double saved_bytes) {
+  ++k.n;
+  k.catastrophic += r.catastrophic;
+  k.correct += r.correct;
+  k.saved += saved_bytes;
+  k.saved_fraction += r.savings_end;
+}
+
+// A kvguard-guard with `controller_path` and a kvguard-server guarded by it, on loopback.
+struct LiveStack {
+  std::unique_ptr<ChildProcess> guard, server;
+  std::string address;  // the server's
+};
+
+absl::StatusOr<LiveStack> SpawnStack(const EvaluateOptions& o, const std::string& controller_path) {
+  LiveStack s;
+  std::string guard_addr;
+  KVG_ASSIGN_OR_RETURN(s.guard,
+                       Spawn(o.bin_dir + "/kvguard-guard",
+                             {"--listen", "127.0.0.1:0", "--metrics_listen", "", "--model",
+                              o.predictor_dir + "/hazard.json", "--config", controller_path},
+                             &guard_addr));
+  KVG_ASSIGN_OR_RETURN(
+      s.server, Spawn(o.bin_dir + "/kvguard-server",
+                      {"--model", o.model_dir, "--listen", "127.0.0.1:0", "--metrics_listen", "",
+                       "--max_concurrent", std::to_string(o.concurrency), "--guard_deadline_ms",
+                       "500", "--guard", guard_addr},
+                      &s.address));
+  return s;
+}
+
 absl::Status RunLive(const EvaluateOptions& o, const std::vector<Problem>& problems,
                      const std::vector<std::string>& stop_strings,
                      const std::vector<std::string>& compressor_options,
@@ -180,36 +240,11 @@ absl::Status RunLive(const EvaluateOptions& o, const std::vector<Problem>& probl
                      const std::function<void(int64_t, int64_t)>& progress) {
   const int64_t total = static_cast<int64_t>(configs.size() * 3 * problems.size());
   int64_t done = 0;
-  const std::string hazard = o.predictor_dir + "/hazard.json";
-  std::string guard_addr, guard2_addr, server_addr, server2_addr;
-  KVG_ASSIGN_OR_RETURN(auto guard, Spawn(o.bin_dir + "/kvguard-guard",
-                                         {"--listen", "127.0.0.1:0", "--metrics_listen", "",
-                                          "--model", hazard, "--config", controller_path},
-                                         &guard_addr));
-  KVG_ASSIGN_OR_RETURN(auto guard2, Spawn(o.bin_dir + "/kvguard-guard",
-                                          {"--listen", "127.0.0.1:0", "--metrics_listen", "",
-                                           "--model", hazard, "--config", no_recovery_path},
-                                          &guard2_addr));
-  const std::vector<std::string> common = {"--model",
-                                           o.model_dir,
-                                           "--listen",
-                                           "127.0.0.1:0",
-                                           "--metrics_listen",
-                                           "",
-                                           "--max_concurrent",
-                                           std::to_string(o.concurrency),
-                                           "--guard_deadline_ms",
-                                           "500"};
-  auto with_guard = [&](const std::string& g) {
-    auto a = common;
-    a.push_back("--guard");
-    a.push_back(g);
-    return a;
-  };
-  KVG_ASSIGN_OR_RETURN(auto server,
-                       Spawn(o.bin_dir + "/kvguard-server", with_guard(guard_addr), &server_addr));
-  KVG_ASSIGN_OR_RETURN(
-      auto server2, Spawn(o.bin_dir + "/kvguard-server", with_guard(guard2_addr), &server2_addr));
+  // Static and guarded runs share the first stack; guarded without RECOVERY runs on the second.
+  KVG_ASSIGN_OR_RETURN(LiveStack stack, SpawnStack(o, controller_path));
+  KVG_ASSIGN_OR_RETURN(LiveStack no_recovery, SpawnStack(o, no_recovery_path));
+  const std::string& server_addr = stack.address;
+  const std::string& server2_addr = no_recovery.address;
   std::mutex mu;
   // Per config, whether each prompt's static run was clean: a guarded run
   // leaving NORMAL is a false positive only when static compression would
@@ -225,20 +260,8 @@ absl::Status RunLive(const EvaluateOptions& o, const std::vector<Problem>& probl
         jobs.push_back(std::async(std::launch::async, [&, mode] {
           client::GenerationClient client(addr);
           for (size_t i = next++; i < problems.size(); i = next++) {
-            v1::GenerateRequest r;
-            r.set_text(problems[i].prompt);
-            r.mutable_stopping()->set_max_new_tokens(o.max_new_tokens);
-            for (const std::string& stop : stop_strings) r.mutable_stopping()->add_stop(stop);
-            r.mutable_compression()->set_compressor(key.first);
-            // The sweep's options for this compressor, so live runs use the same settings.
-            for (const std::string& kv : CompressorOptionsFor(key.first, compressor_options)) {
-              const size_t eq = kv.find('=');
-              if (eq != std::string::npos)
-                (*r.mutable_compression()->mutable_options())[kv.substr(0, eq)] = kv.substr(eq + 1);
-            }
-            r.mutable_compression()->mutable_ratio()->set_value(key.second);
-            r.mutable_compression()->mutable_guard()->set_value(mode != 0);
-            r.set_gold_answer(absl::StrCat(problems[i].answer));
+            const v1::GenerateRequest r =
+                LiveRequest(o, problems[i], key, mode != 0, stop_strings, compressor_options);
             double held_byte_steps = 0;
             std::vector<int64_t> steps;
             auto res = client.Generate(r, [&](const v1::TokenChunk& chunk) {
@@ -251,24 +274,14 @@ absl::Status RunLive(const EvaluateOptions& o, const std::vector<Problem>& probl
               if (out.errors++ == 0) out.first_error = std::string(res.status().message());
               continue;
             }
-            const auto& c = res->complete;
-            out.records.push_back(LiveRecord(problems[i], key, mode, *res, held_byte_steps, steps));
+            const PolicyRecord& rec = out.records.emplace_back(
+                LiveRecord(problems[i], key, mode, *res, held_byte_steps, steps));
             Counts& k = out.by_mode[mode][key];
-            ++k.n;
-            const bool cat = c.catastrophes().looping() || c.catastrophes().non_termination();
-            k.catastrophic += cat;
-            k.correct +=
-                c.catastrophes().answered() && c.catastrophes().answer() == problems[i].answer;
-            k.saved += static_cast<double>(c.kv_bytes_saved());
-            const double uncompressed = static_cast<double>(c.kv_bytes_saved() + c.kv_bytes());
-            k.saved_fraction +=
-                uncompressed > 0 ? static_cast<double>(c.kv_bytes_saved()) / uncompressed : 0.0;
-            bool left_normal = false;
-            for (const auto& [m, steps] : c.mode_steps()) left_normal |= m != "normal" && steps > 0;
-            if (mode == 0) static_clean[key][i] = !cat;
+            Tally(k, rec, static_cast<double>(res->complete.kv_bytes_saved()));
+            if (mode == 0) static_clean[key][i] = !rec.catastrophic;
             if (mode != 0 && static_clean[key][i] == 1) {
               ++k.clean;
-              k.false_positive += left_normal;
+              k.false_positive += LeftNormal(rec);
             }
           }
         }));

@@ -344,6 +344,100 @@ std::string Verdict(const FrontierResult& r) {
                         : "not distinguishable from the hull";
 }
 
+// The static policies' table: per (compressor, arm), both savings measures, CFR and accuracy.
+void AppendStaticTable(const std::vector<PolicyRecord>& records, std::string& md,
+                       nlohmann::json& json) {
+  struct Sums {
+    double n = 0, end = 0, integrated = 0, cfr = 0, accuracy = 0;
+  };
+  std::map<std::pair<std::string, std::string>, Sums> sums;
+  for (const PolicyRecord& r : records) {
+    if (!r.arm.starts_with("static@") && r.arm != "none") continue;
+    Sums& s = sums[{r.compressor, r.arm}];
+    s.n += 1;
+    s.end += r.savings_end;
+    s.integrated += r.savings_integrated;
+    s.cfr += r.catastrophic;
+    s.accuracy += r.correct;
+  }
+  for (const auto& [key, s] : sums) {
+    absl::StrAppendFormat(&md, "| %s | %s | %d | %.3f | %.3f | %.3f | %.3f |\n", key.first,
+                          key.second, static_cast<int64_t>(s.n), s.end / s.n, s.integrated / s.n,
+                          s.cfr / s.n, s.accuracy / s.n);
+    json.push_back({{"compressor", key.first},
+                    {"arm", key.second},
+                    {"prompts", s.n},
+                    {"savings_end", s.end / s.n},
+                    {"savings_integrated", s.integrated / s.n},
+                    {"cfr", s.cfr / s.n},
+                    {"accuracy", s.accuracy / s.n}});
+  }
+}
+
+// One compressor's plots, started with its static points (by savings) and their hulls.
+std::pair<PlotSpec, PlotSpec> StaticPlots(const std::vector<PolicyRecord>& records,
+                                          const std::string& c, SavingsMeasure m,
+                                          const std::string& measure_name) {
+  PlotSpec cfr_plot{.title = "CFR vs KV savings: " + c,
+                    .x_label = "KV savings (" + measure_name + ")",
+                    .y_label = "CFR"};
+  PlotSpec acc_plot{
+      .title = "Accuracy vs KV savings: " + c, .x_label = cfr_plot.x_label, .y_label = "accuracy"};
+  std::vector<std::pair<Point, Point>> ordered;
+  for (const auto& [arm, p] : StaticPoints(records, c, m)) ordered.push_back(p);
+  std::sort(ordered.begin(), ordered.end(),
+            [](auto& a, auto& b) { return a.first.savings < b.first.savings; });
+  std::vector<Point> cfr_points, acc_points;
+  PlotSeries s_cfr{.name = "static ratios"}, s_acc{.name = "static ratios"};
+  for (const auto& [pc, pa] : ordered) {
+    cfr_points.push_back(pc);
+    acc_points.push_back(pa);
+    s_cfr.x.push_back(pc.savings);
+    s_cfr.y.push_back(pc.value);
+    s_acc.x.push_back(pa.savings);
+    s_acc.y.push_back(pa.value);
+  }
+  const auto hull_series = [](const std::vector<Point>& hull) {
+    PlotSeries h{.name = "static hull (mixtures)"};
+    for (const Point& p : hull) {
+      h.x.push_back(p.savings);
+      h.y.push_back(p.value);
+    }
+    return h;
+  };
+  cfr_plot.series = {s_cfr, hull_series(ConvexFrontier(cfr_points, false))};
+  acc_plot.series = {s_acc, hull_series(ConvexFrontier(acc_points, true))};
+  return {cfr_plot, acc_plot};
+}
+
+// One guard arm's row of the gap table, in markdown, CSV and JSON.
+void AppendGuardRow(const FrontierResult& r, std::string& md, std::string& csv,
+                    nlohmann::json& json) {
+  absl::StrAppendFormat(
+      &md, "| %s | %s | %d | %.3f | %.3f | %s | %s | %s | %.3f | %s | %s | %s |\n", r.compressor,
+      r.arm, r.prompts, r.guard_cfr.savings, r.guard_cfr.value, Opt(r.hull_cfr), Cell(r.cfr_gap),
+      std::isnan(r.cfr_ratio) ? "-" : absl::StrFormat("%.2f", r.cfr_ratio), r.guard_accuracy.value,
+      Opt(r.hull_accuracy), Cell(r.accuracy_gap), Verdict(r));
+  absl::StrAppendFormat(&csv, "%s,%s,%d,%g,%g,%g,%g,%g,%g,%g,%g,%g,%g,%g,%g\n", r.compressor, r.arm,
+                        r.prompts, r.guard_cfr.savings, r.guard_cfr.value, r.hull_cfr.value_or(NAN),
+                        r.cfr_gap.estimate, r.cfr_gap.lo, r.cfr_gap.hi, r.cfr_ratio,
+                        r.guard_accuracy.value, r.hull_accuracy.value_or(NAN),
+                        r.accuracy_gap.estimate, r.accuracy_gap.lo, r.accuracy_gap.hi);
+  json.push_back(
+      {{"compressor", r.compressor},
+       {"arm", r.arm},
+       {"prompts", r.prompts},
+       {"guard_savings", r.guard_cfr.savings},
+       {"guard_cfr", r.guard_cfr.value},
+       {"hull_cfr", r.hull_cfr ? nlohmann::json(*r.hull_cfr) : nlohmann::json()},
+       {"cfr_gap", {r.cfr_gap.estimate, r.cfr_gap.lo, r.cfr_gap.hi}},
+       {"guard_accuracy", r.guard_accuracy.value},
+       {"hull_accuracy", r.hull_accuracy ? nlohmann::json(*r.hull_accuracy) : nlohmann::json()},
+       {"accuracy_gap", {r.accuracy_gap.estimate, r.accuracy_gap.lo, r.accuracy_gap.hi}},
+       {"resamples_outside_hull", r.resamples_outside_hull},
+       {"verdict", Verdict(r)}});
+}
+
 }  // namespace
 
 absl::StatusOr<std::string> WriteFrontierReport(const std::vector<PolicyRecord>& records,
@@ -374,87 +468,18 @@ absl::StatusOr<std::string> WriteFrontierReport(const std::vector<PolicyRecord>&
       "ratio,"
       "guard_accuracy,hull_accuracy,accuracy_gap,accuracy_gap_lo,accuracy_gap_hi\n";
   nlohmann::json json_static = nlohmann::json::array(), json_guard = nlohmann::json::array();
-  {
-    std::map<std::pair<std::string, std::string>, std::array<double, 5>>
-        sums;  // n, end, integrated, cfr, acc
-    for (const PolicyRecord& r : records) {
-      if (!r.arm.starts_with("static@") && r.arm != "none") continue;
-      auto& s = sums[{r.compressor, r.arm}];
-      s[0] += 1, s[1] += r.savings_end, s[2] += r.savings_integrated, s[3] += r.catastrophic,
-          s[4] += r.correct;
-    }
-    for (const auto& [key, s] : sums) {
-      absl::StrAppendFormat(&md, "| %s | %s | %d | %.3f | %.3f | %.3f | %.3f |\n", key.first,
-                            key.second, static_cast<int64_t>(s[0]), s[1] / s[0], s[2] / s[0],
-                            s[3] / s[0], s[4] / s[0]);
-      json_static.push_back({{"compressor", key.first},
-                             {"arm", key.second},
-                             {"prompts", s[0]},
-                             {"savings_end", s[1] / s[0]},
-                             {"savings_integrated", s[2] / s[0]},
-                             {"cfr", s[3] / s[0]},
-                             {"accuracy", s[4] / s[0]}});
-    }
-  }
+  AppendStaticTable(records, md, json_static);
   md +=
       "\n## Guard policies against the static frontier\n\n"
       "| compressor | arm | prompts | guard savings | guard CFR | hull CFR there | CFR gap [CI] | "
-      "guard / hull CFR |"
-      " guard accuracy | hull accuracy there | accuracy gap [CI] | verdict |\n"
+      "guard / hull CFR | guard accuracy | hull accuracy there | accuracy gap [CI] | verdict |\n"
       "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n";
   std::filesystem::create_directories(options.out_dir);
   for (const std::string& c : compressors) {
-    PlotSpec cfr_plot{.title = "CFR vs KV savings: " + c,
-                      .x_label = "KV savings (" + measure_name + ")",
-                      .y_label = "CFR"};
-    PlotSpec acc_plot{.title = "Accuracy vs KV savings: " + c,
-                      .x_label = cfr_plot.x_label,
-                      .y_label = "accuracy"};
-    const auto points = StaticPoints(records, c, m);
-    std::vector<Point> cfr_points, acc_points;
-    PlotSeries s_cfr{.name = "static ratios"}, s_acc{.name = "static ratios"};
-    std::vector<std::pair<Point, Point>> ordered;
-    for (const auto& [arm, p] : points) ordered.push_back(p);
-    std::sort(ordered.begin(), ordered.end(),
-              [](auto& a, auto& b) { return a.first.savings < b.first.savings; });
-    for (const auto& [pc, pa] : ordered) {
-      cfr_points.push_back(pc), acc_points.push_back(pa);
-      s_cfr.x.push_back(pc.savings), s_cfr.y.push_back(pc.value);
-      s_acc.x.push_back(pa.savings), s_acc.y.push_back(pa.value);
-    }
-    PlotSeries h_cfr{.name = "static hull (mixtures)"}, h_acc{.name = "static hull (mixtures)"};
-    for (const Point& p : ConvexFrontier(cfr_points, false))
-      h_cfr.x.push_back(p.savings), h_cfr.y.push_back(p.value);
-    for (const Point& p : ConvexFrontier(acc_points, true))
-      h_acc.x.push_back(p.savings), h_acc.y.push_back(p.value);
-    cfr_plot.series = {s_cfr, h_cfr};
-    acc_plot.series = {s_acc, h_acc};
+    auto [cfr_plot, acc_plot] = StaticPlots(records, c, m, measure_name);
     for (const std::string& arm : guard_arms[c]) {
       KVG_ASSIGN_OR_RETURN(FrontierResult r, EvaluateFrontier(records, c, arm, options.frontier));
-      absl::StrAppendFormat(
-          &md, "| %s | %s | %d | %.3f | %.3f | %s | %s | %s | %.3f | %s | %s | %s |\n", c, arm,
-          r.prompts, r.guard_cfr.savings, r.guard_cfr.value, Opt(r.hull_cfr), Cell(r.cfr_gap),
-          std::isnan(r.cfr_ratio) ? "-" : absl::StrFormat("%.2f", r.cfr_ratio),
-          r.guard_accuracy.value, Opt(r.hull_accuracy), Cell(r.accuracy_gap), Verdict(r));
-      absl::StrAppendFormat(&csv, "%s,%s,%d,%g,%g,%g,%g,%g,%g,%g,%g,%g,%g,%g,%g\n", c, arm,
-                            r.prompts, r.guard_cfr.savings, r.guard_cfr.value,
-                            r.hull_cfr.value_or(NAN), r.cfr_gap.estimate, r.cfr_gap.lo,
-                            r.cfr_gap.hi, r.cfr_ratio, r.guard_accuracy.value,
-                            r.hull_accuracy.value_or(NAN), r.accuracy_gap.estimate,
-                            r.accuracy_gap.lo, r.accuracy_gap.hi);
-      json_guard.push_back(
-          {{"compressor", c},
-           {"arm", arm},
-           {"prompts", r.prompts},
-           {"guard_savings", r.guard_cfr.savings},
-           {"guard_cfr", r.guard_cfr.value},
-           {"hull_cfr", r.hull_cfr ? nlohmann::json(*r.hull_cfr) : nlohmann::json()},
-           {"cfr_gap", {r.cfr_gap.estimate, r.cfr_gap.lo, r.cfr_gap.hi}},
-           {"guard_accuracy", r.guard_accuracy.value},
-           {"hull_accuracy", r.hull_accuracy ? nlohmann::json(*r.hull_accuracy) : nlohmann::json()},
-           {"accuracy_gap", {r.accuracy_gap.estimate, r.accuracy_gap.lo, r.accuracy_gap.hi}},
-           {"resamples_outside_hull", r.resamples_outside_hull},
-           {"verdict", Verdict(r)}});
+      AppendGuardRow(r, md, csv, json_guard);
       cfr_plot.series.push_back(
           {.name = arm, .x = {r.guard_cfr.savings}, .y = {r.guard_cfr.value}});
       acc_plot.series.push_back(
@@ -467,8 +492,7 @@ absl::StatusOr<std::string> WriteFrontierReport(const std::vector<PolicyRecord>&
   if (json_guard.empty()) md += "| (no guard records) | | | | | | | | | | | |\n";
   md +=
       "\nVerdict: *dominates* = guard CFR <= half the hull's CFR at the same savings with the CI "
-      "of the gap above 0 "
-      "and accuracy not below the hull (its gap's CI not entirely below 0).\n";
+      "of the gap above 0 and accuracy not below the hull (its gap's CI not entirely below 0).\n";
   KVG_RETURN_IF_ERROR(WriteTextFile(options.out_dir + "/frontier.md", md));
   KVG_RETURN_IF_ERROR(WriteTextFile(options.out_dir + "/frontier.csv", csv));
   KVG_RETURN_IF_ERROR(WriteTextFile(

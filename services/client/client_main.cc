@@ -8,9 +8,9 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage_config.h"
-#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
+#include "proto/kvguard/v1/mode_name.h"
 #include "services/client/generation_client.h"
 
 ABSL_FLAG(std::string, server, "127.0.0.1:50051", "kvguard-server address");
@@ -87,8 +87,7 @@ int main(int argc, char** argv) {
       [&](const v1::TokenChunk& c) {
         if (!json) std::cout << c.text_delta() << std::flush;
         if (!c.has_state() || c.state().mode() == v1::MODE_UNSPECIFIED) return;
-        std::string mode =
-            absl::AsciiStrToLower(v1::Mode_Name(c.state().mode()).substr(5));  // "MODE_ALERT"
+        const std::string mode(v1::ModeName(c.state().mode()));
         if (timeline.empty() || timeline.back().second != mode)
           timeline.emplace_back(c.state().step(), mode);
       },

@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "guard_sidecar/catastrophe.h"
+#include "proto/kvguard/v1/mode_name.h"
 #include "services/engine/llama_model.h"
 #include "services/engine/sequence.h"
 #include "services/server/step_report.h"
@@ -21,18 +22,8 @@ using Clock = std::chrono::steady_clock;
 
 double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
-std::string ModeName(v1::Mode mode) {
-  switch (mode) {
-    case v1::MODE_ALERT:
-      return "alert";
-    case v1::MODE_SAFE:
-      return "safe";
-    case v1::MODE_RECOVERY:
-      return "recovery";
-    default:
-      return "normal";
-  }
-}
+// Metric labels and mode_steps keys are std::string.
+std::string ModeLabel(v1::Mode mode) { return std::string(v1::ModeName(mode)); }
 
 v1::FinishReason ToProto(engine::FinishReason r) {
   switch (r) {
@@ -268,11 +259,11 @@ bool Scheduler::RunStep() {
                                            double(r->kv.total_tokens * model_.config().num_layers *
                                                   model_.config().num_kv_heads)
                                      : 1.0);
-      metrics_->Mode(ModeName(a.mode));
+      metrics_->Mode(ModeLabel(a.mode));
       if (a.sub.guarded) metrics_->Hazard(a.hazard);
     }
     a.last_token = now;
-    ++a.mode_steps[ModeName(a.mode)];
+    ++a.mode_steps[ModeLabel(a.mode)];
     if (!r->evicted_positions.empty()) ++a.cache_version;
     v1::GenerateResponse msg;
     msg.set_request_id(a.sub.request_id);
@@ -371,7 +362,7 @@ void Scheduler::ApplyDirective(Active& a, const v1::Directive& d) {
     return;
   }
   if (d.mode() != a.mode && d.mode() != v1::MODE_UNSPECIFIED) {
-    if (metrics_) metrics_->ModeTransition(ModeName(a.mode), ModeName(d.mode()));
+    if (metrics_) metrics_->ModeTransition(ModeLabel(a.mode), ModeLabel(d.mode()));
     a.mode = d.mode();
   }
   a.hazard = d.hazard();
@@ -398,7 +389,7 @@ void Scheduler::ApplyFailSafe(std::vector<Active*>& stepped, const char* reason)
   for (Active* a : stepped) {
     ++a->fail_safe_events;
     if (options_.fail_safe == FailSafePolicy::kHold) continue;
-    if (a->mode != v1::MODE_SAFE && metrics_) metrics_->ModeTransition(ModeName(a->mode), "safe");
+    if (a->mode != v1::MODE_SAFE && metrics_) metrics_->ModeTransition(ModeLabel(a->mode), "safe");
     a->mode = v1::MODE_SAFE;
     (void)a->seq->SetRatio(options_.r_safe);
     a->seq->SetEvictionPaused(true);
