@@ -302,6 +302,7 @@ std::string CfrCell(const Counts& c) {
 // The traces with their hazards, split into validation and test prompts.
 struct Inputs {
   std::vector<Trace> traces;
+  nlohmann::json manifest;                 // the sweep's: prompt set, compressor options, features
   std::vector<std::string> feature_names;  // the traces' feature columns (manifest)
   std::map<const Trace*, std::vector<float>> hazards;
   std::vector<const Trace*> val, test;
@@ -311,13 +312,8 @@ absl::StatusOr<std::unique_ptr<Inputs>> LoadInputs(const EvaluateOptions& o) {
   auto in = std::make_unique<Inputs>();
   int64_t nf = 0;
   KVG_ASSIGN_OR_RETURN(in->traces, LoadTraces(o.traces_dir, &nf));
-  {
-    std::ifstream mf(o.traces_dir + "/manifest.json");
-    const auto manifest = nlohmann::json::parse(mf, nullptr, /*allow_exceptions=*/false);
-    if (!manifest.is_discarded()) {
-      in->feature_names = manifest.value("feature_names", std::vector<std::string>{});
-    }
-  }
+  KVG_ASSIGN_OR_RETURN(in->manifest, ReadManifest(o.traces_dir));
+  in->feature_names = in->manifest.value("feature_names", std::vector<std::string>{});
   KVG_ASSIGN_OR_RETURN(auto model, guard::HazardModel::Load(o.predictor_dir + "/hazard.json"));
   KVG_ASSIGN_OR_RETURN(auto schema, guard::FeatureSchema::FromNames(model->feature_names()));
   const auto split = SplitPrompts(in->traces, o.seed);
@@ -371,14 +367,13 @@ absl::StatusOr<Controllers> TuneControllers(const EvaluateOptions& o, const Inpu
 }
 
 // The test prompts rebuilt from the sweep's manifest, through a real server and guard.
-absl::Status RunLiveOnTestPrompts(const EvaluateOptions& o,
+absl::Status RunLiveOnTestPrompts(const EvaluateOptions& o, const nlohmann::json& manifest,
                                   const std::set<std::string>& test_prompts,
                                   const std::set<Key>& configs, const Controllers& c,
                                   LiveResult& live,
                                   const std::function<void(int64_t, int64_t)>& progress) {
-  std::ifstream mf(o.traces_dir + "/manifest.json");
-  nlohmann::json manifest = nlohmann::json::parse(mf);
-  KVG_ASSIGN_OR_RETURN(PromptSetSpec spec, PromptSetFromJson(manifest["prompt_set"]));
+  KVG_ASSIGN_OR_RETURN(PromptSetSpec spec,
+                       PromptSetFromJson(manifest.value("prompt_set", nlohmann::json())));
   KVG_ASSIGN_OR_RETURN(auto all, LoadPrompts(spec));
   std::vector<Problem> held_out;
   for (auto& p : all) {
@@ -613,8 +608,8 @@ absl::Status Evaluate(const EvaluateOptions& o, std::string* summary,
   }
   LiveResult live;
   if (o.live)
-    KVG_RETURN_IF_ERROR(
-        RunLiveOnTestPrompts(o, test_prompts, configs, controllers, live, live_progress));
+    KVG_RETURN_IF_ERROR(RunLiveOnTestPrompts(o, in->manifest, test_prompts, configs, controllers,
+                                             live, live_progress));
   KVG_RETURN_IF_ERROR(
       WriteReport(o, configs, test_prompts.size(), controllers, off, live, summary));
   return WriteAdmissionPolicies(o, *in, controllers.admission, summary);

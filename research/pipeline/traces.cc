@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/status_macros.h"
 
 namespace kvguard::research {
 
@@ -26,10 +27,18 @@ std::string ConfigName(const std::string& compressor, double ratio) {
 }
 
 nlohmann::json TraceToJson(const Trace& t) {
-  return {{"prompt_id", t.prompt_id}, {"compressor", t.compressor}, {"ratio", t.ratio},
-          {"outcome", t.outcome}, {"catastrophic", t.catastrophic}, {"looped", t.looped},
-          {"non_terminated", t.non_terminated}, {"correct", t.correct}, {"onset", t.onset},
-          {"tokens", t.tokens}, {"kv_bytes", t.kv_bytes}, {"kv_bytes_uncompressed", t.kv_bytes_uncompressed},
+  return {{"prompt_id", t.prompt_id},
+          {"compressor", t.compressor},
+          {"ratio", t.ratio},
+          {"outcome", t.outcome},
+          {"catastrophic", t.catastrophic},
+          {"looped", t.looped},
+          {"non_terminated", t.non_terminated},
+          {"correct", t.correct},
+          {"onset", t.onset},
+          {"tokens", t.tokens},
+          {"kv_bytes", t.kv_bytes},
+          {"kv_bytes_uncompressed", t.kv_bytes_uncompressed},
           {"row_offset", t.row_offset}};
 }
 
@@ -55,13 +64,21 @@ absl::StatusOr<Trace> TraceFromJson(const nlohmann::json& j) {
   }
 }
 
-absl::StatusOr<std::vector<Trace>> LoadTraces(const std::string& dir, int64_t* num_features) {
+absl::StatusOr<nlohmann::json> ReadManifest(const std::string& dir) {
   std::ifstream manifest_in(dir + "/manifest.json");
-  if (!manifest_in) return absl::NotFoundError(absl::StrCat(dir, ": no manifest.json (not a trace directory)"));
+  if (!manifest_in)
+    return absl::NotFoundError(absl::StrCat(dir, ": no manifest.json (not a trace directory)"));
   nlohmann::json manifest = nlohmann::json::parse(manifest_in, nullptr, false);
-  if (manifest.is_discarded()) return absl::InvalidArgumentError(absl::StrCat(dir, "/manifest.json: bad JSON"));
+  if (manifest.is_discarded())
+    return absl::InvalidArgumentError(absl::StrCat(dir, "/manifest.json: bad JSON"));
+  return manifest;
+}
+
+absl::StatusOr<std::vector<Trace>> LoadTraces(const std::string& dir, int64_t* num_features) {
+  KVG_ASSIGN_OR_RETURN(const nlohmann::json manifest, ReadManifest(dir));
   const int64_t nf = manifest.value("num_features", 0);
-  if (nf <= 0) return absl::InvalidArgumentError(absl::StrCat(dir, "/manifest.json: no num_features"));
+  if (nf <= 0)
+    return absl::InvalidArgumentError(absl::StrCat(dir, "/manifest.json: no num_features"));
   if (num_features) *num_features = nf;
   std::vector<Trace> out;
   for (const auto& config : manifest.value("configs", std::vector<std::string>{})) {
@@ -75,7 +92,8 @@ absl::StatusOr<std::vector<Trace>> LoadTraces(const std::string& dir, int64_t* n
       if (!t.ok()) return t.status();
       t->features.resize(static_cast<size_t>(t->tokens * nf));
       rows.seekg(static_cast<std::streamoff>(t->row_offset * nf * sizeof(float)));
-      rows.read(reinterpret_cast<char*>(t->features.data()), static_cast<std::streamsize>(t->features.size() * sizeof(float)));
+      rows.read(reinterpret_cast<char*>(t->features.data()),
+                static_cast<std::streamsize>(t->features.size() * sizeof(float)));
       if (!rows) return absl::DataLossError(absl::StrCat(base, ".f32: truncated"));
       out.push_back(std::move(*t));
     }

@@ -3,9 +3,9 @@
 // The trace directory written by `kvguard sweep` and read by
 // `kvguard train-predictor` / `kvguard evaluate`. Schema (see TRACES.md):
 //
-//   DIR/manifest.json            model, prompt set, compressor options, configurations, feature names
-//   DIR/<config>.jsonl           one line per trace (prompt x configuration): outcome and onset
-//   DIR/<config>.f32             the traces' per-token guard feature rows, float32,
+//   DIR/manifest.json            model, prompt set, compressor options, configurations, feature
+//   names DIR/<config>.jsonl           one line per trace (prompt x configuration): outcome and
+//   onset DIR/<config>.f32             the traces' per-token guard feature rows, float32,
 //                                kNumFeatures columns, traces in .jsonl order
 //   DIR/<config>.done            written last: the shard is complete (resume skips it)
 //
@@ -25,12 +25,12 @@ struct Trace {
   std::string prompt_id;
   std::string compressor;  // "none" for uncompressed
   double ratio = 0;
-  std::string outcome;     // OutcomeKindName
+  std::string outcome;  // OutcomeKindName
   bool catastrophic = false, looped = false, non_terminated = false, correct = false;
-  int64_t onset = -1;      // first catastrophic token (loop onset, or the non-termination proxy)
-  int64_t tokens = 0;      // generated tokens = feature rows
+  int64_t onset = -1;  // first catastrophic token (loop onset, or the non-termination proxy)
+  int64_t tokens = 0;  // generated tokens = feature rows
   int64_t kv_bytes = 0, kv_bytes_uncompressed = 0;
-  int64_t row_offset = 0;  // first row in the shard's .f32
+  int64_t row_offset = 0;       // first row in the shard's .f32
   std::vector<float> features;  // tokens x num_features (filled when loaded)
 };
 
@@ -41,6 +41,9 @@ std::string ConfigName(const std::string& compressor, double ratio);
 // (sweep --compressor-opt, recorded in the manifest for evaluate's live runs).
 std::vector<std::string> CompressorOptionsFor(const std::string& compressor,
                                               const std::vector<std::string>& entries);
+
+// DIR/manifest.json (NotFound / InvalidArgument naming the file).
+absl::StatusOr<nlohmann::json> ReadManifest(const std::string& dir);
 
 // Every complete shard of `dir` (features loaded).
 absl::StatusOr<std::vector<Trace>> LoadTraces(const std::string& dir, int64_t* num_features);

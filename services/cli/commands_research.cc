@@ -192,10 +192,7 @@ absl::Status RunFrontier(int argc, char** argv) {
   if (args.Has("traces")) {
     int64_t nf = 0;
     KVG_ASSIGN_OR_RETURN(auto traces, research::LoadTraces(args.Get("traces"), &nf));
-    std::ifstream mf(args.Get("traces") + "/manifest.json");
-    const auto manifest = nlohmann::json::parse(mf, nullptr, false);
-    if (manifest.is_discarded())
-      return absl::InvalidArgumentError("traces: unreadable manifest.json");
+    KVG_ASSIGN_OR_RETURN(const nlohmann::json manifest, research::ReadManifest(args.Get("traces")));
     const auto names = manifest.value("feature_names", std::vector<std::string>{});
     // Which prompts: the held-out test prompts of the predictor's split (default), val, or all.
     const std::string which = args.Get("prompts", "test");

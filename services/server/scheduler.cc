@@ -50,7 +50,6 @@ struct Scheduler::Active {
   std::vector<v1::GenerateResponse> held;
   bool holding = false;
   bool first_sent = false;  // the client has its first token (TTFT is measured then)
-  int restarts = 0;
   uint64_t cache_id = 0;
   uint64_t cache_version = 0;
   v1::Mode mode = v1::MODE_NORMAL;
@@ -186,7 +185,6 @@ void Scheduler::Restart(Active& a, double ratio) {
   a.session_id = a.sub.request_id + "#restart";
   a.holding = false;  // at most one restart: stream from now on
   a.mode = v1::MODE_NORMAL;
-  ++a.restarts;
   ++a.mode_steps["restart"];
   if (absl::Status st = StartSequence(a); !st.ok()) Complete(a, st);
   if (metrics_) metrics_->Restarted();
