@@ -117,7 +117,18 @@ ServerMetrics::ServerMetrics() : registry_(std::make_shared<prometheus::Registry
                       .Register(r);
   catastrophes_ = &BuildCounter()
                        .Name("kvguard_catastrophes_total")
-                       .Help("Catastrophic generations by kind and compressor")
+                       .Help(
+                           "Catastrophe flags of finished generations by kind and compressor; one "
+                           "generation can count under several kinds (a loop that runs to the "
+                           "token limit is loop and non_termination): for CFR use "
+                           "kvguard_catastrophic_generations_total")
+                       .Register(r);
+  catastrophic_ = &BuildCounter()
+                       .Name("kvguard_catastrophic_generations_total")
+                       .Help(
+                           "Finished generations that looped or did not terminate, each counted "
+                           "once, by compressor, guard and primary cause (loop before "
+                           "non_termination)")
                        .Register(r);
   kv_saved_ = &BuildCounter()
                    .Name("kvguard_kv_bytes_saved_total")
@@ -183,6 +194,12 @@ void ServerMetrics::Generation(const std::string& compressor, bool guarded, bool
   const std::string c = compressor.empty() ? "none" : compressor;
   const std::string g = guarded ? "true" : "false";
   generations_->Add({{"compressor", c}, {"guarded", g}}).Increment();
+  // CFR: one count per catastrophic generation, whatever flags it carries. A loop usually runs
+  // to the token limit too, so its primary cause is the loop.
+  if (loop || non_terminated)
+    catastrophic_
+        ->Add({{"cause", loop ? "loop" : "non_termination"}, {"compressor", c}, {"guarded", g}})
+        .Increment();
   if (loop) catastrophes_->Add({{"kind", "loop"}, {"compressor", c}, {"guarded", g}}).Increment();
   if (non_terminated)
     catastrophes_->Add({{"kind", "non_termination"}, {"compressor", c}, {"guarded", g}})

@@ -70,7 +70,10 @@ class ServerMetrics {
   prometheus::Family<prometheus::Counter>* fail_safe_;
   prometheus::Gauge* guard_connected_;
   prometheus::Family<prometheus::Counter>* generations_;
+  // Per-flag breakdown (a generation can carry several kinds) and one count per catastrophic
+  // generation (loop or non-termination; what CFR divides by kvguard_generations_total).
   prometheus::Family<prometheus::Counter>* catastrophes_;
+  prometheus::Family<prometheus::Counter>* catastrophic_;
   prometheus::Counter* kv_saved_;
   prometheus::Counter* recovered_;
   prometheus::Counter* restarts_;
