@@ -32,13 +32,79 @@ def main():
             print("\n".join(lines))
             if failures:
                 raise opslib.OpsError(f"chart rendering failed for {', '.join(failures)}")
+            rendered = {name: load_rendered(os.path.join(tmp, name)) for name in opslib.SCENARIOS}
         problems = check_values_documented(a.root) + check_controller_mirrors_shipped(a.root)
+        problems += check_servicemonitor_jobs(a.root, rendered["full"])
         if problems:
             raise opslib.OpsError(f"{len(problems)} chart problem(s)\n" + "\n".join(problems))
         return (f"{len(opslib.SCENARIOS)} value sets rendered and checked ({', '.join(opslib.SCENARIOS)}); "
-                "every value documented; controller config mirrors guard_sidecar/config/controller.json")
+                "every value documented; controller config mirrors guard_sidecar/config/controller.json; "
+                "ServiceMonitor jobs match the alert rules")
 
     return opslib.main_wrapper("ops_helm_render", body)
+
+
+def load_rendered(out_dir):
+    """The documents helmrender wrote to out_dir/all.yaml."""
+    import yaml
+    with open(os.path.join(out_dir, "all.yaml")) as f:
+        return [d for d in yaml.safe_load_all(f) if d]
+
+
+def relabel(labels, rules):
+    """Prometheus `replace` relabelling (the only action the chart uses on job); other actions
+    are skipped when they do not touch the labels followed here."""
+    import re
+    labels = dict(labels)
+    for r in rules:
+        action = r.get("action", "replace").lower()
+        if action != "replace":
+            if r.get("targetLabel") in labels:
+                raise opslib.OpsError(f"relabeling action {action} on {r.get('targetLabel')} is not simulated")
+            continue
+        src = r.get("separator", ";").join(labels.get(n, "") for n in r.get("sourceLabels", []))
+        m = re.fullmatch(r.get("regex", "(.*)"), src)
+        if m:
+            labels[r["targetLabel"]] = m.expand(r.get("replacement", "$1").replace("$", "\\"))
+    return labels
+
+
+def check_servicemonitor_jobs(root, docs):
+    """The job label each ServiceMonitor endpoint gives its targets (the operator starts from the
+    Service's name, then applies the endpoint's relabelings) is the one deploy/prometheus uses:
+    kvguard-server for the server's port, kvguard-guard for the guard's; KvguardTargetDown matches
+    both, prometheus.yml (compose) scrapes the same job names, and the promtool tests of
+    alerts_test.yml exercise them."""
+    import re
+    import yaml
+    problems = []
+    services = [d for d in docs if d.get("kind") == "Service"]
+    monitors = [d for d in docs if d.get("kind") == "ServiceMonitor"]
+    if len(monitors) != 1 or len(services) != 1:
+        return [f"expected one ServiceMonitor and one Service in the full render, got {len(monitors)}, {len(services)}"]
+    want = {"metrics": "kvguard-server", "guard-metrics": "kvguard-guard"}
+    got = {}
+    for ep in monitors[0]["spec"]["endpoints"]:
+        base = {"job": services[0]["metadata"]["name"], "__meta_kubernetes_pod_node_name": "node-1"}
+        got[ep["port"]] = relabel(base, ep.get("relabelings", []))["job"]
+    if got != want:
+        problems.append(f"ServiceMonitor endpoints give job labels {got}, the alert rules expect {want}")
+    with open(os.path.join(root, "deploy", "prometheus", "alerts.yml")) as f:
+        rules = {r["alert"]: r for g in yaml.safe_load(f)["groups"] for r in g["rules"] if "alert" in r}
+    m = re.search(r'up\{job=~"([^"]+)"\}', rules["KvguardTargetDown"]["expr"])
+    if not m or not all(re.fullmatch(m.group(1), j) for j in want.values()):
+        problems.append(f"KvguardTargetDown does not match jobs {sorted(want.values())}: {rules['KvguardTargetDown']['expr']!r}")
+    with open(os.path.join(root, "deploy", "prometheus", "prometheus.yml")) as f:
+        compose_jobs = {c["job_name"] for c in yaml.safe_load(f)["scrape_configs"]}
+    if not set(want.values()) <= compose_jobs:
+        problems.append(f"deploy/prometheus/prometheus.yml scrapes jobs {sorted(compose_jobs)}, not {sorted(want.values())}")
+    with open(os.path.join(root, "deploy", "prometheus", "alerts_test.yml")) as f:
+        tests = yaml.safe_load(f)["tests"]
+    up_jobs = {j for t in tests for s in t.get("input_series", [])
+               for j in re.findall(r'^up\{.*\bjob="([^"]+)"', s["series"])}
+    if not set(want.values()) <= up_jobs:
+        problems.append(f"alerts_test.yml tests `up` only for jobs {sorted(up_jobs)}, not {sorted(want.values())}")
+    return problems
 
 
 def leaf_paths(v, prefix=""):

@@ -228,23 +228,60 @@ def substitute_grafana(expr):
 
 
 _CMP = re.compile(r"^(?P<lhs>.*\S)\s*(?P<op>>=|<=|==|!=|>|<)\s*(?P<num>[-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*$", re.S)
+_MATCHING = re.compile(r"^\s*(?:on|ignoring)\s*\([^)]*\)\s*", re.S)
+
+
+def split_top_level_and(expr):
+    """The operands of the top-level `and` operators of a PromQL expression (outside
+    parentheses, braces, brackets and strings); one element when there is none."""
+    parts, depth, quote, start, i = [], 0, None, 0, 0
+    while i < len(expr):
+        c = expr[i]
+        if quote:
+            if c == "\\":
+                i += 1
+            elif c == quote:
+                quote = None
+        elif c in "\"'`":
+            quote = c
+        elif c in "([{":
+            depth += 1
+        elif c in ")]}":
+            depth -= 1
+        elif (depth == 0 and expr.startswith("and", i) and (i == 0 or not (expr[i - 1].isalnum() or expr[i - 1] == "_"))
+              and (i + 3 == len(expr) or not (expr[i + 3].isalnum() or expr[i + 3] == "_"))):
+            parts.append(expr[start:i])
+            start = i + 3
+            i += 3
+            continue
+        i += 1
+    parts.append(expr[start:])
+    return [p.strip() for p in parts]
 
 
 def alert_rules(root):
-    """(alert name, full expr, measure expr) from deploy/prometheus/alerts.yml; the
-    measure is the expression without its final `<op> <number>` threshold."""
+    """(alert name, full expr, [measure exprs]) from deploy/prometheus/alerts.yml. An
+    expression is `<measure> <op> <number>`, optionally followed by traffic floors
+    `and on (...) <measure> <op> <number>`; the measures are the operands without
+    their `<op> <number>` thresholds (and without the `on (...)` matching)."""
     import yaml  # python3-yaml
     with open(os.path.join(root, "deploy", "prometheus", "alerts.yml")) as f:
         doc = yaml.safe_load(f)
     out = []
     for g in doc["groups"]:
         for r in g["rules"]:
+            name = r.get("alert") or r.get("record")
             expr = r["expr"].strip()
-            m = _CMP.match(expr)
-            if not m:
-                raise OpsError(f"alert {r.get('alert') or r.get('record')}: expression does not end in "
-                               f"'<op> <number>': {expr!r}")
-            out.append((r.get("alert") or r.get("record"), expr, m.group("lhs").strip()))
+            measures = []
+            for k, part in enumerate(split_top_level_and(expr)):
+                if k > 0:
+                    part = _MATCHING.sub("", part, count=1)
+                m = _CMP.match(part)
+                if not m:
+                    raise OpsError(f"alert {name}: expression is not '<measure> <op> <number>' "
+                                   f"[and on (...) '<measure> <op> <number>']: {expr!r}")
+                measures.append(m.group("lhs").strip())
+            out.append((name, expr, measures))
     return out
 
 

@@ -168,7 +168,8 @@ scrape_configs:
                 raise opslib.OpsError(f"scrape targets not up: {down or targets}")
 
             queries = [(f"dashboard {where}", opslib.substitute_grafana(e)) for where, e in dash]
-            queries += [(f"alert {name}", measure) for name, _, measure in alerts]
+            queries += [(f"alert {name}" + (f" (operand {k + 1})" if len(measures) > 1 else ""), measure)
+                        for name, _, measures in alerts for k, measure in enumerate(measures)]
             pending = list(queries)
             failures = {}
             retry_until = time.time() + min(25, max(0, remaining() - 5))  # counters that just appeared need scrapes
