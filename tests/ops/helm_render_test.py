@@ -1,10 +1,16 @@
 #!/usr/bin/env python3
 """ops_helm_render: builds tests/ops/helmrender (Go text/template + sprig, offline)
 and renders helm/kvguard as Helm would, with the default values and with the
-override files of tests/ops (GPU; HPA + ServiceMonitor + model mounts; no guard).
-helmrender checks every document parses as YAML and has what Kubernetes requires.
-Also: every value of values.yaml is documented in the chart's README, and the
-chart's default controller config equals guard_sidecar/config/controller.json.
+override files of tests/ops (GPU; HPA + ServiceMonitor + PrometheusRule + dashboard
++ model mounts; no guard). helmrender checks every document parses as YAML and has
+what Kubernetes requires. Also: every value of values.yaml is documented in the
+chart's README; the chart's default controller config equals
+guard_sidecar/config/controller.json; values.yaml and every override file validate
+against values.schema.json (python3-jsonschema; Helm does that on install) and bad
+values do not; the ServiceMonitor's job labels are the ones the alert rules match;
+the PrometheusRule and the dashboard ConfigMap carry deploy/prometheus/alerts.yml
+and deploy/grafana/dashboards/kvguard.json; the NetworkPolicy admits no peer to the
+guard's gRPC port; the default image tags are the ones the README builds.
 Prints one line."""
 import argparse
 import json
@@ -35,11 +41,17 @@ def main():
             rendered = {name: load_rendered(os.path.join(tmp, name)) for name in opslib.SCENARIOS}
         problems = check_values_documented(a.root) + check_controller_mirrors_shipped(a.root)
         problems += check_servicemonitor_jobs(a.root, rendered["full"])
+        problems += check_values_schema(a.root)
+        problems += check_monitoring_copies(a.root, rendered)
+        problems += check_network_policy(rendered)
+        problems += check_image_tags(a.root, rendered)
         if problems:
             raise opslib.OpsError(f"{len(problems)} chart problem(s)\n" + "\n".join(problems))
         return (f"{len(opslib.SCENARIOS)} value sets rendered and checked ({', '.join(opslib.SCENARIOS)}); "
                 "every value documented; controller config mirrors guard_sidecar/config/controller.json; "
-                "ServiceMonitor jobs match the alert rules")
+                "values match values.schema.json, bad values do not; ServiceMonitor jobs match the alert rules; "
+                "PrometheusRule and dashboard ConfigMap carry deploy/'s rules and dashboard; NetworkPolicy "
+                "keeps other pods off the guard; default image tags are the README's")
 
     return opslib.main_wrapper("ops_helm_render", body)
 
@@ -104,6 +116,197 @@ def check_servicemonitor_jobs(root, docs):
                for j in re.findall(r'^up\{.*\bjob="([^"]+)"', s["series"])}
     if not set(want.values()) <= up_jobs:
         problems.append(f"alerts_test.yml tests `up` only for jobs {sorted(up_jobs)}, not {sorted(want.values())}")
+    return problems
+
+
+def merged_values(root, files):
+    """values.yaml coalesced with override files as Helm does (maps merge, the rest replaces)."""
+    import yaml
+
+    def merge(dst, src):
+        for k, v in src.items():
+            if isinstance(v, dict) and isinstance(dst.get(k), dict):
+                merge(dst[k], v)
+            else:
+                dst[k] = v
+        return dst
+    with open(os.path.join(root, "helm", "kvguard", "values.yaml")) as f:
+        values = yaml.safe_load(f)
+    for name in files:
+        with open(os.path.join(root, "tests", "ops", name)) as f:
+            merge(values, yaml.safe_load(f) or {})
+    return values
+
+
+# Overrides values.schema.json must reject: (what, override).
+BAD_VALUES = [
+    ("fail-safe policy", {"server": {"failSafe": "maybe"}}),
+    ("guard model source", {"guard": {"model": {"source": "s3"}}}),
+    ("dtype", {"server": {"dtype": "fp8"}}),
+    ("device", {"server": {"device": "gpu"}}),
+    ("port as a string", {"server": {"port": "50051"}}),
+    ("ratio of 1", {"server": {"defaultRatio": 1}}),
+    ("queue as a float", {"server": {"maxQueue": 6.5}}),
+    ("misspelt key", {"server": {"maxConcurency": 8}}),
+    ("unknown top-level key", {"prometheusRules": {"enabled": True}}),
+    ("scrape interval", {"serviceMonitor": {"interval": 15}}),
+    ("runbook url", {"prometheusRule": {"runbookUrl": "docs/runbook.md"}}),
+    ("guard lag", {"server": {"guardLag": 2}}),
+]
+
+
+def check_values_schema(root):
+    """values.yaml and every override of the scenarios validate against values.schema.json; each
+    of BAD_VALUES is rejected."""
+    try:
+        import jsonschema  # Debian: python3-jsonschema
+    except ImportError:
+        return ["python3 module jsonschema missing (Debian package python3-jsonschema; scripts/install_deps.sh)"]
+    with open(os.path.join(root, "helm", "kvguard", "values.schema.json")) as f:
+        schema = json.load(f)
+    jsonschema.Draft7Validator.check_schema(schema)
+    validator = jsonschema.Draft7Validator(schema)
+    problems = []
+    for name, (files, _) in opslib.SCENARIOS.items():
+        for e in validator.iter_errors(merged_values(root, files)):
+            problems.append(f"values of scenario {name} do not match values.schema.json: "
+                            f"{'.'.join(map(str, e.path))}: {e.message}")
+    import copy
+    base = merged_values(root, [])
+    for what, override in BAD_VALUES:
+        v = copy.deepcopy(base)
+
+        def merge(dst, src):
+            for k, x in src.items():
+                if isinstance(x, dict) and isinstance(dst.get(k), dict):
+                    merge(dst[k], x)
+                else:
+                    dst[k] = x
+        merge(v, override)
+        if validator.is_valid(v):
+            problems.append(f"values.schema.json accepts a bad {what}: {override}")
+    return problems
+
+
+def load_yaml_doc(path):
+    import yaml
+    with open(path) as f:
+        return yaml.safe_load(f)
+
+
+def check_monitoring_copies(root, rendered):
+    """The chart's files/ copies equal deploy/'s rules and dashboard byte for byte; the rendered
+    PrometheusRule (full values: maxQueue 128, own runbook URL) holds those rules with only the
+    queue capacity and the runbook links changed, and promtool accepts it; the dashboard
+    ConfigMap holds the dashboard JSON."""
+    import shutil
+    import subprocess
+    problems = []
+    chart = os.path.join(root, "helm", "kvguard")
+    pairs = [(os.path.join(root, "deploy", "prometheus", "alerts.yml"), os.path.join(chart, "files", "alerts.yml")),
+             (os.path.join(root, "deploy", "grafana", "dashboards", "kvguard.json"),
+              os.path.join(chart, "files", "kvguard-dashboard.json"))]
+    for src, copy in pairs:
+        with open(src, "rb") as f1, open(copy, "rb") as f2:
+            if f1.read() != f2.read():
+                problems.append(f"{os.path.relpath(copy, root)} differs from {os.path.relpath(src, root)}: "
+                                f"cp {os.path.relpath(src, root)} {os.path.relpath(copy, root)}")
+    values = merged_values(root, opslib.SCENARIOS["full"][0])
+    docs = rendered["full"]
+    rules = [d for d in docs if d.get("kind") == "PrometheusRule"]
+    if len(rules) != 1:
+        return problems + [f"full values render {len(rules)} PrometheusRules, want 1"]
+    text = json.dumps(load_yaml_doc(pairs[0][0]))
+    old_queue = "avg_over_time(kvguard_queue_depth[2m])) / 64\\n"
+    if old_queue not in text:
+        problems.append("deploy/prometheus/alerts.yml: KvguardQueueSaturated no longer divides by 64")
+    text = text.replace(old_queue, old_queue.replace("/ 64", f"/ {values['server']['maxQueue']}"))
+    text = text.replace("https://example.invalid/kvguard/blob/main/docs/runbook.md", values["prometheusRule"]["runbookUrl"])
+    if rules[0]["spec"] != json.loads(text):
+        problems.append("the rendered PrometheusRule's spec is not deploy/prometheus/alerts.yml with server.maxQueue "
+                        "and prometheusRule.runbookUrl substituted")
+    promtool = shutil.which("promtool") or "/usr/bin/promtool"
+    if os.path.exists(promtool):
+        import tempfile
+        import yaml
+        with tempfile.NamedTemporaryFile("w", suffix=".yml") as f:
+            yaml.safe_dump(rules[0]["spec"], f)
+            f.flush()
+            r = subprocess.run([promtool, "check", "rules", f.name], capture_output=True, text=True, timeout=60)
+            if r.returncode != 0:
+                problems.append(f"promtool rejects the rendered PrometheusRule:\n{r.stdout}{r.stderr}")
+    dash = [d for d in docs if d.get("kind") == "ConfigMap" and "kvguard.json" in (d.get("data") or {})]
+    if len(dash) != 1:
+        problems.append(f"full values render {len(dash)} dashboard ConfigMaps, want 1")
+    else:
+        with open(pairs[1][0]) as f:
+            want = json.load(f)
+        if json.loads(dash[0]["data"]["kvguard.json"]) != want:
+            problems.append("the dashboard ConfigMap's kvguard.json is not deploy/grafana/dashboards/kvguard.json")
+        if dash[0]["metadata"]["labels"].get("grafana_dashboard") != "1":
+            problems.append("the dashboard ConfigMap lacks the label grafana_dashboard: \"1\" Grafana's sidecar selects")
+    for name in ("default", "noguard"):
+        if any(d.get("kind") == "PrometheusRule" or (d.get("kind") == "ConfigMap" and "kvguard.json" in (d.get("data") or {}))
+               for d in rendered[name]):
+            problems.append(f"{name} values render a PrometheusRule or dashboard ConfigMap (both are opt-in)")
+    return problems
+
+
+def check_network_policy(rendered):
+    """Default and full values render one NetworkPolicy selecting the pods, admitting ingress to
+    named ports of the pod that are the server's gRPC and the /metrics ports, never to the guard's
+    gRPC port; full values restrict the peers."""
+    problems = []
+    for name in ("default", "full", "noguard"):
+        docs = rendered[name]
+        pols = [d for d in docs if d.get("kind") == "NetworkPolicy"]
+        dep = [d for d in docs if d.get("kind") == "Deployment"][0]
+        if len(pols) != 1:
+            problems.append(f"{name}: {len(pols)} NetworkPolicies rendered, want 1")
+            continue
+        pol = pols[0]["spec"]
+        if pol.get("podSelector", {}).get("matchLabels") != dep["spec"]["selector"]["matchLabels"]:
+            problems.append(f"{name}: NetworkPolicy podSelector does not select the Deployment's pods")
+        if pol.get("policyTypes") != ["Ingress"]:
+            problems.append(f"{name}: NetworkPolicy policyTypes {pol.get('policyTypes')}, want [Ingress]")
+        ports = {}
+        for c in dep["spec"]["template"]["spec"]["containers"]:
+            for p in c.get("ports", []):
+                ports[p["name"]] = (c["name"], p["containerPort"])
+        admitted = [p["port"] for rule in pol.get("ingress", []) for p in rule.get("ports", [])]
+        if any(not rule.get("ports") for rule in pol.get("ingress", [])):
+            problems.append(f"{name}: a NetworkPolicy ingress rule admits every port")
+        unknown = [p for p in admitted if p not in ports]
+        if unknown:
+            problems.append(f"{name}: NetworkPolicy admits ports {unknown} that no container declares")
+        guard_grpc = [n for n, (c, _) in ports.items() if c == "guard" and "metrics" not in n]
+        guard_port_numbers = [num for n, (c, num) in ports.items() if c == "guard" and "metrics" not in n]
+        if any(p in guard_grpc or p in guard_port_numbers for p in admitted):
+            problems.append(f"{name}: NetworkPolicy admits other pods to the guard's gRPC port")
+        want = {"grpc", "metrics"} | ({"guard-metrics"} if "guard-metrics" in ports else set())
+        if set(admitted) != want:
+            problems.append(f"{name}: NetworkPolicy admits {sorted(admitted)}, want {sorted(want)}")
+        if name == "full" and not all(rule.get("from") for rule in pol.get("ingress", [])):
+            problems.append("full: NetworkPolicy ignores networkPolicy.grpcFrom / metricsFrom")
+        if name == "default" and any(rule.get("from") for rule in pol.get("ingress", [])):
+            problems.append("default: NetworkPolicy restricts peers although grpcFrom / metricsFrom are empty")
+    return problems
+
+
+def check_image_tags(root, rendered):
+    """The image of the default values (and the GPU override) is one the README's `docker build
+    -t` commands build."""
+    import re
+    with open(os.path.join(root, "README.md")) as f:
+        built = set(re.findall(r"docker build -f deploy/Dockerfile(?:\.cuda)? -t (\S+) \.", f.read()))
+    problems = []
+    if not built:
+        return ["README.md has no `docker build -f deploy/Dockerfile... -t <image> .` command"]
+    for name in ("default", "gpu"):
+        dep = [d for d in rendered[name] if d.get("kind") == "Deployment"][0]
+        for c in dep["spec"]["template"]["spec"]["containers"]:
+            if c["image"] not in built:
+                problems.append(f"{name}: container {c['name']} runs image {c['image']}, the README builds {sorted(built)}")
     return problems
 
 

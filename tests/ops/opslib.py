@@ -176,10 +176,13 @@ SCENARIOS = {
     # name: (override files, extra helmrender args)
     "default": ([], ["--expect-kind", "Deployment", "--expect-kind", "Service", "--expect-kind", "ConfigMap",
                      "--expect-kind", "PodDisruptionBudget", "--expect-kind", "ServiceAccount",
-                     "--expect-absent", "HorizontalPodAutoscaler", "--expect-absent", "ServiceMonitor"]),
+                     "--expect-kind", "NetworkPolicy",
+                     "--expect-absent", "HorizontalPodAutoscaler", "--expect-absent", "ServiceMonitor",
+                     "--expect-absent", "PrometheusRule"]),
     "gpu": (["values-gpu.yaml"], ["--expect-gpu", "--expect-kind", "Deployment"]),
     "full": (["values-full.yaml"], ["--expect-kind", "HorizontalPodAutoscaler", "--expect-kind", "ServiceMonitor",
-                                    "--expect-kind", "PodDisruptionBudget", "--expect-kind", "ConfigMap"]),
+                                    "--expect-kind", "PodDisruptionBudget", "--expect-kind", "ConfigMap",
+                                    "--expect-kind", "PrometheusRule", "--expect-kind", "NetworkPolicy"]),
     "noguard": (["values-noguard.yaml"], ["--expect-absent", "ConfigMap", "--expect-absent", "PodDisruptionBudget",
                                           "--expect-absent", "ServiceAccount"]),
 }

@@ -5,7 +5,8 @@
 // plus the Helm built-ins the chart uses: include, tpl, required, toYaml,
 // fromYaml, toJson, lookup (always empty), and the objects .Values (values.yaml
 // coalesced with -f files, numbers as float64 like Helm's JSON-based values),
-// .Release, .Chart, .Capabilities and .Template. Templates run with
+// .Release, .Chart, .Capabilities, .Template and .Files (Get and GetBytes over
+// the chart's files outside templates/). Templates run with
 // missingkey=zero and "<no value>" is blanked, as in Helm.
 //
 // Build without network (Debian packages golang-go,
@@ -170,7 +171,17 @@ type chart struct {
 	name      string
 	meta      map[string]interface{}
 	templates map[string]string // template name -> source
+	files     chartFiles        // .Files: path relative to the chart -> content
 }
+
+// chartFiles is .Files: the chart's files outside templates/ and charts/.
+type chartFiles map[string]string
+
+// Get returns a file's content, "" when there is none (as Helm does).
+func (f chartFiles) Get(name string) string { return f[name] }
+
+// GetBytes returns a file's content as bytes.
+func (f chartFiles) GetBytes(name string) []byte { return []byte(f[name]) }
 
 func loadChart(dir string) (*chart, error) {
 	raw, err := os.ReadFile(filepath.Join(dir, "Chart.yaml"))
@@ -200,6 +211,28 @@ func loadChart(dir string) (*chart, error) {
 			return nil, err
 		}
 		c.templates[c.name+"/templates/"+e.Name()] = string(data)
+	}
+	c.files = chartFiles{}
+	err = filepath.WalkDir(dir, func(path string, e os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, path)
+		if e.IsDir() {
+			if rel == "templates" || rel == "charts" {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		c.files[filepath.ToSlash(rel)] = string(data)
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	return c, nil
 }
@@ -259,7 +292,7 @@ func (c *chart) render(values map[string]interface{}, release, namespace string)
 	}
 	caps := capabilities{
 		KubeVersion: kubeVersion{Version: "v1.29.0", Major: "1", Minor: "29", GitVersion: "v1.29.0"},
-		APIVersions: apiVersions{"v1", "apps/v1", "autoscaling/v2", "policy/v1", "monitoring.coreos.com/v1"},
+		APIVersions: apiVersions{"v1", "apps/v1", "autoscaling/v2", "policy/v1", "networking.k8s.io/v1", "monitoring.coreos.com/v1"},
 	}
 	out := map[string]string{}
 	for _, n := range names {
@@ -272,7 +305,7 @@ func (c *chart) render(values map[string]interface{}, release, namespace string)
 			"Release":      map[string]interface{}{"Name": release, "Namespace": namespace, "Service": "Helm", "IsInstall": true, "IsUpgrade": false, "Revision": 1},
 			"Capabilities": caps,
 			"Template":     map[string]interface{}{"Name": n, "BasePath": c.name + "/templates"},
-			"Files":        map[string]interface{}{},
+			"Files":        c.files,
 		}
 		var buf bytes.Buffer
 		if err := root.ExecuteTemplate(&buf, n, top); err != nil {
