@@ -15,8 +15,8 @@ void AttentionNeeds::Merge(const AttentionNeeds& o) {
   query_window = std::max(query_window, o.query_window);
   attention_sums = attention_sums || o.attention_sums;
   if (o.query_moments) {
-    query_moments_skip = query_moments ? std::min(query_moments_skip, o.query_moments_skip)
-                                       : o.query_moments_skip;
+    query_moments_skip =
+        query_moments ? std::min(query_moments_skip, o.query_moments_skip) : o.query_moments_skip;
     query_moments = true;
   }
   if (o.question_begin >= 0) {
@@ -30,18 +30,65 @@ bool AttentionNeeds::any() const {
 }
 
 SequenceKvCache::SequenceKvCache(const KvCacheOptions& options) : options_(options) {
-  const LayerShape shape{.kv_heads = options.num_kv_heads, .head_dim = options.head_dim,
-                         .dtype = options.dtype, .device = options.device};
+  const LayerShape shape{.kv_heads = options.num_kv_heads,
+                         .head_dim = options.head_dim,
+                         .dtype = options.dtype,
+                         .device = options.device};
   layers_.resize(options.num_layers);
   for (int64_t l = 0; l < options.num_layers; ++l) {
     Layer& layer = layers_[l];
     const auto& fp = options.full_precision_layers;
     layer.quantized = options.quantize && std::find(fp.begin(), fp.end(), l) == fp.end();
-    layer.store = layer.quantized ? NewQuantizedLayerStore(shape, options.kivi)
-                                  : NewDenseLayerStore(shape, options.reserve_slots);
+    if (options.arena != nullptr) {
+      layer.store = layer.quantized
+                        ? NewPoolChargedStore(NewQuantizedLayerStore(shape, options.kivi),
+                                              options.arena->pool)
+                        : NewPagedLayerStore(options.arena);
+    } else {
+      layer.store = layer.quantized ? NewQuantizedLayerStore(shape, options.kivi)
+                                    : NewDenseLayerStore(shape, options.reserve_slots);
+    }
     layer.positions.resize(options.num_kv_heads);
     layer.approx_positions.resize(options.num_kv_heads);
   }
+}
+
+int64_t SequenceKvCache::BlocksToAppend(int64_t n) const {
+  int64_t blocks = 0;
+  for (const Layer& l : layers_) blocks += l.store->BlocksToAppend(n);
+  return blocks;
+}
+
+int64_t SequenceKvCache::BlocksHeld() const {
+  int64_t blocks = 0;
+  for (const Layer& l : layers_) blocks += l.store->BlocksHeld();
+  return blocks;
+}
+
+void SequenceKvCache::SwapOut() {
+  if (swapped_out_) return;
+  swapped_blocks_ = BlocksHeld();
+  for (Layer& l : layers_) l.store->SwapOut();
+  swapped_out_ = true;
+}
+
+int64_t SequenceKvCache::BlocksToSwapIn() const { return swapped_out_ ? swapped_blocks_ : 0; }
+
+absl::Status SequenceKvCache::SwapIn() {
+  if (!swapped_out_) return absl::OkStatus();
+  const auto& pool = options_.arena;
+  if (pool != nullptr && pool->pool->free_blocks() < swapped_blocks_) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "KV pool: ", swapped_blocks_, " blocks to swap in, ", pool->pool->free_blocks(), " free"));
+  }
+  for (Layer& l : layers_) {
+    if (absl::Status s = l.store->SwapIn(); !s.ok()) {
+      for (Layer& back : layers_) back.store->SwapOut();  // all or nothing
+      return s;
+    }
+  }
+  swapped_out_ = false;
+  return absl::OkStatus();
 }
 
 void SequenceKvCache::AppendTokenIds(const std::vector<int32_t>& ids) {
@@ -74,7 +121,8 @@ void SequenceKvCache::Append(int64_t layer_index, const at::Tensor& k, const at:
   layer.store->Append(k, v);
   layer.size += n;
   for (auto& head_positions : layer.positions) {
-    for (int64_t i = 0; i < n; ++i) head_positions.push_back(static_cast<int32_t>(first_position + i));
+    for (int64_t i = 0; i < n; ++i)
+      head_positions.push_back(static_cast<int32_t>(first_position + i));
   }
 }
 
@@ -82,7 +130,8 @@ absl::Status SequenceKvCache::Insert(int64_t layer_index, const at::Tensor& k, c
                                      const std::vector<int32_t>& positions) {
   Layer& layer = layers_[layer_index];
   const int64_t n = static_cast<int64_t>(positions.size());
-  if (k.size(1) != n) return absl::InvalidArgumentError("insert: positions and entries differ in count");
+  if (k.size(1) != n)
+    return absl::InvalidArgumentError("insert: positions and entries differ in count");
   // Per head, the rows of `positions` it lacks; every head must take as many.
   std::vector<std::vector<int64_t>> rows(options_.num_kv_heads);
   for (int64_t h = 0; h < options_.num_kv_heads; ++h) {
@@ -100,7 +149,8 @@ absl::Status SequenceKvCache::Insert(int64_t layer_index, const at::Tensor& k, c
   if (m != n) {
     std::vector<int64_t> flat;
     for (const auto& r : rows) flat.insert(flat.end(), r.begin(), r.end());
-    at::Tensor index = at::tensor(flat, at::kLong).to(k.device()).view({options_.num_kv_heads, m, 1});
+    at::Tensor index =
+        at::tensor(flat, at::kLong).to(k.device()).view({options_.num_kv_heads, m, 1});
     ks = k.gather(1, index.expand({-1, -1, k.size(2)}));
     vs = v.gather(1, index.expand({-1, -1, v.size(2)}));
   }
@@ -159,7 +209,8 @@ std::vector<int32_t> SequenceKvCache::RestorableSet(const std::vector<int32_t>& 
     for (int64_t h = 0; h < heads; ++h) {
       held[l][h].insert(layers_[l].positions[h].begin(), layers_[l].positions[h].end());
       if (!layers_[l].approx_positions.empty()) {
-        held[l][h].insert(layers_[l].approx_positions[h].begin(), layers_[l].approx_positions[h].end());
+        held[l][h].insert(layers_[l].approx_positions[h].begin(),
+                          layers_[l].approx_positions[h].end());
       }
     }
   }
@@ -172,7 +223,8 @@ std::vector<int32_t> SequenceKvCache::RestorableSet(const std::vector<int32_t>& 
       for (int64_t h = 0; h < heads; ++h) {
         for (int32_t p : out) missing[h] += !held[l][h].count(p);
       }
-      if (std::all_of(missing.begin(), missing.end(), [&](int64_t c) { return c == missing[0]; })) continue;
+      if (std::all_of(missing.begin(), missing.end(), [&](int64_t c) { return c == missing[0]; }))
+        continue;
       for (int64_t h = 0; h < heads; ++h) {
         for (int32_t p = 0; p < num_positions(); ++p) {
           if (!held[l][h].count(p) && out.insert(p).second) changed = true;
@@ -228,7 +280,8 @@ absl::StatusOr<std::vector<int64_t>> FlattenPlan(const std::vector<std::vector<i
                                                  int64_t size) {
   const int64_t heads = static_cast<int64_t>(positions.size());
   if (static_cast<int64_t>(plan.size()) != heads) {
-    return absl::InvalidArgumentError(absl::StrCat("plan has ", plan.size(), " heads, cache has ", heads));
+    return absl::InvalidArgumentError(
+        absl::StrCat("plan has ", plan.size(), " heads, cache has ", heads));
   }
   std::vector<int64_t> flat;
   for (int64_t h = 0; h < heads; ++h) {
@@ -237,7 +290,8 @@ absl::StatusOr<std::vector<int64_t>> FlattenPlan(const std::vector<std::vector<i
     }
     std::vector<int64_t> slots = plan[h];
     for (int64_t s : slots) {
-      if (s < 0 || s >= size) return absl::InvalidArgumentError(absl::StrCat("plan: slot ", s, " out of range"));
+      if (s < 0 || s >= size)
+        return absl::InvalidArgumentError(absl::StrCat("plan: slot ", s, " out of range"));
     }
     std::sort(slots.begin(), slots.end(),
               [&](int64_t a, int64_t b) { return positions[h][a] < positions[h][b]; });
@@ -263,7 +317,8 @@ absl::Status SequenceKvCache::Retain(int64_t layer_index,
   if (identity) return absl::OkStatus();
   std::vector<std::vector<int32_t>> new_positions(heads);
   for (int64_t h = 0; h < heads; ++h) {
-    for (int64_t i = 0; i < n_keep; ++i) new_positions[h].push_back(layer.positions[h][(*flat)[h * n_keep + i]]);
+    for (int64_t i = 0; i < n_keep; ++i)
+      new_positions[h].push_back(layer.positions[h][(*flat)[h * n_keep + i]]);
   }
   at::Tensor index = IndexTensor(*flat, heads, n_keep);
   layer.store->Gather(index);
@@ -285,7 +340,8 @@ absl::Status SequenceKvCache::Approximate(int64_t layer_index,
   Layer& layer = layers_[layer_index];
   const int64_t heads = options_.num_kv_heads, d = options_.head_dim;
   if (!regression.defined() || regression.sizes() != at::IntArrayRef({heads, d + 1, d})) {
-    return absl::InvalidArgumentError("approximation needs a [kv_heads, head_dim + 1, head_dim] regression");
+    return absl::InvalidArgumentError(
+        "approximation needs a [kv_heads, head_dim + 1, head_dim] regression");
   }
   auto flat = FlattenPlan(approx, layer.positions, layer.size);
   if (!flat.ok()) return flat.status();
@@ -306,7 +362,8 @@ absl::Status SequenceKvCache::Approximate(int64_t layer_index,
   }
   at::Tensor index = IndexTensor(*flat, heads, n).unsqueeze(-1).expand({heads, n, d});
   at::Tensor moved_keys = at::gather(Keys(layer_index), 1, index).to(at::kFloat);
-  layer.approx_keys = layer.approx_keys.defined() ? at::cat({layer.approx_keys, moved_keys}, 1) : moved_keys;
+  layer.approx_keys =
+      layer.approx_keys.defined() ? at::cat({layer.approx_keys, moved_keys}, 1) : moved_keys;
   layer.regression = regression.to(options_.device, at::kFloat);
   const int64_t evicted_before = evicted_slots_;
   absl::Status s = Retain(layer_index, keep);
@@ -323,9 +380,10 @@ int64_t SequenceKvCache::ApproximatedSlots(int64_t layer) const {
 int64_t SequenceKvCache::LayerBytes(int64_t layer) const {
   const Layer& l = layers_[layer];
   // Approximated keys are held in float32 (the regression's precision).
-  const int64_t approx = l.approx_keys.defined()
-                             ? l.approx_keys.numel() * static_cast<int64_t>(l.approx_keys.element_size())
-                             : 0;
+  const int64_t approx =
+      l.approx_keys.defined()
+          ? l.approx_keys.numel() * static_cast<int64_t>(l.approx_keys.element_size())
+          : 0;
   return l.store->Bytes() + approx;
 }
 

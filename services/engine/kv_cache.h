@@ -19,6 +19,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <memory>
 #include <set>
 #include <vector>
 
@@ -30,11 +31,11 @@ namespace kvguard::engine {
 // Attention statistics a compressor asks the engine to gather while it runs
 // the forward pass (so no full attention matrix is ever kept).
 struct AttentionNeeds {
-  int64_t query_window = 0;         // keep post-RoPE queries of the last N tokens (SnapKV, TOVA)
-  bool attention_sums = false;      // attention each slot receives, summed over queries (H2O)
-  bool query_moments = false;       // running mean/covariance of pre-RoPE queries (ExpectedAttention)
-  int64_t query_moments_skip = 0;   // positions below this are left out of the moments (sinks)
-  int64_t question_begin = -1;      // keep post-RoPE queries of positions [begin, end) (Q2C)
+  int64_t query_window = 0;     // keep post-RoPE queries of the last N tokens (SnapKV, TOVA)
+  bool attention_sums = false;  // attention each slot receives, summed over queries (H2O)
+  bool query_moments = false;   // running mean/covariance of pre-RoPE queries (ExpectedAttention)
+  int64_t query_moments_skip = 0;  // positions below this are left out of the moments (sinks)
+  int64_t question_begin = -1;     // keep post-RoPE queries of positions [begin, end) (Q2C)
   int64_t question_end = -1;
 
   void Merge(const AttentionNeeds& other);
@@ -50,7 +51,7 @@ struct LayerAttentionStats {
   at::Tensor query_sum;                   // [heads, head_dim] float64
   at::Tensor query_outer_sum;             // [heads, head_dim, head_dim] float64
   int64_t query_count = 0;
-  at::Tensor question_queries;            // [heads, n, head_dim]
+  at::Tensor question_queries;  // [heads, n, head_dim]
   std::vector<int32_t> question_positions;
 };
 
@@ -67,15 +68,18 @@ struct KvCacheOptions {
   bool quantize = false;
   KiviOptions kivi;
   std::vector<int64_t> full_precision_layers;
+  // The server's KV pool: every layer's entries come from its blocks
+  // (kv_layer_store.h). Null: each layer store allocates its own tensors.
+  std::shared_ptr<KvArena> arena;
 };
 
 struct KvCacheStats {
-  int64_t total_tokens = 0;     // positions the sequence has had (prompt + generated)
-  int64_t retained_slots = 0;   // summed over layers and kv heads
-  int64_t capacity_slots = 0;   // allocated, summed over layers and kv heads
-  int64_t bytes = 0;            // bytes of retained keys + values
-  int64_t allocated_bytes = 0;  // bytes held by the tensors, slack included
-  int64_t evicted_slots = 0;    // cumulative
+  int64_t total_tokens = 0;        // positions the sequence has had (prompt + generated)
+  int64_t retained_slots = 0;      // summed over layers and kv heads
+  int64_t capacity_slots = 0;      // allocated, summed over layers and kv heads
+  int64_t bytes = 0;               // bytes of retained keys + values
+  int64_t allocated_bytes = 0;     // bytes held by the tensors, slack included
+  int64_t evicted_slots = 0;       // cumulative
   int64_t approximated_slots = 0;  // cumulative (VECTOR)
 };
 
@@ -118,7 +122,8 @@ class SequenceKvCache {
   absl::Status Approximate(int64_t layer, const std::vector<std::vector<int64_t>>& approx,
                            const at::Tensor& regression);
   [[nodiscard]] int64_t ApproximatedSlots(int64_t layer) const;
-  [[nodiscard]] const std::vector<std::vector<int32_t>>& ApproximatedPositions(int64_t layer) const {
+  [[nodiscard]] const std::vector<std::vector<int32_t>>& ApproximatedPositions(
+      int64_t layer) const {
     return layers_[layer].approx_positions;
   }
 
@@ -146,9 +151,22 @@ class SequenceKvCache {
     return layers_[layer].stats;
   }
   LayerAttentionStats& MutableAttentionStats(int64_t layer) { return layers_[layer].stats; }
-  // Slot-aligned views [kv_heads, group, retained] / [kv_heads, retained]; undefined when not gathered.
+  // Slot-aligned views [kv_heads, group, retained] / [kv_heads, retained]; undefined when not
+  // gathered.
   [[nodiscard]] at::Tensor AttentionSum(int64_t layer) const;
   [[nodiscard]] at::Tensor AttentionCount(int64_t layer) const;
+
+  // --- the KV pool (all 0 / no-ops without an arena) ---
+  // Blocks that appending n tokens to every layer would take from the pool.
+  [[nodiscard]] int64_t BlocksToAppend(int64_t n) const;
+  [[nodiscard]] int64_t BlocksHeld() const;
+  // Preemption: frees every block (entries kept outside the pool) / takes
+  // them back. SwapIn is all or nothing: ResourceExhausted leaves it out.
+  void SwapOut();
+  absl::Status SwapIn();
+  [[nodiscard]] bool swapped_out() const { return swapped_out_; }
+  // Blocks SwapIn() takes.
+  [[nodiscard]] int64_t BlocksToSwapIn() const;
 
   [[nodiscard]] KvCacheStats Stats() const;
   [[nodiscard]] int64_t LayerBytes(int64_t layer) const;
@@ -165,8 +183,8 @@ class SequenceKvCache {
     std::vector<std::vector<int32_t>> positions;  // [kv_heads][size]
     LayerAttentionStats stats;
     // VECTOR's approximated entries: keys only, values from the regression.
-    at::Tensor approx_keys;                            // [kv_heads, A, head_dim]
-    at::Tensor regression;                             // [kv_heads, head_dim + 1, head_dim]
+    at::Tensor approx_keys;                              // [kv_heads, A, head_dim]
+    at::Tensor regression;                               // [kv_heads, head_dim + 1, head_dim]
     std::vector<std::vector<int32_t>> approx_positions;  // [kv_heads][A]
   };
   void GrowStats(Layer& layer, int64_t needed);
@@ -177,6 +195,8 @@ class SequenceKvCache {
   std::vector<int32_t> token_ids_;
   int64_t evicted_slots_ = 0;
   int64_t approximated_slots_ = 0;
+  bool swapped_out_ = false;
+  int64_t swapped_blocks_ = 0;
 };
 
 }  // namespace kvguard::engine

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "absl/strings/str_cat.h"
 #include "common/check.h"
 
 namespace kvguard::engine {
@@ -145,13 +146,238 @@ class QuantizedLayerStore final : public LayerStore {
   at::Tensor k_fp_, v_fp_;
 };
 
+// Dense entries in blocks of the shared arena. Slot s lives in block
+// blocks_[s / T] at row s % T (T = block_tokens). Reads are views of the
+// arena when the blocks are consecutive (the pool hands out successors when
+// it can), a gather otherwise.
+class PagedLayerStore final : public LayerStore {
+ public:
+  explicit PagedLayerStore(std::shared_ptr<KvArena> arena)
+      : arena_(std::move(arena)), pool_(*arena_->pool), shape_(arena_->shape) {}
+  ~PagedLayerStore() override { pool_.Free(blocks_); }
+
+  void Append(const at::Tensor& k, const at::Tensor& v) override {
+    const int64_t n = k.size(1);
+    Reserve(size_ + n);
+    Write(size_, k, v);
+    size_ += n;
+  }
+  at::Tensor Keys() const override { return swapped_ ? host_k_ : Read(arena_->keys); }
+  at::Tensor Values() const override { return swapped_ ? host_v_ : Read(arena_->values); }
+  int64_t size() const override { return size_; }
+
+  void Gather(const at::Tensor& index) override {
+    const int64_t n = index.size(1);
+    at::Tensor idx = index.unsqueeze(-1).expand({shape_.kv_heads, n, shape_.head_dim});
+    at::Tensor k = at::gather(Keys(), 1, idx), v = at::gather(Values(), 1, idx);
+    if (swapped_) {
+      host_k_ = k;
+      host_v_ = v;
+      size_ = n;
+      return;
+    }
+    // Whole blocks past the kept entries go back to the pool at once.
+    const int64_t keep = pool_.BlocksForTokens(n);
+    pool_.Free(std::span<const int32_t>(blocks_).subspan(static_cast<size_t>(keep)));
+    blocks_.resize(static_cast<size_t>(keep));
+    Write(0, k, v);
+    size_ = n;
+  }
+  int64_t Bytes() const override { return size_ * TokenBytes(shape_); }
+  int64_t AllocatedBytes() const override {
+    return static_cast<int64_t>(blocks_.size()) * pool_.block_bytes();
+  }
+
+  int64_t BlocksToAppend(int64_t n) const override {
+    return std::max<int64_t>(0, pool_.BlocksForTokens(size_ + n) - BlocksHeld());
+  }
+  int64_t BlocksHeld() const override { return static_cast<int64_t>(blocks_.size()); }
+  void SwapOut() override {
+    if (swapped_) return;
+    host_k_ = Keys().clone();
+    host_v_ = Values().clone();
+    pool_.Free(blocks_);
+    blocks_.clear();
+    swapped_ = true;
+  }
+  absl::Status SwapIn() override {
+    if (!swapped_) return absl::OkStatus();
+    auto ids = pool_.Allocate(pool_.BlocksForTokens(size_));
+    if (!ids.ok()) return ids.status();
+    blocks_ = std::move(*ids);
+    swapped_ = false;
+    Write(0, host_k_, host_v_);
+    host_k_ = at::Tensor();
+    host_v_ = at::Tensor();
+    return absl::OkStatus();
+  }
+
+ private:
+  // The scheduler reserves blocks before every step (BlocksToAppend), so a
+  // short pool here is a scheduler bug, not an input error.
+  void Reserve(int64_t tokens) {
+    KVG_CHECK(!swapped_) << "append to a swapped-out layer store";
+    const int64_t need = pool_.BlocksForTokens(tokens) - BlocksHeld();
+    if (need <= 0) return;
+    auto ids = pool_.Allocate(need, blocks_.empty() ? -1 : blocks_.back());
+    KVG_CHECK(ids.ok()) << ids.status();
+    blocks_.insert(blocks_.end(), ids->begin(), ids->end());
+  }
+  // Arena rows of slots [from, from + n): a first row when they are
+  // consecutive, else -1 and `rows` filled.
+  int64_t Rows(int64_t from, int64_t n, std::vector<int64_t>& rows) const {
+    const int64_t t = pool_.block_tokens();
+    const int64_t first = blocks_[from / t] * t + from % t;
+    bool consecutive = true;
+    for (int64_t b = from / t + 1; b <= (from + n - 1) / t && consecutive; ++b) {
+      consecutive = blocks_[b] == blocks_[b - 1] + 1;
+    }
+    if (consecutive) return first;
+    rows.reserve(static_cast<size_t>(n));
+    for (int64_t s = from; s < from + n; ++s) rows.push_back(blocks_[s / t] * t + s % t);
+    return -1;
+  }
+  at::Tensor Read(const at::Tensor& arena) const {
+    if (size_ == 0) return arena.narrow(1, 0, 0);
+    std::vector<int64_t> rows;
+    const int64_t first = Rows(0, size_, rows);
+    if (first >= 0) return arena.narrow(1, first, size_);
+    return arena.index_select(1, at::tensor(rows, at::kLong).to(arena.device()));
+  }
+  void Write(int64_t from, const at::Tensor& k, const at::Tensor& v) {
+    const int64_t n = k.size(1);
+    if (n == 0) return;
+    std::vector<int64_t> rows;
+    const int64_t first = Rows(from, n, rows);
+    if (first >= 0) {
+      arena_->keys.narrow(1, first, n).copy_(k);
+      arena_->values.narrow(1, first, n).copy_(v);
+      return;
+    }
+    at::Tensor index = at::tensor(rows, at::kLong).to(arena_->keys.device());
+    arena_->keys.index_copy_(1, index, k.to(shape_.dtype));
+    arena_->values.index_copy_(1, index, v.to(shape_.dtype));
+  }
+
+  std::shared_ptr<KvArena> arena_;
+  KvBlockPool& pool_;
+  LayerShape shape_;
+  std::vector<int32_t> blocks_;
+  int64_t size_ = 0;
+  bool swapped_ = false;
+  at::Tensor host_k_, host_v_;  // while swapped out
+};
+
+// A store with its own tensors (KIVI), charged to the pool in whole blocks
+// of its bytes so packed and dense layers share one budget.
+class PoolChargedStore final : public LayerStore {
+ public:
+  PoolChargedStore(std::unique_ptr<LayerStore> inner, std::shared_ptr<KvBlockPool> pool,
+                   int64_t token_bytes)
+      : inner_(std::move(inner)), pool_(std::move(pool)), token_bytes_(token_bytes) {}
+  ~PoolChargedStore() override { pool_->Free(charged_); }
+
+  void Append(const at::Tensor& k, const at::Tensor& v) override {
+    inner_->Append(k, v);
+    Settle();
+  }
+  at::Tensor Keys() const override { return inner_->Keys(); }
+  at::Tensor Values() const override { return inner_->Values(); }
+  int64_t size() const override { return inner_->size(); }
+  void Gather(const at::Tensor& index) override {
+    inner_->Gather(index);
+    Settle();
+  }
+  int64_t Bytes() const override { return inner_->Bytes(); }
+  int64_t AllocatedBytes() const override { return inner_->AllocatedBytes(); }
+  // Upper bound: new tokens counted at full precision until they are packed.
+  int64_t BlocksToAppend(int64_t n) const override {
+    return std::max<int64_t>(0, Blocks(inner_->AllocatedBytes() + n * token_bytes_) - BlocksHeld());
+  }
+  int64_t BlocksHeld() const override { return static_cast<int64_t>(charged_.size()); }
+  void SwapOut() override {
+    pool_->Free(charged_);
+    charged_.clear();
+    swapped_ = true;
+  }
+  absl::Status SwapIn() override {
+    if (!swapped_) return absl::OkStatus();
+    auto ids = pool_->Allocate(Blocks(inner_->AllocatedBytes()));
+    if (!ids.ok()) return ids.status();
+    charged_ = std::move(*ids);
+    swapped_ = false;
+    return absl::OkStatus();
+  }
+
+ private:
+  int64_t Blocks(int64_t bytes) const {
+    return (bytes + pool_->block_bytes() - 1) / pool_->block_bytes();
+  }
+  void Settle() {
+    if (swapped_) return;
+    const int64_t want = Blocks(inner_->AllocatedBytes());
+    if (want > BlocksHeld()) {
+      auto ids = pool_->Allocate(want - BlocksHeld());
+      KVG_CHECK(ids.ok()) << ids.status();  // reserved by the scheduler (BlocksToAppend)
+      charged_.insert(charged_.end(), ids->begin(), ids->end());
+    } else if (want < BlocksHeld()) {
+      pool_->Free(std::span<const int32_t>(charged_).subspan(static_cast<size_t>(want)));
+      charged_.resize(static_cast<size_t>(want));
+    }
+  }
+
+  std::unique_ptr<LayerStore> inner_;
+  std::shared_ptr<KvBlockPool> pool_;
+  int64_t token_bytes_;
+  std::vector<int32_t> charged_;
+  bool swapped_ = false;
+};
+
 }  // namespace
+
+int64_t TokenBytes(const LayerShape& shape) {
+  return 2 * shape.kv_heads * shape.head_dim * ElementBytes(shape.dtype);
+}
+
+absl::StatusOr<std::shared_ptr<KvArena>> NewKvArena(const LayerShape& shape, int64_t total_bytes,
+                                                    int64_t block_tokens) {
+  if (block_tokens <= 0)
+    return absl::InvalidArgumentError("KV pool: block_tokens must be positive");
+  const int64_t block_bytes = block_tokens * TokenBytes(shape);
+  const int64_t blocks = total_bytes / block_bytes;
+  if (blocks < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("KV pool of ", total_bytes,
+                                                   " bytes holds no block (one block is ",
+                                                   block_bytes, " bytes)"));
+  }
+  auto pool = KvBlockPool::Create(
+      {.total_blocks = blocks, .block_tokens = block_tokens, .block_bytes = block_bytes});
+  if (!pool.ok()) return pool.status();
+  auto arena = std::make_shared<KvArena>();
+  arena->pool = std::move(*pool);
+  arena->shape = shape;
+  arena->keys = at::empty({shape.kv_heads, blocks * block_tokens, shape.head_dim},
+                          at::TensorOptions().dtype(shape.dtype).device(shape.device));
+  arena->values = at::empty_like(arena->keys);
+  return arena;
+}
+
+std::unique_ptr<LayerStore> NewPagedLayerStore(std::shared_ptr<KvArena> arena) {
+  return std::make_unique<PagedLayerStore>(std::move(arena));
+}
+
+std::unique_ptr<LayerStore> NewPoolChargedStore(std::unique_ptr<LayerStore> inner,
+                                                std::shared_ptr<KvBlockPool> pool) {
+  const int64_t token_bytes = pool->block_bytes() / pool->block_tokens();
+  return std::make_unique<PoolChargedStore>(std::move(inner), std::move(pool), token_bytes);
+}
 
 std::unique_ptr<LayerStore> NewDenseLayerStore(const LayerShape& shape, int64_t reserve) {
   return std::make_unique<DenseLayerStore>(shape, reserve);
 }
 
-std::unique_ptr<LayerStore> NewQuantizedLayerStore(const LayerShape& shape, const KiviOptions& kivi) {
+std::unique_ptr<LayerStore> NewQuantizedLayerStore(const LayerShape& shape,
+                                                   const KiviOptions& kivi) {
   return std::make_unique<QuantizedLayerStore>(shape, kivi);
 }
 

@@ -10,12 +10,21 @@
 //    Keys()/Values() dequantize for attention; nothing is re-quantized
 //    except on Gather (eviction on a quantized layer), which re-packs.
 // Both keep slots in chronological order of insertion.
+//
+// With a KvArena (the server's KV pool), dense layers are PagedLayerStores:
+// their entries live in blocks of the shared arena tensors, so eviction
+// hands whole blocks back to the pool without allocating; packed (KIVI)
+// layers keep their own tensors but are charged to the pool in blocks, so
+// one budget covers both. Without an arena nothing is pooled.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 
 #include <memory>
 
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "services/engine/kv_block_pool.h"
 #include "services/engine/kv_quant.h"
 
 namespace kvguard::engine {
@@ -33,6 +42,16 @@ class LayerStore {
   virtual void Gather(const at::Tensor& index) = 0;
   [[nodiscard]] virtual int64_t Bytes() const = 0;           // retained entries
   [[nodiscard]] virtual int64_t AllocatedBytes() const = 0;  // incl. slack
+
+  // --- the pool (0 and no-ops for stores outside one) ---
+  // Blocks Append(n tokens) would take from the pool now.
+  [[nodiscard]] virtual int64_t BlocksToAppend(int64_t /*n*/) const { return 0; }
+  [[nodiscard]] virtual int64_t BlocksHeld() const { return 0; }
+  // Preemption: SwapOut moves the entries out of the pool into memory the
+  // store owns and frees its blocks; SwapIn takes blocks again and moves the
+  // entries back (ResourceExhausted, nothing changed, when the pool is short).
+  virtual void SwapOut() {}
+  virtual absl::Status SwapIn() { return absl::OkStatus(); }
 };
 
 struct LayerShape {
@@ -43,11 +62,33 @@ struct LayerShape {
 };
 
 struct KiviOptions {
-  QuantSpec spec;            // bits 2/4, group size G
-  int64_t residual = 128;    // R, a multiple of G
+  QuantSpec spec;          // bits 2/4, group size G
+  int64_t residual = 128;  // R, a multiple of G
 };
 
+// The tensors behind a KvBlockPool, shared by every layer of every sequence:
+// block b holds tokens [b * block_tokens, (b + 1) * block_tokens) of
+// `keys` / `values` ([kv_heads, total_blocks * block_tokens, head_dim]).
+// The memory is reserved at once but, on CPU, committed page by page as
+// blocks are first written.
+struct KvArena {
+  std::shared_ptr<KvBlockPool> pool;
+  LayerShape shape;
+  at::Tensor keys, values;
+};
+// As many blocks as `total_bytes` holds (InvalidArgument below one block).
+absl::StatusOr<std::shared_ptr<KvArena>> NewKvArena(const LayerShape& shape, int64_t total_bytes,
+                                                    int64_t block_tokens);
+// Bytes of keys + values of one token of one layer.
+int64_t TokenBytes(const LayerShape& shape);
+
 std::unique_ptr<LayerStore> NewDenseLayerStore(const LayerShape& shape, int64_t reserve);
-std::unique_ptr<LayerStore> NewQuantizedLayerStore(const LayerShape& shape, const KiviOptions& kivi);
+std::unique_ptr<LayerStore> NewQuantizedLayerStore(const LayerShape& shape,
+                                                   const KiviOptions& kivi);
+std::unique_ptr<LayerStore> NewPagedLayerStore(std::shared_ptr<KvArena> arena);
+// Charges `inner` (any store that keeps its own tensors) to the arena's pool
+// in whole blocks of its Bytes().
+std::unique_ptr<LayerStore> NewPoolChargedStore(std::unique_ptr<LayerStore> inner,
+                                                std::shared_ptr<KvBlockPool> pool);
 
 }  // namespace kvguard::engine

@@ -22,7 +22,8 @@ std::map<int32_t, std::pair<double, int>> PositionAttention(const SequenceKvCach
   for (int64_t l = 0; l < cache.options().num_layers; ++l) {
     at::Tensor sum = cache.AttentionSum(l);
     if (!sum.defined()) return out;
-    at::Tensor mean = (sum.mean(1) / cache.AttentionCount(l).clamp_min(1)).to(at::kCPU).contiguous();
+    at::Tensor mean =
+        (sum.mean(1) / cache.AttentionCount(l).clamp_min(1)).to(at::kCPU).contiguous();
     const auto& positions = cache.Positions(l);
     const float* m = mean.data_ptr<float>();
     for (size_t h = 0; h < positions.size(); ++h) {
@@ -43,31 +44,39 @@ Sequence::Sequence(LlamaModel& model, const Tokenizer* tokenizer, const Generate
 
 Sequence::~Sequence() = default;
 
-absl::StatusOr<std::unique_ptr<Sequence>> Sequence::Create(LlamaModel& model, const Tokenizer* tokenizer,
+absl::StatusOr<std::unique_ptr<Sequence>> Sequence::Create(LlamaModel& model,
+                                                           const Tokenizer* tokenizer,
                                                            const GenerateRequest& request,
                                                            const SequenceOptions& options) {
   std::unique_ptr<Sequence> s(new Sequence(model, tokenizer, request));
   s->options_ = options;
   const int64_t prompt = static_cast<int64_t>(request.prompt_ids.size());
-  s->budget_ = std::min<int64_t>(request.max_new_tokens, model.config().max_position_embeddings - prompt);
+  s->budget_ =
+      std::min<int64_t>(request.max_new_tokens, model.config().max_position_embeddings - prompt);
   KvCacheOptions cache_options = model.CacheOptions(prompt + s->budget_);
   if (!request.compression.compressor.empty()) {
     KVG_ASSIGN_OR_RETURN(s->compression_, compress::CacheCompression::Create(request.compression));
     s->compression_->ConfigureCache(cache_options);
   }
   if (options.gather_attention) cache_options.needs.attention_sums = true;
+  cache_options.arena = options.kv_arena;
   s->cache_ = std::make_unique<SequenceKvCache>(cache_options);
   SamplingParams sampling = request.sampling;
   sampling.logprobs = std::max(sampling.logprobs, options.report_top_logprobs);
   s->sampler_ = std::make_unique<Sampler>(sampling);
   if (tokenizer != nullptr) s->decoder_ = std::make_unique<IncrementalDecoder>(tokenizer);
-  for (const std::string& stop : request.stop_strings) s->max_stop_len_ = std::max(s->max_stop_len_, stop.size());
+  for (const std::string& stop : request.stop_strings)
+    s->max_stop_len_ = std::max(s->max_stop_len_, stop.size());
   s->history_ = request.prompt_ids;
   s->item_ = ForwardItem{.cache = s->cache_.get(), .tokens = request.prompt_ids};
   s->result_.prompt_ids = request.prompt_ids;
   s->start_ = std::chrono::steady_clock::now();
   if (s->budget_ <= 0) s->finished_ = true;
   return s;
+}
+
+int64_t Sequence::BlocksForNextStep() const {
+  return finished_ ? 0 : cache_->BlocksToAppend(static_cast<int64_t>(item_.tokens.size()));
 }
 
 ForwardItem* Sequence::NextForward() { return finished_ ? nullptr : &item_; }
@@ -79,7 +88,8 @@ absl::Status Sequence::SetRatio(double ratio) {
   return compression_->set_ratio(ratio);
 }
 
-absl::Status Sequence::Compress(std::vector<int32_t>& evicted, std::vector<float>& evicted_attention) {
+absl::Status Sequence::Compress(std::vector<int32_t>& evicted,
+                                std::vector<float>& evicted_attention) {
   if (compression_ == nullptr || eviction_paused_) return absl::OkStatus();
   for (const auto& [at_step, ratio] : request_.compression.ratio_schedule) {
     if (at_step == step_) KVG_RETURN_IF_ERROR(compression_->set_ratio(ratio));
@@ -93,7 +103,8 @@ absl::Status Sequence::Compress(std::vector<int32_t>& evicted, std::vector<float
     before = cache_->WholePositions();
   }
   compress::RopeFn rope = [this](int64_t f, int64_t n) { return model_.RopeCosSin(f, n); };
-  KVG_RETURN_IF_ERROR(compression_->AfterForward(*cache_, model_.config(), rope, step_ == 0, protected_));
+  KVG_RETURN_IF_ERROR(
+      compression_->AfterForward(*cache_, model_.config(), rope, step_ == 0, protected_));
   if (!track || cache_->Stats().evicted_slots == evicted_before) return absl::OkStatus();
   const std::set<int32_t> after = cache_->WholePositions();
   for (int32_t p : before) {
@@ -125,7 +136,8 @@ absl::StatusOr<StepResult> Sequence::AfterForward(const float* logits_row) {
   r.kv = cache_->Stats();
   r.ratio = ratio();
   result_.retained_per_step.push_back(
-      r.kv.retained_slots / std::max<int64_t>(1, model_.config().num_layers * model_.config().num_kv_heads));
+      r.kv.retained_slots /
+      std::max<int64_t>(1, model_.config().num_layers * model_.config().num_kv_heads));
   ++step_;
   if (!r.finished && step_ >= budget_) {
     r.finished = true;
@@ -167,9 +179,11 @@ void Sequence::CheckStop(const SampledToken& token, StepResult& r) {
 // Streams text up to the point where a stop string could still be starting.
 std::string Sequence::TakeText(bool final) {
   size_t ready = text_.size();
-  if (!final && max_stop_len_ > 0) ready = ready > max_stop_len_ - 1 ? ready - (max_stop_len_ - 1) : 0;
+  if (!final && max_stop_len_ > 0)
+    ready = ready > max_stop_len_ - 1 ? ready - (max_stop_len_ - 1) : 0;
   // Never split a UTF-8 code point when holding back.
-  while (ready > emitted_ && ready < text_.size() && (static_cast<uint8_t>(text_[ready]) & 0xC0) == 0x80) {
+  while (ready > emitted_ && ready < text_.size() &&
+         (static_cast<uint8_t>(text_[ready]) & 0xC0) == 0x80) {
     --ready;
   }
   if (ready <= emitted_) return "";
@@ -191,6 +205,12 @@ absl::StatusOr<int64_t> Sequence::Recompute(const std::vector<int32_t>& position
   std::vector<int32_t> wanted;
   for (int32_t p : positions) {
     if (p >= 0 && p < cache_->num_positions()) wanted.push_back(p);
+  }
+  // RECOVERY grows the cache: in a pool, only when the blocks are free.
+  const auto& arena = cache_->options().arena;
+  if (arena != nullptr && cache_->BlocksToAppend(static_cast<int64_t>(
+                              cache_->RestorableSet(wanted).size())) > arena->pool->free_blocks()) {
+    return absl::ResourceExhaustedError("KV pool has no room to recompute evicted positions");
   }
   KVG_ASSIGN_OR_RETURN(const int64_t restored, model_.Recompute(*cache_, wanted));
   result_.recomputed_positions += restored;

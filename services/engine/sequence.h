@@ -36,19 +36,20 @@
 namespace kvguard::engine {
 
 struct SequenceOptions {
-  int32_t report_top_logprobs = 0;  // top logprobs to compute for the guard (e.g. 20)
-  bool gather_attention = false;    // accumulate received attention (RECOVERY anchors)
+  int32_t report_top_logprobs = 0;    // top logprobs to compute for the guard (e.g. 20)
+  bool gather_attention = false;      // accumulate received attention (RECOVERY anchors)
+  std::shared_ptr<KvArena> kv_arena;  // the server's KV pool; null = unpooled
 };
 
 struct StepResult {
-  int64_t step = 0;              // 0 = the token sampled after prefill
-  SampledToken token;            // with top logprobs as requested by the client
+  int64_t step = 0;                      // 0 = the token sampled after prefill
+  SampledToken token;                    // with top logprobs as requested by the client
   std::vector<TokenLogprob> report_top;  // top logprobs for the guard
-  std::string text_delta;        // new text (UTF-8 safe, stop strings withheld)
+  std::string text_delta;                // new text (UTF-8 safe, stop strings withheld)
   bool finished = false;
   FinishReason finish_reason = FinishReason::kLength;
   KvCacheStats kv;
-  double ratio = 0;              // ratio in force after this step's compression
+  double ratio = 0;                        // ratio in force after this step's compression
   std::vector<int32_t> evicted_positions;  // gone from every layer and head this step
   std::vector<float> evicted_attention;    // mean attention each had received
 };
@@ -56,7 +57,8 @@ struct StepResult {
 class Sequence {
  public:
   // Validates nothing: call Engine::ValidateRequest (or equivalent) first.
-  static absl::StatusOr<std::unique_ptr<Sequence>> Create(LlamaModel& model, const Tokenizer* tokenizer,
+  static absl::StatusOr<std::unique_ptr<Sequence>> Create(LlamaModel& model,
+                                                          const Tokenizer* tokenizer,
                                                           const GenerateRequest& request,
                                                           const SequenceOptions& options);
   ~Sequence();
@@ -67,6 +69,16 @@ class Sequence {
   [[nodiscard]] bool finished() const { return finished_; }
   // Ends the sequence now (client cancel, deadline, shutdown) and frees its KV.
   void Cancel();
+
+  // --- the KV pool (see SequenceKvCache) ---
+  // Blocks the next forward (prefill or one decode token) takes from the pool.
+  [[nodiscard]] int64_t BlocksForNextStep() const;
+  // Preemption: the KV leaves the pool (kept by the sequence), tokens and
+  // sampler state stay; Resume() puts it back and the sequence continues
+  // exactly where it stopped.
+  void Preempt() { cache_->SwapOut(); }
+  absl::Status Resume() { return cache_->SwapIn(); }
+  [[nodiscard]] bool preempted() const { return cache_->swapped_out(); }
 
   // --- control between steps (the guard's directive) ---
   absl::Status SetRatio(double ratio);
@@ -106,8 +118,8 @@ class Sequence {
   int64_t budget_ = 0;
   bool finished_ = false;
   GenerateResult result_;
-  std::string text_;       // decoded so far (stop strings cut)
-  size_t emitted_ = 0;     // bytes of text_ already streamed
+  std::string text_;    // decoded so far (stop strings cut)
+  size_t emitted_ = 0;  // bytes of text_ already streamed
   size_t max_stop_len_ = 0;
   std::chrono::steady_clock::time_point start_;
   double ttft_s_ = 0;
