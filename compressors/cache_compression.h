@@ -5,9 +5,10 @@
 // every N steps), builds the context, and applies the plans. The target
 // ratio can change between steps (the guard raises and lowers it).
 //
-//   KVG_ASSIGN_OR_RETURN(auto cc, CacheCompression::Create({.compressor = "snapkv", .ratio = 0.5}));
-//   cache options .needs = cc->Needs();
-//   ... forward(prompt) ...; KVG_RETURN_IF_ERROR(cc->AfterForward(cache, config, rope, /*prefill=*/true));
+//   KVG_ASSIGN_OR_RETURN(auto cc, CacheCompression::Create({.compressor = "snapkv", .ratio =
+//   0.5})); cache options .needs = cc->Needs();
+//   ... forward(prompt) ...; KVG_RETURN_IF_ERROR(cc->AfterForward(cache, config, rope,
+//   /*prefill=*/true));
 #pragma once
 
 #include <memory>
@@ -22,10 +23,10 @@
 namespace kvguard::compress {
 
 struct CompressionStats {
-  int64_t runs = 0;            // compressor invocations (layer plans)
-  int64_t evicted_slots = 0;   // slots removed, summed over layers and heads
+  int64_t runs = 0;                // compressor invocations (layer plans)
+  int64_t evicted_slots = 0;       // slots removed, summed over layers and heads
   int64_t approximated_slots = 0;  // slots whose value was dropped for a prediction (VECTOR)
-  int64_t deferred = 0;        // layer plans put off because the method could not run yet
+  int64_t deferred = 0;            // layer plans put off because the method could not run yet
 };
 
 class CacheCompression {
@@ -46,8 +47,8 @@ class CacheCompression {
 
   // Call after each forward pass of the sequence. `protected_positions` are
   // never evicted. Plans with an `approximate` route move those slots to the
-  // cache's keys-only pool before the kept slots are retained. A method that cannot run yet (FailedPrecondition: e.g. a
-  // prompt shorter than its window) is deferred to a later step unless
+  // cache's keys-only pool before the kept slots are retained. A method that cannot run yet
+  // (FailedPrecondition: e.g. a prompt shorter than its window) is deferred to a later step unless
   // `strict`, so a short prompt never fails a generation.
   absl::Status AfterForward(engine::SequenceKvCache& cache, const engine::ModelConfig& config,
                             const RopeFn& rope, bool prefill,
@@ -67,5 +68,12 @@ class CacheCompression {
 };
 
 absl::Status ValidateRatio(double ratio);
+
+// Entries per layer that a sequence of `total` positions keeps at its end
+// under `spec` at `ratio`: the budget floor(total * (1 - ratio)), never below
+// the observation window the compressor always keeps, plus the tokens that
+// accumulate between compressions. What the server's KV pool reserves for a
+// request (an upper bound for packed KIVI layers).
+absl::StatusOr<int64_t> ProjectedRetained(const CompressionSpec& spec, double ratio, int64_t total);
 
 }  // namespace kvguard::compress

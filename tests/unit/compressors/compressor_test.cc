@@ -285,5 +285,19 @@ TEST(GenerationTest, HeavyCompressionDegradesStories260K) {
   }
 }
 
+// What the KV pool reserves: the kvpress budget, the observation window a
+// method always keeps, and one token of slack (appended before compressing).
+TEST(ProjectedRetainedTest, BudgetWindowAndSlack) {
+  EXPECT_EQ(*ProjectedRetained({}, 0.75, 400), 400);  // no compressor
+  EXPECT_EQ(*ProjectedRetained({.compressor = "knorm"}, 0.75, 400), 101);
+  EXPECT_EQ(*ProjectedRetained({.compressor = "knorm"}, 0.0, 400), 400);
+  EXPECT_EQ(*ProjectedRetained({.compressor = "snapkv"}, 0.875, 400), 65);  // window 64 > 50
+  EXPECT_EQ(*ProjectedRetained({.compressor = "snapkv", .options = {"window_size=8"}}, 0.875, 400), 51);
+  EXPECT_EQ(*ProjectedRetained({.compressor = "knorm", .compress_every = 8}, 0.5, 100), 59);
+  EXPECT_EQ(*ProjectedRetained({.compressor = "snapkv"}, 0.875, 40), 40);  // never above the total
+  EXPECT_FALSE(ProjectedRetained({.compressor = "no_such"}, 0.5, 10).ok());
+  EXPECT_FALSE(ProjectedRetained({.compressor = "knorm"}, 1.0, 10).ok());
+}
+
 }  // namespace
 }  // namespace kvguard::compress
