@@ -41,7 +41,7 @@ ServerMetrics::ServerMetrics() : registry_(std::make_shared<prometheus::Registry
                            .Add({});
   ttft_ = &BuildHistogram()
                .Name("kvguard_time_to_first_token_seconds")
-               .Help("Time from admission to the first token")
+               .Help("Time from arrival (queue included) to the first token")
                .Register(r)
                .Add({}, Latency());
   itl_ = &BuildHistogram()
@@ -51,7 +51,7 @@ ServerMetrics::ServerMetrics() : registry_(std::make_shared<prometheus::Registry
               .Add({}, Latency());
   duration_ = &BuildHistogram()
                    .Name("kvguard_request_duration_seconds")
-                   .Help("End-to-end request time")
+                   .Help("End-to-end request time, from arrival")
                    .Register(r)
                    .Add({}, Latency());
   step_ = &BuildHistogram()
@@ -150,6 +150,44 @@ ServerMetrics::ServerMetrics() : registry_(std::make_shared<prometheus::Registry
   for (const char* reason : {"deadline", "disconnected"}) fail_safe_->Add({{"reason", reason}});
   for (const char* reason : {"queue_full", "invalid_argument", "draining"})
     rejected_->Add({{"reason", reason}});
+  pool_bytes_ = &BuildGauge()
+                     .Name("kvguard_kv_pool_bytes")
+                     .Help("Bytes of the server's KV pool (--kv_cache_bytes); 0 without a pool")
+                     .Register(r)
+                     .Add({});
+  pool_used_bytes_ = &BuildGauge()
+                          .Name("kvguard_kv_pool_used_bytes")
+                          .Help("Bytes of the KV pool in blocks held by sequences")
+                          .Register(r)
+                          .Add({});
+  pool_free_blocks_ = &BuildGauge()
+                           .Name("kvguard_kv_pool_free_blocks")
+                           .Help("Free blocks of the KV pool")
+                           .Register(r)
+                           .Add({});
+  preempted_ = &BuildGauge()
+                    .Name("kvguard_preempted_sequences")
+                    .Help("Sequences preempted (KV swapped out of the pool), waiting to resume")
+                    .Register(r)
+                    .Add({});
+  waiting_ = &BuildGauge()
+                  .Name("kvguard_requests_waiting")
+                  .Help("Queued requests, by what the head of the queue waits for")
+                  .Register(r);
+  admitted_ = &BuildCounter()
+                   .Name("kvguard_admissions_total")
+                   .Help("Sequences admitted (new) or resumed after preemption (resumed)")
+                   .Register(r);
+  preemptions_ = &BuildCounter()
+                      .Name("kvguard_preemptions_total")
+                      .Help("Sequences preempted because the KV pool ran short")
+                      .Register(r)
+                      .Add({});
+  queue_time_ = &BuildHistogram()
+                     .Name("kvguard_queue_time_seconds")
+                     .Help("Time from arrival to admission")
+                     .Register(r)
+                     .Add({}, Latency());
 }
 
 bool ServerMetrics::Serve(const std::string& address) {
@@ -206,6 +244,14 @@ void ServerMetrics::Generation(const std::string& compressor, bool guarded, bool
         .Increment();
   if (wrong_answer)
     catastrophes_->Add({{"kind", "wrong_answer"}, {"compressor", c}, {"guarded", g}}).Increment();
+}
+
+void ServerMetrics::KvPool(int64_t pool_bytes, int64_t used_bytes, int64_t free_blocks,
+                           int64_t preempted) {
+  pool_bytes_->Set(static_cast<double>(pool_bytes));
+  pool_used_bytes_->Set(static_cast<double>(used_bytes));
+  pool_free_blocks_->Set(static_cast<double>(free_blocks));
+  preempted_->Set(static_cast<double>(preempted));
 }
 
 }  // namespace kvguard::server

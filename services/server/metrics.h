@@ -47,6 +47,17 @@ class ServerMetrics {
   void Recovered(int64_t positions) { recovered_->Increment(static_cast<double>(positions)); }
   void Restarted() { restarts_->Increment(); }
 
+  // --- the KV pool and admission by bytes ---
+  void KvPool(int64_t pool_bytes, int64_t used_bytes, int64_t free_blocks, int64_t preempted);
+  // Requests waiting at the head of the queue for `reason`
+  // (max_concurrent, kv_blocks, preempted_first).
+  void Waiting(const std::string& reason, int64_t n) {
+    waiting_->Add({{"reason", reason}}).Set(static_cast<double>(n));
+  }
+  void Admitted(const std::string& kind) { admitted_->Add({{"kind", kind}}).Increment(); }
+  void Preempted() { preemptions_->Increment(); }
+  void QueueTime(double seconds) { queue_time_->Observe(seconds); }
+
  private:
   std::shared_ptr<prometheus::Registry> registry_;
   std::unique_ptr<prometheus::Exposer> exposer_;
@@ -77,6 +88,14 @@ class ServerMetrics {
   prometheus::Counter* kv_saved_;
   prometheus::Counter* recovered_;
   prometheus::Counter* restarts_;
+  prometheus::Gauge* pool_bytes_;
+  prometheus::Gauge* pool_used_bytes_;
+  prometheus::Gauge* pool_free_blocks_;
+  prometheus::Gauge* preempted_;
+  prometheus::Family<prometheus::Gauge>* waiting_;
+  prometheus::Family<prometheus::Counter>* admitted_;
+  prometheus::Counter* preemptions_;
+  prometheus::Histogram* queue_time_;
 };
 
 }  // namespace kvguard::server

@@ -9,8 +9,10 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "compressors/cache_compression.h"
 #include "guard_sidecar/catastrophe.h"
 #include "proto/kvguard/v1/mode_name.h"
+#include "services/engine/kv_layer_store.h"
 #include "services/engine/llama_model.h"
 #include "services/engine/sequence.h"
 #include "services/server/step_report.h"
@@ -58,6 +60,9 @@ struct Scheduler::Active {
   uint32_t fail_safe_events = 0;
   Clock::time_point admitted, last_token;
   bool done = false;
+  int64_t reserved_blocks = 0;  // projected footprint at the ratio in force (admission)
+  uint64_t order = 0;           // when admitted or last resumed
+  [[nodiscard]] bool runnable() const { return !done && seq && !seq->preempted(); }
 };
 
 Scheduler::Scheduler(engine::LlamaModel& model, const engine::Tokenizer* tokenizer,
@@ -79,6 +84,19 @@ absl::Status Scheduler::Submit(Submission submission) {
     return absl::ResourceExhaustedError(
         absl::StrCat("queue is full (", options_.max_queue, " requests waiting); retry later"));
   }
+  if (options_.kv_arena != nullptr) {
+    const engine::KvBlockPool& pool = *options_.kv_arena->pool;
+    const BlockCost cost = Cost(submission.request, submission.request.compression.ratio);
+    if (std::max(cost.prefill, cost.projected) > pool.total_blocks()) {
+      if (metrics_) metrics_->RequestRejected("kv_pool_too_small");
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "the request needs ", std::max(cost.prefill, cost.projected) * pool.block_bytes(),
+          " bytes of KV cache (", submission.request.prompt_ids.size(), " prompt tokens, up to ",
+          submission.request.max_new_tokens, " new); the server's pool holds ",
+          pool.total_bytes()));
+    }
+  }
+  submission.arrived = Clock::now();
   queue_.push_back(std::move(submission));
   cv_.notify_all();
   return absl::OkStatus();
@@ -113,6 +131,7 @@ void Scheduler::Loop() {
                    [&] { return !queue_.empty() || !active_.empty() || draining_; });
       if (draining_ && Clock::now() >= drain_deadline_) {
         for (auto& a : active_) {
+          if (a->done) continue;  // completed this step, not yet reaped
           a->seq->Cancel();
           a->sub.sink->Finish(
               absl::UnavailableError("server shut down before the generation finished"));
@@ -122,21 +141,161 @@ void Scheduler::Loop() {
       }
       if (draining_ && queue_.empty() && active_.empty()) break;
     }
+    ReapCancelled();
     Admit();
+    ReserveBlocks();
     RunStep();
   }
 }
 
-void Scheduler::Admit() {
-  std::vector<Submission> admitted;
+void Scheduler::ReapCancelled() {
+  for (auto& a : active_) {
+    if (!a->done && a->sub.sink->Cancelled()) {
+      a->seq->Cancel();  // frees the KV at once
+      Complete(*a, absl::CancelledError("cancelled by the client"));
+    }
+  }
+  std::erase_if(active_, [](const auto& a) { return a->done; });
+}
+
+// --- the KV pool ---
+
+Scheduler::BlockCost Scheduler::Cost(const engine::GenerateRequest& r, double ratio) const {
+  const engine::KvBlockPool& pool = *options_.kv_arena->pool;
+  const engine::ModelConfig& c = model_.config();
+  const int64_t prompt = static_cast<int64_t>(r.prompt_ids.size());
+  const int64_t total =
+      prompt + std::clamp<int64_t>(r.max_new_tokens, 0, c.max_position_embeddings - prompt);
+  // Validated at the edge; a spec the registry refuses reserves everything.
+  const int64_t retained = compress::ProjectedRetained(r.compression, ratio, total).value_or(total);
+  return {.prefill = c.num_layers * pool.BlocksForTokens(prompt),
+          .projected = c.num_layers * pool.BlocksForTokens(retained)};
+}
+
+int64_t Scheduler::CommittedBlocks() const {
+  int64_t committed = 0;
+  for (const auto& a : active_) {
+    if (a->done) continue;
+    committed += std::max(a->reserved_blocks, a->seq->preempted() ? a->seq->cache().BlocksToSwapIn()
+                                                                  : a->seq->cache().BlocksHeld());
+  }
+  return committed;
+}
+
+int64_t Scheduler::StepBlocks() const {
+  int64_t need = 0;
+  for (const auto& a : active_) {
+    if (a->runnable()) need += a->seq->BlocksForNextStep();
+  }
+  return need;
+}
+
+void Scheduler::Preempt(Active& victim) {
+  victim.seq->Preempt();
   {
     std::lock_guard<std::mutex> lock(mu_);
-    while (!queue_.empty() &&
-           static_cast<int>(active_.size() + admitted.size()) < options_.max_concurrent) {
+    ++stats_.preemptions;
+  }
+  if (metrics_) metrics_->Preempted();
+}
+
+// Makes the next forward fit in the pool: preempts the youngest runnable
+// sequence (not in RECOVERY, unless only such remain) until it does. One
+// sequence left that still does not fit has outgrown the whole pool (SAFE
+// stopped its eviction): it ends with RESOURCE_EXHAUSTED.
+void Scheduler::ReserveBlocks() {
+  if (options_.kv_arena == nullptr) return;
+  const engine::KvBlockPool& pool = *options_.kv_arena->pool;
+  while (StepBlocks() > pool.free_blocks()) {
+    Active* victim = nullptr;
+    int runnable = 0;
+    for (auto& a : active_) {
+      if (!a->runnable()) continue;
+      ++runnable;
+      // Not in RECOVERY first (it is restoring what the guard needs), then the youngest.
+      auto rank = [](const Active& x) { return std::pair(x.mode != v1::MODE_RECOVERY, x.order); };
+      if (victim == nullptr || rank(*a) > rank(*victim)) victim = a.get();
+    }
+    if (victim == nullptr) return;
+    if (runnable == 1) {
+      Complete(*victim, absl::ResourceExhaustedError(
+                            "the sequence outgrew the server's whole KV pool (compression was "
+                            "paused by the guard); raise --kv_cache_bytes"));
+      continue;
+    }
+    Preempt(*victim);
+  }
+}
+
+// The oldest preempted sequence comes back when its blocks and its next
+// step fit in what the runnable sequences leave free.
+bool Scheduler::Resume() {
+  Active* oldest = nullptr;
+  for (auto& a : active_) {
+    if (!a->done && a->seq->preempted() && (oldest == nullptr || a->order < oldest->order))
+      oldest = a.get();
+  }
+  if (oldest == nullptr) return false;
+  const engine::KvBlockPool& pool = *options_.kv_arena->pool;
+  const int64_t need =
+      oldest->seq->cache().BlocksToSwapIn() + pool.BlocksForTokens(1) * model_.config().num_layers;
+  if (StepBlocks() + need > pool.free_blocks()) return false;
+  if (!oldest->seq->Resume().ok()) return false;
+  oldest->order = ++next_order_;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++stats_.resumed;
+  }
+  if (metrics_) metrics_->Admitted("resumed");
+  return true;
+}
+
+void Scheduler::Admit() {
+  const bool pooled = options_.kv_arena != nullptr;
+  if (pooled) {
+    while (Resume()) {
+    }
+  }
+  bool preempted_waiting = false;
+  for (const auto& a : active_) preempted_waiting |= !a->done && a->seq->preempted();
+  // Blocks this round's admissions may still use: for the steady state (the
+  // pool minus every reservation) and for the prefill step (free blocks
+  // minus what the runnable sequences' next forward takes).
+  int64_t steady = 0, transient = 0;
+  if (pooled) {
+    const engine::KvBlockPool& pool = *options_.kv_arena->pool;
+    steady = pool.total_blocks() - CommittedBlocks();
+    transient = pool.free_blocks() - StepBlocks();
+  }
+  std::vector<Submission> admitted;
+  const char* waiting_on = "";
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    while (!queue_.empty()) {
+      if (static_cast<int>(active_.size() + admitted.size()) >= options_.max_concurrent) {
+        waiting_on = "max_concurrent";
+        break;
+      }
+      if (pooled) {
+        // First come, first served: the head waits rather than being overtaken.
+        const Submission& head = queue_.front();
+        const BlockCost cost = Cost(head.request, head.request.compression.ratio);
+        if (preempted_waiting || cost.projected > steady || cost.prefill > transient) {
+          waiting_on = preempted_waiting ? "preempted_first" : "kv_blocks";
+          break;
+        }
+        steady -= cost.projected;
+        transient -= cost.prefill;
+      }
       admitted.push_back(std::move(queue_.front()));
       queue_.pop_front();
     }
     stats_.queued = static_cast<int64_t>(queue_.size());
+  }
+  if (metrics_) {
+    for (const char* reason : {"max_concurrent", "kv_blocks", "preempted_first"}) {
+      metrics_->Waiting(reason, std::string_view(reason) == waiting_on ? stats().queued : 0);
+    }
   }
   for (Submission& s : admitted) {
     auto a = std::make_unique<Active>();
@@ -148,6 +307,11 @@ void Scheduler::Admit() {
       continue;
     }
     a->admitted = a->last_token = Clock::now();
+    a->order = ++next_order_;
+    if (metrics_) {
+      metrics_->Admitted("new");
+      metrics_->QueueTime(Seconds(a->admitted - a->sub.arrived));
+    }
     active_.push_back(std::move(a));
   }
 }
@@ -156,8 +320,11 @@ absl::Status Scheduler::StartSequence(Active& a) {
   const engine::GenerateRequest& request = a.sub.request;
   engine::SequenceOptions so{
       .report_top_logprobs = a.sub.guarded ? options_.report_top_logprobs : 0,
-      .gather_attention = a.sub.guarded};
+      .gather_attention = a.sub.guarded,
+      .kv_arena = options_.kv_arena};
   KVG_ASSIGN_OR_RETURN(a.seq, engine::Sequence::Create(model_, tokenizer_, request, so));
+  if (options_.kv_arena != nullptr)
+    a.reserved_blocks = Cost(request, request.compression.ratio).projected;
   a.cache_id = ++next_cache_id_;
   a.cache_version = 0;
   if (a.sub.guarded) {
@@ -208,97 +375,68 @@ void Scheduler::Flush(Active& a) {
 void Scheduler::Send(Active& a, v1::GenerateResponse msg) {
   if (!a.first_sent && msg.has_chunk()) {
     a.first_sent = true;
-    if (metrics_) metrics_->TimeToFirstToken(Seconds(Clock::now() - a.admitted));
+    if (metrics_) metrics_->TimeToFirstToken(Seconds(Clock::now() - a.sub.arrived));
   }
   a.sub.sink->Send(std::move(msg));
 }
 
+void Scheduler::PublishGauges() {
+  if (metrics_ == nullptr) return;
+  int64_t held = 0, preempted = 0;
+  for (const auto& a : active_) {
+    if (a->done) continue;
+    held += a->seq->cache().Stats().bytes;
+    preempted += a->seq->preempted() ? 1 : 0;
+  }
+  metrics_->Queue(stats().queued, static_cast<int64_t>(active_.size()) - preempted);
+  metrics_->KvBytes(held);
+  if (options_.kv_arena != nullptr) {
+    const engine::KvBlockPool& pool = *options_.kv_arena->pool;
+    metrics_->KvPool(pool.total_bytes(), pool.used_blocks() * pool.block_bytes(),
+                     pool.free_blocks(), preempted);
+  }
+}
+
 bool Scheduler::RunStep() {
+  PublishGauges();
+  std::vector<Active*> batch;
   for (auto& a : active_) {
-    if (!a->done && a->sub.sink->Cancelled()) {
-      a->seq->Cancel();  // frees the KV at once
-      Complete(*a, absl::CancelledError("cancelled by the client"));
-    }
+    if (a->runnable()) batch.push_back(a.get());
   }
-  std::erase_if(active_, [](const auto& a) { return a->done; });
-  if (metrics_) {
-    metrics_->Queue(stats().queued, static_cast<int64_t>(active_.size()));
-    int64_t held = 0;
-    for (const auto& a : active_) held += a->seq->cache().Stats().bytes;
-    metrics_->KvBytes(held);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stats_.active = static_cast<int64_t>(batch.size());
+    stats_.preempted = static_cast<int64_t>(active_.size() - batch.size());
   }
-  if (active_.empty()) return false;
+  if (batch.empty()) return false;
   const auto t0 = Clock::now();
   std::vector<engine::ForwardItem> items;
-  for (auto& a : active_) items.push_back(*a->seq->NextForward());
+  int64_t prefills = 0;
+  for (Active* a : batch) {
+    items.push_back(*a->seq->NextForward());
+    prefills += items.back().tokens.size() > 1 ? 1 : 0;
+  }
   auto logits = model_.Forward(items);
   if (!logits.ok()) {
-    for (auto& a : active_) Complete(*a, logits.status());
-    active_.clear();
+    for (Active* a : batch) Complete(*a, logits.status());
     return false;
   }
   at::Tensor host = logits->to(at::kCPU).contiguous();
   std::vector<Active*> stepped;
   v1::StepBatch reports;
-  for (size_t i = 0; i < active_.size(); ++i) {
-    Active& a = *active_[i];
+  for (size_t i = 0; i < batch.size(); ++i) {
+    Active& a = *batch[i];
     const float* row = host[static_cast<int64_t>(i)].data_ptr<float>();
     auto r = a.seq->AfterForward(row);
     if (!r.ok()) {
       Complete(a, r.status());
       continue;
     }
-    const auto now = Clock::now();
-    if (metrics_) {
-      // TTFT is recorded when the first chunk really leaves (Send), after any hold-back.
-      if (r->step > 0) metrics_->InterTokenLatency(Seconds(now - a.last_token));
-      metrics_->RetainedFraction(r->kv.total_tokens
-                                     ? double(r->kv.retained_slots) /
-                                           double(r->kv.total_tokens * model_.config().num_layers *
-                                                  model_.config().num_kv_heads)
-                                     : 1.0);
-      metrics_->Mode(ModeLabel(a.mode));
-      if (a.sub.guarded) metrics_->Hazard(a.hazard);
-    }
-    a.last_token = now;
-    ++a.mode_steps[ModeLabel(a.mode)];
-    if (!r->evicted_positions.empty()) ++a.cache_version;
-    v1::GenerateResponse msg;
-    msg.set_request_id(a.sub.request_id);
-    v1::TokenChunk* chunk = msg.mutable_chunk();
-    chunk->add_token_ids(r->token.id);
-    chunk->set_text_delta(r->text_delta);
-    if (a.sub.request.sampling.logprobs > 0) {
-      v1::StepLogprobs* lp = chunk->add_logprobs();
-      lp->set_token_id(r->token.id);
-      lp->set_logprob(r->token.logprob);
-      for (const auto& t : r->token.top_logprobs) {
-        v1::TokenLogprob* top = lp->add_top();
-        top->set_token_id(t.id);
-        top->set_logprob(t.logprob);
-      }
-    }
-    v1::StepState* state = chunk->mutable_state();
-    state->set_step(static_cast<uint32_t>(r->step));
-    state->set_mode(a.mode);
-    state->set_hazard(a.hazard);
-    state->set_ratio(r->ratio);
-    state->set_kv_bytes(r->kv.bytes);
-    state->set_retained_tokens(
-        r->kv.retained_slots /
-        std::max<int64_t>(1, model_.config().num_layers * model_.config().num_kv_heads));
-    Emit(a, std::move(msg), r->step);
-    if (a.sub.guarded)
-      *reports.add_reports() = Report(a, *r, options_.research_logits ? row : nullptr);
-    if (r->finished)
-      Complete(a, absl::OkStatus());
-    else
-      stepped.push_back(&a);
+    EmitStep(a, *r, row, reports, stepped);
   }
   {
     std::lock_guard<std::mutex> lock(mu_);
     ++stats_.steps;
-    stats_.active = static_cast<int64_t>(active_.size());
   }
   const auto t1 = Clock::now();
   if (metrics_) metrics_->DecodeStep(Seconds(t1 - t0), static_cast<int64_t>(items.size()));
@@ -306,11 +444,62 @@ bool Scheduler::RunStep() {
   const GuardOutcome guard = ExchangeGuard(stepped);
   if (options_.on_step) {
     options_.on_step({.batch = static_cast<int64_t>(items.size()),
+                      .prefills = prefills,
                       .compute_s = Seconds(t1 - t0),
                       .guard_s = Seconds(Clock::now() - t1),
                       .guard_missed = guard == GuardOutcome::kMissed});
   }
   return true;
+}
+
+// One sequence's step after the forward: metrics, the streamed chunk, the
+// guard's report, and completion.
+void Scheduler::EmitStep(Active& a, const engine::StepResult& r, const float* logits,
+                         v1::StepBatch& reports, std::vector<Active*>& stepped) {
+  const engine::ModelConfig& c = model_.config();
+  const int64_t slots_per_token = std::max<int64_t>(1, c.num_layers * c.num_kv_heads);
+  const auto now = Clock::now();
+  if (metrics_) {
+    // TTFT is recorded when the first chunk really leaves (Send), after any hold-back.
+    if (r.step > 0) metrics_->InterTokenLatency(Seconds(now - a.last_token));
+    metrics_->RetainedFraction(r.kv.total_tokens ? double(r.kv.retained_slots) /
+                                                       double(r.kv.total_tokens * slots_per_token)
+                                                 : 1.0);
+    metrics_->Mode(ModeLabel(a.mode));
+    if (a.sub.guarded) metrics_->Hazard(a.hazard);
+  }
+  a.last_token = now;
+  ++a.mode_steps[ModeLabel(a.mode)];
+  if (!r.evicted_positions.empty()) ++a.cache_version;
+  v1::GenerateResponse msg;
+  msg.set_request_id(a.sub.request_id);
+  v1::TokenChunk* chunk = msg.mutable_chunk();
+  chunk->add_token_ids(r.token.id);
+  chunk->set_text_delta(r.text_delta);
+  if (a.sub.request.sampling.logprobs > 0) {
+    v1::StepLogprobs* lp = chunk->add_logprobs();
+    lp->set_token_id(r.token.id);
+    lp->set_logprob(r.token.logprob);
+    for (const auto& t : r.token.top_logprobs) {
+      v1::TokenLogprob* top = lp->add_top();
+      top->set_token_id(t.id);
+      top->set_logprob(t.logprob);
+    }
+  }
+  v1::StepState* state = chunk->mutable_state();
+  state->set_step(static_cast<uint32_t>(r.step));
+  state->set_mode(a.mode);
+  state->set_hazard(a.hazard);
+  state->set_ratio(r.ratio);
+  state->set_kv_bytes(r.kv.bytes);
+  state->set_retained_tokens(r.kv.retained_slots / slots_per_token);
+  Emit(a, std::move(msg), r.step);
+  if (a.sub.guarded)
+    *reports.add_reports() = Report(a, r, options_.research_logits ? logits : nullptr);
+  if (r.finished)
+    Complete(a, absl::OkStatus());
+  else
+    stepped.push_back(&a);
 }
 
 v1::StepReport Scheduler::Report(const Active& a, const engine::StepResult& r,
@@ -364,7 +553,11 @@ void Scheduler::ApplyDirective(Active& a, const v1::Directive& d) {
     a.mode = d.mode();
   }
   a.hazard = d.hazard();
-  if (d.target_ratio() >= 0 && d.target_ratio() < 1) (void)a.seq->SetRatio(d.target_ratio());
+  if (d.target_ratio() >= 0 && d.target_ratio() < 1 && a.seq->SetRatio(d.target_ratio()).ok() &&
+      options_.kv_arena != nullptr) {
+    a.reserved_blocks =
+        Cost(a.sub.request, d.target_ratio()).projected;  // the budget moves with the ratio
+  }
   a.seq->SetProtected(
       std::set<int32_t>(d.protect_positions().begin(), d.protect_positions().end()));
   a.seq->SetEvictionPaused(a.mode == v1::MODE_SAFE || a.mode == v1::MODE_RECOVERY);
@@ -391,6 +584,8 @@ void Scheduler::ApplyFailSafe(std::vector<Active*>& stepped, const char* reason)
     a->mode = v1::MODE_SAFE;
     (void)a->seq->SetRatio(options_.r_safe);
     a->seq->SetEvictionPaused(true);
+    if (options_.kv_arena != nullptr)
+      a->reserved_blocks = Cost(a->sub.request, options_.r_safe).projected;
   }
 }
 
@@ -434,7 +629,7 @@ void Scheduler::Complete(Active& a, const absl::Status& status) {
   cat->set_answer(outcome.answer.value_or(0));
   done->set_text(result.text);
   done->set_time_to_first_token_ms(1000.0 * a.seq->time_to_first_token_s());
-  done->set_total_ms(1000.0 * Seconds(Clock::now() - a.admitted));
+  done->set_total_ms(1000.0 * Seconds(Clock::now() - a.sub.arrived));
   for (const auto& [mode, steps] : a.mode_steps) (*done->mutable_mode_steps())[mode] = steps;
   done->set_fail_safe_events(a.fail_safe_events);
   // Metrics first: a client that sees its stream end must see them counted.
@@ -443,7 +638,7 @@ void Scheduler::Complete(Active& a, const absl::Status& status) {
     metrics_->RequestFinished("OK");
     metrics_->Tokens(static_cast<int64_t>(result.prompt_ids.size()),
                      static_cast<int64_t>(result.output_ids.size()));
-    metrics_->RequestDuration(Seconds(Clock::now() - a.admitted));
+    metrics_->RequestDuration(Seconds(Clock::now() - a.sub.arrived));
     metrics_->Generation(a.sub.request.compression.compressor, a.sub.guarded, outcome.looped,
                          outcome.non_terminated, outcome.wrong_answer);
     metrics_->KvBytesSaved(std::max<int64_t>(0, uncompressed - result.kv_bytes));

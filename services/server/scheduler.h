@@ -1,18 +1,40 @@
 // File: services/server/scheduler.h
 //
 // Continuous batching over one model: requests join and leave between decode
-// steps. One thread runs the step loop:
+// steps. One thread runs the step loop; each step goes through these phases,
+// each a function below:
 //
-//   Admit()          queued requests become sequences (up to max_concurrent)
-//   RunForward()     one batched forward for every active sequence (prefill
-//                    rows of new sequences and one decode row of the others)
-//   EmitResults()    sample, compress, stream a TokenChunk per sequence,
-//                    finish the ones that stopped
-//   ExchangeGuard()  the step hook: send the step batch to the guard and
-//                    apply its directives (mode, ratio, protected and
-//                    recompute positions) before the next step; strict (lag
-//                    0) waits for this step's answer, lag 1 applies the
-//                    previous step's so the round trip overlaps the step
+//   ReapCancelled()  streams the client gave up end; their KV is freed
+//   Admit()          preempted sequences resume first (oldest first), then
+//                    queued requests start, first come first served, while
+//                    the KV pool can hold them (and up to max_concurrent)
+//   ReserveBlocks()  the next forward's KV blocks are taken into account;
+//                    when the pool is short the youngest sequence is
+//                    preempted (its KV leaves the pool, it resumes later)
+//   RunStep()        one batched forward for every runnable sequence
+//                    (prefill rows of new ones, one decode row of the others),
+//                    then per sequence: sample, compress, stream a chunk
+//                    (EmitStep), finish the ones that stopped (Complete)
+//   ExchangeGuard()  send the step batch to the guard and apply its
+//                    directives (mode, ratio, protected and recompute
+//                    positions, restart) before the next step; strict (lag 0)
+//                    waits for this step's answer, lag 1 applies the previous
+//                    step's so the round trip overlaps the step
+//
+// The KV pool (--kv_cache_bytes) turns compression into capacity. Admission
+// reserves each request's projected footprint: the blocks its retained
+// tokens need at the end of generation at its requested ratio, so a request
+// at ratio 0.75 costs a quarter of an uncompressed one; the prefill's
+// uncompressed prompt only has to fit in the blocks free at that step, since
+// compression shrinks it before the step ends. A guard directive that
+// changes the ratio moves the reservation. Growth past the reservation (SAFE
+// stops eviction, RECOVERY restores entries) is met by preemption: the
+// youngest runnable sequence that is not in RECOVERY swaps its KV out of the
+// pool and waits; no new request is admitted while any preempted one waits,
+// and the oldest sequence is never the victim while another runs, so every
+// request finishes. A request that could not fit even in an empty pool is
+// refused at Submit with RESOURCE_EXHAUSTED; nothing fails mid-stream for
+// lack of memory unless one sequence alone outgrows the whole pool.
 //
 // A guard that misses its deadline or is down never fails a request: the
 // fail-safe policy holds the last directive or goes SAFE.
@@ -36,6 +58,7 @@
 
 namespace kvguard::engine {
 class LlamaModel;
+struct KvArena;
 class Tokenizer;
 struct StepResult;
 }  // namespace kvguard::engine
@@ -59,6 +82,7 @@ enum class FailSafePolicy { kHold, kSafe };
 // Timing of one decode step, for benchmarks (SchedulerOptions::on_step).
 struct StepTiming {
   int64_t batch = 0;     // sequences stepped
+  int64_t prefills = 0;  // of which prefilled their prompt this step
   double compute_s = 0;  // forward + sampling + compression + streaming
   double guard_s = 0;    // send + wait for directives (0 when unguarded)
   bool guard_missed = false;
@@ -77,6 +101,8 @@ struct SchedulerOptions {
   // guard can restart the request at a lower ratio (admission); 0 = stream at once.
   int guard_probe_tokens = 0;
   std::function<void(const StepTiming&)> on_step;  // called on the loop thread
+  // The server's KV pool; null = no byte budget (admission by max_concurrent).
+  std::shared_ptr<engine::KvArena> kv_arena;
 };
 
 // A validated request plus what the server adds.
@@ -86,6 +112,7 @@ struct Submission {
   bool guarded = false;
   std::string gold_answer;
   std::shared_ptr<ResponseSink> sink;
+  std::chrono::steady_clock::time_point arrived;  // set by Submit
 };
 
 class Scheduler {
@@ -94,7 +121,8 @@ class Scheduler {
             GuardLink* guard, ServerMetrics* metrics);
   ~Scheduler();
 
-  // RESOURCE_EXHAUSTED past max_queue; UNAVAILABLE while draining.
+  // RESOURCE_EXHAUSTED past max_queue or when the request could not fit in
+  // the KV pool even alone; UNAVAILABLE while draining.
   absl::Status Submit(Submission submission);
   // Stops admitting; in-flight sequences run on until `grace` passes, then
   // are cancelled. Returns when the loop has stopped.
@@ -102,14 +130,31 @@ class Scheduler {
 
   struct Stats {
     int64_t queued = 0, active = 0, steps = 0, fail_safe_steps = 0;
+    int64_t preempted = 0, preemptions = 0, resumed = 0;
   };
   [[nodiscard]] Stats stats() const;
 
  private:
   struct Active;
+  struct BlockCost {
+    int64_t prefill = 0;    // the uncompressed prompt, held during the prefill step
+    int64_t projected = 0;  // retained tokens at the end at the given ratio
+  };
   void Loop();
+  // --- the step's phases, in order ---
+  void ReapCancelled();
   void Admit();
+  bool Resume();  // the oldest preempted sequence, when the pool has room
+  void ReserveBlocks();
   bool RunStep();
+  void EmitStep(Active& a, const engine::StepResult& r, const float* logits, v1::StepBatch& reports,
+                std::vector<Active*>& stepped);
+  // --- the KV pool ---
+  [[nodiscard]] BlockCost Cost(const engine::GenerateRequest& request, double ratio) const;
+  [[nodiscard]] int64_t CommittedBlocks() const;
+  [[nodiscard]] int64_t StepBlocks() const;  // what the runnable sequences' next forward takes
+  void Preempt(Active& victim);
+  void PublishGauges();
   enum class GuardOutcome { kNone, kAnswered, kMissed };
   GuardOutcome ExchangeGuard(std::vector<Active*>& stepped);
   void ApplyDirective(Active& a, const v1::Directive& d);
@@ -141,6 +186,7 @@ class Scheduler {
   v1::StepBatch pending_;  // starts / ends waiting for the next batch
   uint64_t batch_id_ = 0;
   uint64_t next_cache_id_ = 0;
+  uint64_t next_order_ = 0;  // admission / resumption order: the youngest is preempted first
   std::thread thread_;
 };
 

@@ -21,6 +21,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/blas.h"
 #include "services/engine/checkpoint.h"
+#include "services/engine/kv_layer_store.h"
 #include "services/engine/llama_model.h"
 #include "services/engine/tokenizer.h"
 #include "services/server/generation_service.h"
@@ -37,7 +38,14 @@ ABSL_FLAG(std::string, fail_safe, "safe", "on a missed guard deadline or lost st
 ABSL_FLAG(double, r_safe, 0.0, "compression ratio in SAFE mode under the fail-safe policy");
 ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9091",
           "Prometheus /metrics address; empty = off");
-ABSL_FLAG(int, max_concurrent, 16, "sequences decoded together");
+ABSL_FLAG(int, max_concurrent, 16,
+          "most sequences decoded together (an upper bound; with --kv_cache_bytes the KV pool "
+          "decides admission)");
+ABSL_FLAG(int64_t, kv_cache_bytes, 0,
+          "the KV pool: bytes every sequence's KV comes from; requests are admitted by the "
+          "blocks their prompt and their ratio need, and preempted when it runs short; "
+          "0 = no pool");
+ABSL_FLAG(int, kv_block_tokens, 16, "tokens of one layer per KV pool block");
 ABSL_FLAG(int, max_queue, 64, "requests waiting beyond that; more get RESOURCE_EXHAUSTED");
 ABSL_FLAG(std::string, default_compressor, "", "compressor for requests that name none");
 ABSL_FLAG(double, default_ratio, 0.0, "ratio for requests that give none");
@@ -118,6 +126,16 @@ int main(int argc, char** argv) {
   so.r_safe = absl::GetFlag(FLAGS_r_safe);
   so.research_logits = absl::GetFlag(FLAGS_research_logits);
   so.guard_probe_tokens = std::max(0, absl::GetFlag(FLAGS_guard_probe_tokens));
+  if (const int64_t pool_bytes = absl::GetFlag(FLAGS_kv_cache_bytes); pool_bytes > 0) {
+    const engine::KvCacheOptions cache = (*model)->CacheOptions();
+    auto arena = engine::NewKvArena({.kv_heads = cache.num_kv_heads,
+                                     .head_dim = cache.head_dim,
+                                     .dtype = cache.dtype,
+                                     .device = cache.device},
+                                    pool_bytes, absl::GetFlag(FLAGS_kv_block_tokens));
+    if (!arena.ok()) return Fail(std::string(arena.status().message()));
+    so.kv_arena = std::move(*arena);
+  }
   server::Scheduler scheduler(**model, tokenizer.get(), so, guard.get(), &metrics);
 
   server::ServerDefaults defaults{.compressor = absl::GetFlag(FLAGS_default_compressor),
@@ -144,7 +162,11 @@ int main(int argc, char** argv) {
             << (metrics_addr.empty() ? "off" : metrics_addr) << ", guard "
             << (guard ? absl::GetFlag(FLAGS_guard) : "none") << ", " << (*model)->device().str()
             << " " << engine::DtypeName((*model)->dtype())
-            << (blas_text.empty() ? "" : ", BLAS " + blas_text) << ")" << std::endl;
+            << (blas_text.empty() ? "" : ", BLAS " + blas_text) << ", KV pool "
+            << (so.kv_arena ? absl::StrCat(so.kv_arena->pool->total_bytes(), " bytes in ",
+                                           so.kv_arena->pool->total_blocks(), " blocks")
+                            : std::string("off"))
+            << ")" << std::endl;
 
   sem_init(&g_shutdown, 0, 0);
   std::signal(SIGTERM, OnSignal);

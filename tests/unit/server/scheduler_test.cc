@@ -1,0 +1,281 @@
+// The scheduler in-process on a real checkpoint, with a scripted guard link
+// and recording sinks: admission by KV bytes, preemption that changes no
+// greedy output, refusal of what cannot fit, directives at lag 0 and 1, and
+// cancellation that frees the pool.
+#include "services/server/scheduler.h"
+
+#include <gtest/gtest.h>
+
+#include <condition_variable>
+#include <functional>
+#include <map>
+#include <mutex>
+
+#include "services/engine/checkpoint.h"
+#include "services/engine/kv_layer_store.h"
+#include "services/engine/llama_model.h"
+
+namespace kvguard::server {
+namespace {
+
+using namespace std::chrono_literals;
+
+class RecordingSink final : public ResponseSink {
+ public:
+  explicit RecordingSink(int cancel_after = -1) : cancel_after_(cancel_after) {}
+  void Send(v1::GenerateResponse response) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (response.has_chunk()) {
+      for (int32_t id : response.chunk().token_ids()) ids_.push_back(id);
+      ratios_.push_back(response.chunk().state().ratio());
+      modes_.push_back(response.chunk().state().mode());
+    }
+    if (response.has_complete()) complete_ = response.complete();
+  }
+  void Finish(const absl::Status& status) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    status_ = status;
+    finished_ = true;
+    cv_.notify_all();
+  }
+  bool Cancelled() const override {
+    std::lock_guard<std::mutex> lock(mu_);
+    return cancel_after_ >= 0 && static_cast<int>(ids_.size()) >= cancel_after_;
+  }
+  absl::Status Wait() {
+    std::unique_lock<std::mutex> lock(mu_);
+    EXPECT_TRUE(cv_.wait_for(lock, 60s, [&] { return finished_; })) << "stream never finished";
+    return status_;
+  }
+  std::vector<int32_t> ids() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return ids_;
+  }
+  std::vector<double> ratios() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return ratios_;
+  }
+  std::vector<v1::Mode> modes() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return modes_;
+  }
+
+ private:
+  int cancel_after_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<int32_t> ids_;
+  std::vector<double> ratios_;
+  std::vector<v1::Mode> modes_;
+  v1::GenerationComplete complete_;
+  absl::Status status_;
+  bool finished_ = false;
+};
+
+// A guard answering every batch at once with what `policy` says per report.
+class ScriptedGuard final : public GuardLink {
+ public:
+  using Policy = std::function<std::optional<v1::Directive>(const v1::StepReport&)>;
+  explicit ScriptedGuard(Policy policy) : policy_(std::move(policy)) {}
+  void Send(const v1::StepBatch& batch) override {
+    v1::DirectiveBatch answer;
+    answer.set_batch_id(batch.batch_id());
+    for (const v1::StepReport& r : batch.reports()) {
+      if (auto d = policy_(r)) {
+        d->set_session_id(r.session_id());
+        d->set_step(r.step());
+        *answer.add_directives() = *d;
+      }
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    answers_[batch.batch_id()] = std::move(answer);
+  }
+  std::optional<v1::DirectiveBatch> Await(uint64_t batch_id,
+                                          std::chrono::steady_clock::time_point) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = answers_.find(batch_id);
+    if (it == answers_.end()) return std::nullopt;
+    return it->second;
+  }
+  bool connected() const override { return true; }
+
+ private:
+  Policy policy_;
+  std::mutex mu_;
+  std::map<uint64_t, v1::DirectiveBatch> answers_;
+};
+
+class SchedulerTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    auto ckpt = engine::OpenCheckpoint(std::string(KVG_TEST_DATA_DIR) + "/models/tiny-qwen2");
+    ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+    auto model = engine::LlamaModel::Load(std::move(*ckpt), {});
+    ASSERT_TRUE(model.ok()) << model.status();
+    model_ = std::move(*model).release();
+  }
+  static void TearDownTestSuite() { delete model_; }
+
+  // A KV pool of `blocks` blocks of 16 tokens per layer.
+  static std::shared_ptr<engine::KvArena> Pool(int64_t blocks) {
+    const engine::KvCacheOptions c = model_->CacheOptions();
+    const engine::LayerShape shape{
+        .kv_heads = c.num_kv_heads, .head_dim = c.head_dim, .dtype = c.dtype};
+    auto arena = engine::NewKvArena(shape, blocks * 16 * engine::TokenBytes(shape), 16);
+    EXPECT_TRUE(arena.ok());
+    return *arena;
+  }
+  static int64_t Layers() { return model_->config().num_layers; }
+
+  static engine::GenerateRequest Request(int seed, double ratio = 0, int new_tokens = 24) {
+    engine::GenerateRequest r;
+    for (int i = 0; i < 48; ++i) r.prompt_ids.push_back(3 + (i * 37 + seed * 101) % 500);
+    r.max_new_tokens = new_tokens;
+    r.ignore_eos = true;
+    // A small observation window: SnapKV keeps its window whatever the ratio.
+    if (ratio > 0)
+      r.compression = {.compressor = "snapkv", .options = {"window_size=8"}, .ratio = ratio};
+    return r;
+  }
+
+  struct Run {
+    std::vector<std::vector<int32_t>> ids;
+    std::vector<absl::Status> status;
+    int64_t max_batch = 0;
+    Scheduler::Stats stats;
+  };
+  // Submits every request at once and waits for all of them.
+  static Run RunAll(const std::vector<engine::GenerateRequest>& requests, SchedulerOptions options,
+                    GuardLink* guard = nullptr, bool guarded = false) {
+    Run run;
+    std::mutex mu;
+    options.on_step = [&](const StepTiming& t) {
+      std::lock_guard<std::mutex> lock(mu);
+      run.max_batch = std::max(run.max_batch, t.batch);
+    };
+    Scheduler scheduler(*model_, nullptr, options, guard, nullptr);
+    std::vector<std::shared_ptr<RecordingSink>> sinks;
+    for (size_t i = 0; i < requests.size(); ++i) {
+      sinks.push_back(std::make_shared<RecordingSink>());
+      absl::Status s = scheduler.Submit({.request_id = "r" + std::to_string(i),
+                                         .request = requests[i],
+                                         .guarded = guarded,
+                                         .sink = sinks.back()});
+      EXPECT_TRUE(s.ok()) << s;
+    }
+    for (auto& sink : sinks) {
+      run.status.push_back(sink->Wait());
+      run.ids.push_back(sink->ids());
+    }
+    run.stats = scheduler.stats();
+    return run;
+  }
+
+  static engine::LlamaModel* model_;
+};
+engine::LlamaModel* SchedulerTest::model_ = nullptr;
+
+TEST_F(SchedulerTest, ThePoolBoundsConcurrencyAndCompressionBuysMore) {
+  // 48 + 24 tokens = 5 blocks per layer uncompressed; the pool holds 2 such.
+  const int64_t blocks = 2 * 5 * Layers();
+  std::vector<engine::GenerateRequest> plain, compressed;
+  for (int i = 0; i < 6; ++i) {
+    plain.push_back(Request(i));
+    compressed.push_back(Request(i, 0.75));
+  }
+  SchedulerOptions unpooled{.max_concurrent = 16};
+  SchedulerOptions pooled{.max_concurrent = 16, .kv_arena = Pool(blocks)};
+  const Run free_run = RunAll(plain, unpooled);
+  const Run tight = RunAll(plain, pooled);
+  EXPECT_EQ(free_run.max_batch, 6);
+  EXPECT_EQ(tight.max_batch, 2);
+  EXPECT_EQ(tight.ids, free_run.ids);  // batching never changes a greedy output here
+  for (const auto& s : tight.status) EXPECT_TRUE(s.ok()) << s;
+  // Ratio 0.75 keeps 19 of 72 tokens (2 blocks per layer): 5 fit in the same pool.
+  const Run more = RunAll(compressed, {.max_concurrent = 16, .kv_arena = Pool(blocks)});
+  EXPECT_GE(more.max_batch, 4);
+  EXPECT_EQ(more.ids, RunAll(compressed, unpooled).ids);
+}
+
+TEST_F(SchedulerTest, RefusesAtSubmitWhatCannotFitEvenAlone) {
+  SchedulerOptions options{.kv_arena = Pool(4 * Layers())};
+  Scheduler scheduler(*model_, nullptr, options, nullptr, nullptr);
+  auto sink = std::make_shared<RecordingSink>();
+  absl::Status s = scheduler.Submit({.request_id = "big", .request = Request(0), .sink = sink});
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+  EXPECT_NE(s.message().find("KV cache"), std::string::npos) << s;
+  // Compressed, the same request fits.
+  EXPECT_TRUE(
+      scheduler.Submit({.request_id = "small", .request = Request(0, 0.875), .sink = sink}).ok());
+  const absl::Status done = sink->Wait();
+  EXPECT_TRUE(done.ok()) << done;
+}
+
+TEST_F(SchedulerTest, GrowthPastTheReservationPreemptsAndChangesNoOutput) {
+  // The guard sends every sequence SAFE (eviction stops, ratio 0) at step 4:
+  // each grows past its ratio-0.75 reservation and the pool runs short.
+  ScriptedGuard safe_at_4([](const v1::StepReport& r) -> std::optional<v1::Directive> {
+    v1::Directive d;
+    d.set_mode(r.step() >= 4 ? v1::MODE_SAFE : v1::MODE_NORMAL);
+    d.set_target_ratio(r.step() >= 4 ? 0.0 : 0.75);
+    return d;
+  });
+  std::vector<engine::GenerateRequest> requests;
+  for (int i = 0; i < 5; ++i) requests.push_back(Request(i, 0.75, 40));
+  const Run reference = RunAll(requests, {.max_concurrent = 16}, &safe_at_4, true);
+  const Run pressured =
+      RunAll(requests, {.max_concurrent = 16, .kv_arena = Pool(12 * Layers())}, &safe_at_4, true);
+  for (const auto& s : pressured.status) EXPECT_TRUE(s.ok()) << s;
+  EXPECT_GT(pressured.stats.preemptions, 0);
+  EXPECT_EQ(pressured.stats.resumed, pressured.stats.preemptions);
+  EXPECT_EQ(pressured.ids, reference.ids);
+}
+
+TEST_F(SchedulerTest, DirectivesApplyAtLagZeroAndOne) {
+  // Report of step 2 answers ratio 0.5; at lag 0 step 3 runs under it, at lag 1 step 4.
+  ScriptedGuard at_2([](const v1::StepReport& r) -> std::optional<v1::Directive> {
+    if (r.step() != 2) return std::nullopt;
+    v1::Directive d;
+    d.set_mode(v1::MODE_ALERT);
+    d.set_target_ratio(0.5);
+    return d;
+  });
+  for (int lag : {0, 1}) {
+    Scheduler scheduler(*model_, nullptr, {.guard_lag = lag}, &at_2, nullptr);
+    auto sink = std::make_shared<RecordingSink>();
+    ASSERT_TRUE(
+        scheduler
+            .Submit(
+                {.request_id = "d", .request = Request(1, 0.25, 8), .guarded = true, .sink = sink})
+            .ok());
+    ASSERT_TRUE(sink->Wait().ok());
+    const std::vector<double> ratios = sink->ratios();
+    const std::vector<v1::Mode> modes = sink->modes();
+    ASSERT_EQ(ratios.size(), 8u);
+    const size_t first = 3 + lag;
+    for (size_t s = 0; s < ratios.size(); ++s) {
+      EXPECT_DOUBLE_EQ(ratios[s], s < first ? 0.25 : 0.5) << "lag " << lag << " step " << s;
+      EXPECT_EQ(modes[s], s < first ? v1::MODE_NORMAL : v1::MODE_ALERT)
+          << "lag " << lag << " step " << s;
+    }
+  }
+}
+
+TEST_F(SchedulerTest, CancellationEndsTheStreamAndFreesThePool) {
+  auto arena = Pool(40 * Layers());
+  Scheduler scheduler(*model_, nullptr, {.kv_arena = arena}, nullptr, nullptr);
+  auto cancelled = std::make_shared<RecordingSink>(/*cancel_after=*/3);
+  auto other = std::make_shared<RecordingSink>();
+  ASSERT_TRUE(
+      scheduler.Submit({.request_id = "c", .request = Request(2, 0, 200), .sink = cancelled}).ok());
+  ASSERT_TRUE(
+      scheduler.Submit({.request_id = "o", .request = Request(3, 0, 12), .sink = other}).ok());
+  EXPECT_EQ(cancelled->Wait().code(), absl::StatusCode::kCancelled);
+  EXPECT_TRUE(other->Wait().ok());
+  EXPECT_EQ(other->ids().size(), 12u);
+  scheduler.Drain(0ms);
+  EXPECT_EQ(arena->pool->used_blocks(), 0);
+}
+
+}  // namespace
+}  // namespace kvguard::server
