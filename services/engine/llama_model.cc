@@ -32,9 +32,11 @@ absl::StatusOr<at::ScalarType> ParseDtype(const std::string& name) {
 
 }  // namespace
 
-std::string ResolveDtype(const Checkpoint& checkpoint, const std::string& device, const std::string& dtype) {
+std::string ResolveDtype(const Checkpoint& checkpoint, const std::string& device,
+                         const std::string& dtype) {
   if (dtype != "auto") return dtype;
-  const TensorView* embed = checkpoint.weights ? checkpoint.weights->Find("model.embed_tokens.weight") : nullptr;
+  const TensorView* embed =
+      checkpoint.weights ? checkpoint.weights->Find("model.embed_tokens.weight") : nullptr;
   if (embed == nullptr) return "f32";
   if (embed->dtype == DType::kBF16) return "bf16";
   if (embed->dtype == DType::kF16) return device.rfind("cuda", 0) == 0 ? "f16" : "f32";
@@ -43,10 +45,14 @@ std::string ResolveDtype(const Checkpoint& checkpoint, const std::string& device
 
 std::string DtypeName(at::ScalarType dtype) {
   switch (dtype) {
-    case at::kFloat: return "f32";
-    case at::kBFloat16: return "bf16";
-    case at::kHalf: return "f16";
-    default: return c10::toString(dtype);
+    case at::kFloat:
+      return "f32";
+    case at::kBFloat16:
+      return "bf16";
+    case at::kHalf:
+      return "f16";
+    default:
+      return c10::toString(dtype);
   }
 }
 
@@ -69,10 +75,14 @@ absl::StatusOr<at::Device> ParseDevice(const std::string& name) {
 
 absl::StatusOr<at::ScalarType> ToScalarType(DType dtype, const std::string& name) {
   switch (dtype) {
-    case DType::kF32: return at::kFloat;
-    case DType::kF16: return at::kHalf;
-    case DType::kBF16: return at::kBFloat16;
-    case DType::kF64: return at::kDouble;
+    case DType::kF32:
+      return at::kFloat;
+    case DType::kF16:
+      return at::kHalf;
+    case DType::kBF16:
+      return at::kBFloat16;
+    case DType::kF64:
+      return at::kDouble;
     default:
       return absl::InvalidArgumentError(
           absl::StrCat("tensor '", name, "' has non-float dtype ", DTypeName(dtype)));
@@ -90,14 +100,14 @@ class WeightLoader {
     const TensorView* view = source_.Find(name);
     if (view == nullptr) return absl::NotFoundError(absl::StrCat("missing weight '", name, "'"));
     if (view->shape != shape) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "weight '", name, "' has shape [", absl::StrJoin(view->shape, ","),
-          "], config implies [", absl::StrJoin(shape, ","), "]"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("weight '", name, "' has shape [", absl::StrJoin(view->shape, ","),
+                       "], config implies [", absl::StrJoin(shape, ","), "]"));
     }
     KVG_ASSIGN_OR_RETURN(at::ScalarType src, ToScalarType(view->dtype, name));
     // from_blob borrows the read-only mapping; .to(..., copy=true) makes an owned tensor.
-    at::Tensor borrowed = at::from_blob(const_cast<uint8_t*>(view->data), shape,
-                                        at::TensorOptions().dtype(src));
+    at::Tensor borrowed =
+        at::from_blob(const_cast<uint8_t*>(view->data), shape, at::TensorOptions().dtype(src));
     return borrowed.to(options_, /*non_blocking=*/false, /*copy=*/true);
   }
   bool Has(const std::string& name) const { return source_.Find(name) != nullptr; }
@@ -126,8 +136,8 @@ at::Tensor InverseFrequencies(const RopeConfig& rope, int64_t head_dim) {
   const double high_wavelen = old_len / rope.high_freq_factor;
   at::Tensor wavelen = 2 * M_PI / inv_freq;
   at::Tensor scaled = at::where(wavelen > low_wavelen, inv_freq / rope.factor, inv_freq);
-  at::Tensor smooth = (old_len / wavelen - rope.low_freq_factor) /
-                      (rope.high_freq_factor - rope.low_freq_factor);
+  at::Tensor smooth =
+      (old_len / wavelen - rope.low_freq_factor) / (rope.high_freq_factor - rope.low_freq_factor);
   at::Tensor smoothed = (1 - smooth) * scaled / rope.factor + smooth * scaled;
   at::Tensor medium = (wavelen >= high_wavelen).logical_and(wavelen <= low_wavelen);
   return at::where(medium, smoothed, scaled);
@@ -140,9 +150,9 @@ struct LlamaModel::Impl {
   std::string tokenizer_path;
   at::ScalarType dtype = at::kFloat;
   at::Device device = at::kCPU;
-  at::Tensor embed;          // [vocab, d]
-  at::Tensor final_norm;     // [d]
-  at::Tensor lm_head;        // [vocab, d] (the embedding when tied)
+  at::Tensor embed;               // [vocab, d]
+  at::Tensor final_norm;          // [d]
+  at::Tensor lm_head;             // [vocab, d] (the embedding when tied)
   at::Tensor rope_cos, rope_sin;  // [max_pos, hd] in compute dtype
   std::vector<LayerWeights> layers;
 
@@ -156,8 +166,14 @@ struct LlamaModel::Impl {
   struct Projected {
     at::Tensor q_pre, q, k, v;  // [rows, heads, hd] (q_pre before RoPE), k/v [rows, kv_heads, hd]
   };
-  Projected Project(int64_t l, const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) const;
+  Projected Project(int64_t l, const at::Tensor& x, const at::Tensor& cos,
+                    const at::Tensor& sin) const;
   at::Tensor Finish(int64_t l, const at::Tensor& x, const at::Tensor& attn) const;
+  // One decode token each for `rows` of the batch, attended together over
+  // their caches padded to the longest (one matmul pair, not one per item).
+  at::Tensor DecodeAttention(std::span<ForwardItem> batch, const std::vector<size_t>& items,
+                             int64_t layer, const at::Tensor& q, const at::Tensor& k,
+                             const at::Tensor& v, const std::vector<int64_t>& offsets) const;
   at::Tensor Layer(int64_t l, std::span<ForwardItem> batch, const std::vector<int64_t>& offsets,
                    const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
   at::Tensor RecomputeAttention(const SequenceKvCache& cache, int64_t l, const Projected& p,
@@ -204,7 +220,8 @@ absl::Status LlamaModel::Impl::LoadLayer(WeightLoader& loader, int64_t l, LayerW
 absl::Status LlamaModel::Impl::LoadWeights(const Checkpoint& ckpt) {
   const ModelConfig& c = config;
   WeightLoader loader(*ckpt.weights, dtype, device);
-  KVG_ASSIGN_OR_RETURN(embed, loader.Get("model.embed_tokens.weight", {c.vocab_size, c.hidden_size}));
+  KVG_ASSIGN_OR_RETURN(embed,
+                       loader.Get("model.embed_tokens.weight", {c.vocab_size, c.hidden_size}));
   KVG_ASSIGN_OR_RETURN(final_norm, loader.Get("model.norm.weight", {c.hidden_size}));
   // Tied checkpoints usually omit lm_head.weight; honour it when present.
   if (!c.tie_word_embeddings || loader.Has("lm_head.weight")) {
@@ -243,7 +260,8 @@ at::Tensor LlamaModel::Impl::Rope(const at::Tensor& x, const at::Tensor& cos,
 
 // H2O-style statistics: the attention each slot received, and from how many
 // queries (a new token at offset i is seen by n - i of the n new queries).
-void AccumulateAttention(SequenceKvCache& cache, int64_t layer, const at::Tensor& probs, int64_t n) {
+void AccumulateAttention(SequenceKvCache& cache, int64_t layer, const at::Tensor& probs,
+                         int64_t n) {
   int64_t total = probs.size(2);
   const int64_t hkv = probs.size(0);
   at::Tensor sum = cache.AttentionSum(layer);  // [hkv, group, retained]
@@ -277,8 +295,10 @@ void RecordQueries(SequenceKvCache& cache, int64_t layer, const at::Tensor& q_pr
   }
   at::Tensor q_heads = q_post.transpose(0, 1);  // [h, n, d]
   if (needs.query_window > 0) {
-    at::Tensor all = st.recent_queries.defined() ? at::cat({st.recent_queries, q_heads}, 1) : q_heads;
-    for (int64_t i = 0; i < n; ++i) st.recent_positions.push_back(static_cast<int32_t>(first_pos + i));
+    at::Tensor all =
+        st.recent_queries.defined() ? at::cat({st.recent_queries, q_heads}, 1) : q_heads;
+    for (int64_t i = 0; i < n; ++i)
+      st.recent_positions.push_back(static_cast<int32_t>(first_pos + i));
     const int64_t keep = std::min<int64_t>(needs.query_window, all.size(1));
     st.recent_queries = all.narrow(1, all.size(1) - keep, keep).contiguous();
     st.recent_positions.erase(st.recent_positions.begin(), st.recent_positions.end() - keep);
@@ -288,8 +308,8 @@ void RecordQueries(SequenceKvCache& cache, int64_t layer, const at::Tensor& q_pr
     const int64_t hi = std::min(needs.question_end, first_pos + n);
     if (lo < hi) {
       at::Tensor part = q_heads.narrow(1, lo - first_pos, hi - lo);
-      st.question_queries =
-          st.question_queries.defined() ? at::cat({st.question_queries, part}, 1) : part.contiguous();
+      st.question_queries = st.question_queries.defined() ? at::cat({st.question_queries, part}, 1)
+                                                          : part.contiguous();
       for (int64_t p = lo; p < hi; ++p) st.question_positions.push_back(static_cast<int32_t>(p));
     }
   }
@@ -310,11 +330,12 @@ at::Tensor LlamaModel::Impl::Attention(const ForwardItem& item, int64_t layer, c
   at::Tensor scores = at::matmul(qg, keys.transpose(1, 2)).mul_(1.0 / std::sqrt(double(hd)));
   if (n > 1) {
     // Cached entries all precede the new tokens; among the new tokens, causal.
-    at::Tensor causal = at::ones({n, n}, at::TensorOptions().dtype(at::kBool).device(device))
-                            .triu(1);
+    at::Tensor causal =
+        at::ones({n, n}, at::TensorOptions().dtype(at::kBool).device(device)).triu(1);
     at::Tensor mask = at::zeros({n, total}, causal.options());
     mask.narrow(1, total - n, n).copy_(causal);
-    scores = scores.view({hkv, group, n, total}).masked_fill(mask, -INFINITY)
+    scores = scores.view({hkv, group, n, total})
+                 .masked_fill(mask, -INFINITY)
                  .view({hkv, group * n, total});
   }
   at::Tensor probs = at::softmax(scores, -1, at::kFloat);
@@ -325,7 +346,8 @@ at::Tensor LlamaModel::Impl::Attention(const ForwardItem& item, int64_t layer, c
 }
 
 LlamaModel::Impl::Projected LlamaModel::Impl::Project(int64_t l, const at::Tensor& x,
-                                                      const at::Tensor& cos, const at::Tensor& sin) const {
+                                                      const at::Tensor& cos,
+                                                      const at::Tensor& sin) const {
   const LayerWeights& w = layers[l];
   const ModelConfig& c = config;
   const int64_t rows = x.size(0), hd = c.head_dim;
@@ -353,22 +375,79 @@ at::Tensor LlamaModel::Impl::Finish(int64_t l, const at::Tensor& x, const at::Te
   return x1 + at::linear(act, w.down);
 }
 
+at::Tensor LlamaModel::Impl::DecodeAttention(std::span<ForwardItem> batch,
+                                             const std::vector<size_t>& items, int64_t layer,
+                                             const at::Tensor& q, const at::Tensor& k,
+                                             const at::Tensor& v,
+                                             const std::vector<int64_t>& offsets) const {
+  const int64_t b = static_cast<int64_t>(items.size()), hkv = config.num_kv_heads,
+                hd = config.head_dim;
+  const int64_t group = config.num_heads / hkv;
+  std::vector<at::Tensor> keys(items.size()), values(items.size());
+  int64_t longest = 0;
+  for (size_t j = 0; j < items.size(); ++j) {
+    const ForwardItem& item = batch[items[j]];
+    const int64_t r = offsets[items[j]];
+    item.cache->Append(layer, k.narrow(0, r, 1).transpose(0, 1), v.narrow(0, r, 1).transpose(0, 1),
+                       item.cache->num_positions() - 1);
+    keys[j] = item.cache->AttentionKeys(layer);
+    values[j] = item.cache->AttentionValues(layer);
+    longest = std::max(longest, keys[j].size(1));
+  }
+  at::Tensor kp = at::zeros({b, hkv, longest, hd}, keys[0].options());
+  at::Tensor vp = at::zeros({b, hkv, longest, hd}, values[0].options());
+  at::Tensor pad =
+      at::zeros({b, 1, 1, longest}, at::TensorOptions().dtype(at::kBool).device(device));
+  std::vector<at::Tensor> rows;
+  for (size_t j = 0; j < items.size(); ++j) {
+    const int64_t t = keys[j].size(1);
+    kp[static_cast<int64_t>(j)].narrow(1, 0, t).copy_(keys[j]);
+    vp[static_cast<int64_t>(j)].narrow(1, 0, t).copy_(values[j]);
+    if (t < longest) pad[static_cast<int64_t>(j)].narrow(2, t, longest - t).fill_(true);
+    rows.push_back(q.narrow(0, offsets[items[j]], 1));
+  }
+  at::Tensor qg = at::cat(rows, 0).view({b, hkv, group, hd});
+  at::Tensor scores = at::matmul(qg, kp.transpose(2, 3)).mul_(1.0 / std::sqrt(double(hd)));
+  at::Tensor probs = at::softmax(scores.masked_fill(pad, -INFINITY), -1, at::kFloat).to(dtype);
+  return at::matmul(probs, vp).view({b, hkv * group * hd});  // [b, hq * hd]
+}
+
 at::Tensor LlamaModel::Impl::Layer(int64_t l, std::span<ForwardItem> batch,
                                    const std::vector<int64_t>& offsets, const at::Tensor& x,
                                    const at::Tensor& cos, const at::Tensor& sin) {
   const int64_t rows = x.size(0);
   Projected p = Project(l, x, cos, sin);
-  at::Tensor attn = batch.size() == 1 ? at::Tensor() : at::empty({rows, config.num_heads * config.head_dim}, x.options());
+  at::Tensor attn = batch.size() == 1
+                        ? at::Tensor()
+                        : at::empty({rows, config.num_heads * config.head_dim}, x.options());
+  std::vector<size_t> decode;  // single-token rows that need no per-item attention statistics
   for (size_t i = 0; i < batch.size(); ++i) {
     const int64_t r0 = offsets[i], n = offsets[i + 1] - offsets[i];
     const int64_t first_pos = batch[i].cache->num_positions() - n;
     if (batch[i].cache->options().needs.any()) {
       RecordQueries(*batch[i].cache, l, p.q_pre.narrow(0, r0, n), p.q.narrow(0, r0, n), first_pos);
     }
+    if (batch.size() > 1 && n == 1 && !batch[i].cache->options().needs.attention_sums) {
+      decode.push_back(i);
+      continue;
+    }
     at::Tensor out = Attention(batch[i], l, p.q.narrow(0, r0, n), p.k.narrow(0, r0, n),
                                p.v.narrow(0, r0, n), first_pos);
-    if (batch.size() == 1) attn = out;
-    else attn.narrow(0, r0, n).copy_(out);
+    if (batch.size() == 1)
+      attn = out;
+    else
+      attn.narrow(0, r0, n).copy_(out);
+  }
+  if (decode.size() == 1) {
+    const size_t i = decode[0];
+    const int64_t r0 = offsets[i];
+    attn.narrow(0, r0, 1).copy_(Attention(batch[i], l, p.q.narrow(0, r0, 1), p.k.narrow(0, r0, 1),
+                                          p.v.narrow(0, r0, 1),
+                                          batch[i].cache->num_positions() - 1));
+  } else if (decode.size() > 1) {
+    at::Tensor out = DecodeAttention(batch, decode, l, p.q, p.k, p.v, offsets);
+    for (size_t j = 0; j < decode.size(); ++j)
+      attn.narrow(0, offsets[decode[j]], 1).copy_(out.narrow(0, static_cast<int64_t>(j), 1));
   }
   return Finish(l, x, attn);
 }
@@ -379,14 +458,14 @@ absl::Status LlamaModel::Impl::Validate(std::span<ForwardItem> batch) const {
     if (item.tokens.empty()) return absl::InvalidArgumentError("forward item without tokens");
     for (int32_t id : item.tokens) {
       if (id < 0 || id >= config.vocab_size) {
-        return absl::InvalidArgumentError(absl::StrCat("token id ", id, " is outside the vocabulary [0, ",
-                                                       config.vocab_size, ")"));
+        return absl::InvalidArgumentError(absl::StrCat(
+            "token id ", id, " is outside the vocabulary [0, ", config.vocab_size, ")"));
       }
     }
     const int64_t end = item.cache->num_positions() + static_cast<int64_t>(item.tokens.size());
     if (end > config.max_position_embeddings) {
-      return absl::OutOfRangeError(absl::StrCat("sequence of ", end, " tokens exceeds the context of ",
-                                                config.max_position_embeddings));
+      return absl::OutOfRangeError(absl::StrCat(
+          "sequence of ", end, " tokens exceeds the context of ", config.max_position_embeddings));
     }
   }
   return absl::OkStatus();
@@ -398,7 +477,8 @@ LlamaModel::~LlamaModel() = default;
 absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(Checkpoint checkpoint,
                                                              const ModelOptions& options) {
   auto impl = std::make_unique<Impl>();
-  KVG_ASSIGN_OR_RETURN(impl->dtype, ParseDtype(ResolveDtype(checkpoint, options.device, options.dtype)));
+  KVG_ASSIGN_OR_RETURN(impl->dtype,
+                       ParseDtype(ResolveDtype(checkpoint, options.device, options.dtype)));
   KVG_ASSIGN_OR_RETURN(impl->device, ParseDevice(options.device));
   impl->config = checkpoint.config;
   impl->tokenizer_path = checkpoint.tokenizer_path;
@@ -426,7 +506,8 @@ absl::StatusOr<at::Tensor> LlamaModel::Forward(std::span<ForwardItem> batch) {
       }
       offsets.push_back(static_cast<int64_t>(ids.size()));
       if (item.all_logits) {
-        for (int64_t r = offsets[offsets.size() - 2]; r < offsets.back(); ++r) logit_rows.push_back(r);
+        for (int64_t r = offsets[offsets.size() - 2]; r < offsets.back(); ++r)
+          logit_rows.push_back(r);
       } else {
         logit_rows.push_back(offsets.back() - 1);
       }
@@ -450,7 +531,8 @@ absl::StatusOr<at::Tensor> LlamaModel::Forward(std::span<ForwardItem> batch) {
 // Attention of the recomputed rows over the cache (incl. approximated
 // entries) plus each other, masked by original position: row i sees every
 // entry at a position <= its own.
-at::Tensor LlamaModel::Impl::RecomputeAttention(const SequenceKvCache& cache, int64_t l, const Projected& p,
+at::Tensor LlamaModel::Impl::RecomputeAttention(const SequenceKvCache& cache, int64_t l,
+                                                const Projected& p,
                                                 const std::vector<int32_t>& positions) const {
   const int64_t n = p.q.size(0), hkv = config.num_kv_heads, hd = config.head_dim;
   const int64_t group = config.num_heads / hkv;
@@ -468,18 +550,21 @@ at::Tensor LlamaModel::Impl::RecomputeAttention(const SequenceKvCache& cache, in
     for (int64_t j = 0; j < n; ++j) duplicate[j] = cache.Holds(l, h, positions[j]);
     for (int64_t i = 0; i < n; ++i)
       for (int64_t j = 0; j < total; ++j)
-        mask[(h * n + i) * total + j] = kp[j] > positions[i] || (j >= cached && duplicate[j - cached]);
+        mask[(h * n + i) * total + j] =
+            kp[j] > positions[i] || (j >= cached && duplicate[j - cached]);
   }
   at::Tensor m = at::from_blob(mask.data(), {hkv, 1, n, total}, at::kByte).to(device, at::kBool);
   at::Tensor qg = p.q.view({n, hkv, group, hd}).permute({1, 2, 0, 3}).reshape({hkv, group * n, hd});
   at::Tensor scores = at::matmul(qg, keys.transpose(1, 2)).mul_(1.0 / std::sqrt(double(hd)));
-  scores = scores.view({hkv, group, n, total}).masked_fill(m, -INFINITY).view({hkv, group * n, total});
+  scores =
+      scores.view({hkv, group, n, total}).masked_fill(m, -INFINITY).view({hkv, group * n, total});
   at::Tensor probs = at::softmax(scores, -1, at::kFloat).to(dtype);
   at::Tensor out = at::matmul(probs, values);
   return out.view({hkv, group, n, hd}).permute({2, 0, 1, 3}).reshape({n, hkv * group * hd});
 }
 
-absl::StatusOr<int64_t> LlamaModel::Recompute(SequenceKvCache& cache, const std::vector<int32_t>& wanted) {
+absl::StatusOr<int64_t> LlamaModel::Recompute(SequenceKvCache& cache,
+                                              const std::vector<int32_t>& wanted) {
   Impl& m = *impl_;
   for (int32_t p : wanted) {
     if (p < 0 || p >= cache.num_positions()) {
