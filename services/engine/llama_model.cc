@@ -169,8 +169,9 @@ struct LlamaModel::Impl {
   Projected Project(int64_t l, const at::Tensor& x, const at::Tensor& cos,
                     const at::Tensor& sin) const;
   at::Tensor Finish(int64_t l, const at::Tensor& x, const at::Tensor& attn) const;
-  // One decode token each for `rows` of the batch, attended together over
-  // their caches padded to the longest (one matmul pair, not one per item).
+  // One decode token each for `items` of the batch, attended together over
+  // their caches padded to the longest (one matmul pair, not one per item);
+  // H2O-style attention sums are taken from each row's own columns.
   at::Tensor DecodeAttention(std::span<ForwardItem> batch, const std::vector<size_t>& items,
                              int64_t layer, const at::Tensor& q, const at::Tensor& k,
                              const at::Tensor& v, const std::vector<int64_t>& offsets) const;
@@ -408,8 +409,14 @@ at::Tensor LlamaModel::Impl::DecodeAttention(std::span<ForwardItem> batch,
   }
   at::Tensor qg = at::cat(rows, 0).view({b, hkv, group, hd});
   at::Tensor scores = at::matmul(qg, kp.transpose(2, 3)).mul_(1.0 / std::sqrt(double(hd)));
-  at::Tensor probs = at::softmax(scores.masked_fill(pad, -INFINITY), -1, at::kFloat).to(dtype);
-  return at::matmul(probs, vp).view({b, hkv * group * hd});  // [b, hq * hd]
+  at::Tensor probs = at::softmax(scores.masked_fill(pad, -INFINITY), -1, at::kFloat);
+  for (size_t j = 0; j < items.size(); ++j) {
+    SequenceKvCache& cache = *batch[items[j]].cache;
+    if (!cache.options().needs.attention_sums) continue;
+    // Each row's own columns: [hkv, group * 1, T].
+    AccumulateAttention(cache, layer, probs[static_cast<int64_t>(j)].narrow(-1, 0, keys[j].size(1)), 1);
+  }
+  return at::matmul(probs.to(dtype), vp).view({b, hkv * group * hd});  // [b, hq * hd]
 }
 
 at::Tensor LlamaModel::Impl::Layer(int64_t l, std::span<ForwardItem> batch,
@@ -420,14 +427,14 @@ at::Tensor LlamaModel::Impl::Layer(int64_t l, std::span<ForwardItem> batch,
   at::Tensor attn = batch.size() == 1
                         ? at::Tensor()
                         : at::empty({rows, config.num_heads * config.head_dim}, x.options());
-  std::vector<size_t> decode;  // single-token rows that need no per-item attention statistics
+  std::vector<size_t> decode;  // single-token rows: attended together
   for (size_t i = 0; i < batch.size(); ++i) {
     const int64_t r0 = offsets[i], n = offsets[i + 1] - offsets[i];
     const int64_t first_pos = batch[i].cache->num_positions() - n;
     if (batch[i].cache->options().needs.any()) {
       RecordQueries(*batch[i].cache, l, p.q_pre.narrow(0, r0, n), p.q.narrow(0, r0, n), first_pos);
     }
-    if (batch.size() > 1 && n == 1 && !batch[i].cache->options().needs.attention_sums) {
+    if (batch.size() > 1 && n == 1) {
       decode.push_back(i);
       continue;
     }
