@@ -40,6 +40,12 @@ class CacheCompression {
     compressor_->ConfigureStorage(options);
   }
   [[nodiscard]] double ratio() const { return ratio_; }
+  // Whether the next AfterForward() may evict (the ratio is set and, with
+  // compress_every, this decode step is one of the scheduled ones).
+  [[nodiscard]] bool Due(bool prefill) const {
+    if (ratio_ <= 0.0) return false;
+    return prefill || every_ <= 0 || (decode_steps_ + 1) % every_ == 0;
+  }
   // Takes effect at the next AfterForward(). InvalidArgument outside [0, 1).
   absl::Status set_ratio(double ratio);
   [[nodiscard]] Compressor& compressor() { return *compressor_; }

@@ -15,20 +15,19 @@ double SecondsSince(std::chrono::steady_clock::time_point t) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
 }
 
-// Mean received attention of every retained position over layers and heads
-// (only when the cache gathers attention sums).
-std::map<int32_t, std::pair<double, int>> PositionAttention(const SequenceKvCache& cache) {
-  std::map<int32_t, std::pair<double, int>> out;
+// Mean received attention of every position over the layers and heads that
+// retain it, indexed by position (only when the cache gathers attention sums).
+std::vector<std::pair<double, int>> PositionAttention(const SequenceKvCache& cache) {
+  std::vector<std::pair<double, int>> out(static_cast<size_t>(cache.num_positions()));
   for (int64_t l = 0; l < cache.options().num_layers; ++l) {
     at::Tensor sum = cache.AttentionSum(l);
-    if (!sum.defined()) return out;
-    at::Tensor mean =
-        (sum.mean(1) / cache.AttentionCount(l).clamp_min(1)).to(at::kCPU).contiguous();
+    if (!sum.defined()) return {};
+    at::Tensor mean = (sum.mean(1) / cache.AttentionCount(l).clamp_min(1)).to(at::kCPU).contiguous();
     const auto& positions = cache.Positions(l);
     const float* m = mean.data_ptr<float>();
     for (size_t h = 0; h < positions.size(); ++h) {
       for (size_t i = 0; i < positions[h].size(); ++i) {
-        auto& [total, n] = out[positions[h][i]];
+        auto& [total, n] = out[static_cast<size_t>(positions[h][i])];
         total += m[h * positions[h].size() + i];
         ++n;
       }
@@ -95,8 +94,9 @@ absl::Status Sequence::Compress(std::vector<int32_t>& evicted,
     if (at_step == step_) KVG_RETURN_IF_ERROR(compression_->set_ratio(ratio));
   }
   const int64_t evicted_before = cache_->Stats().evicted_slots;
-  const bool track = options_.gather_attention;
-  std::map<int32_t, std::pair<double, int>> attention;
+  // Which positions leave, and the attention they had, only on steps that may evict.
+  const bool track = options_.gather_attention && compression_->Due(step_ == 0);
+  std::vector<std::pair<double, int>> attention;
   std::set<int32_t> before;
   if (track) {
     attention = PositionAttention(*cache_);
@@ -110,7 +110,7 @@ absl::Status Sequence::Compress(std::vector<int32_t>& evicted,
   for (int32_t p : before) {
     if (after.count(p)) continue;
     evicted.push_back(p);
-    const auto& [total, n] = attention[p];
+    const auto [total, n] = static_cast<size_t>(p) < attention.size() ? attention[p] : std::pair(0.0, 0);
     evicted_attention.push_back(n ? static_cast<float>(total / n) : 0.0f);
   }
   return absl::OkStatus();
