@@ -4,6 +4,15 @@
 
 namespace kvguard::server {
 
+// One stream and the context it lives in. `write_mu` is held by the writer
+// for the length of a Write, so the connector can wait for it before Finish.
+struct GrpcGuardLink::Call {
+  grpc::ClientContext context;
+  std::unique_ptr<grpc::ClientReaderWriter<v1::StepBatch, v1::DirectiveBatch>> stream;
+  std::mutex write_mu;
+  bool finished = false;  // under write_mu: no Write after Finish
+};
+
 GrpcGuardLink::GrpcGuardLink(const std::string& address) : address_(address) {
   grpc::ChannelArguments args;
   // Reconnect quickly after a guard restart; the stream is re-opened by ConnectLoop.
@@ -12,23 +21,24 @@ GrpcGuardLink::GrpcGuardLink(const std::string& address) : address_(address) {
   channel_ = grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
   stub_ = v1::GuardService::NewStub(channel_);
   connector_ = std::thread([this] { ConnectLoop(); });
+  writer_ = std::thread([this] { WriteLoop(); });
 }
 
 GrpcGuardLink::~GrpcGuardLink() {
   stopping_ = true;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (context_) context_->TryCancel();
+    if (call_) call_->context.TryCancel();
   }
   cv_.notify_all();
+  outbox_cv_.notify_all();
+  if (writer_.joinable()) writer_.join();
   if (connector_.joinable()) connector_.join();
 }
 
 void GrpcGuardLink::ConnectLoop() {
   auto backoff = std::chrono::milliseconds(100);
   while (!stopping_) {
-    auto context = std::make_unique<grpc::ClientContext>();
-    context->set_wait_for_ready(false);
     // Fail fast if the guard is down, then back off.
     if (!channel_->WaitForConnected(std::chrono::system_clock::now() + backoff)) {
       std::unique_lock<std::mutex> lock(mu_);
@@ -36,32 +46,57 @@ void GrpcGuardLink::ConnectLoop() {
       backoff = std::min(backoff * 2, std::chrono::milliseconds(5000));
       continue;
     }
-    std::shared_ptr<grpc::ClientReaderWriter<v1::StepBatch, v1::DirectiveBatch>> stream(
-        stub_->Guard(context.get()));
+    auto call = std::make_shared<Call>();
+    call->context.set_wait_for_ready(false);
+    call->stream = stub_->Guard(&call->context);
     {
       std::lock_guard<std::mutex> lock(mu_);
-      context_ = std::move(context);
-      stream_ = stream;
+      if (stopping_) call->context.TryCancel();
+      call_ = call;
       ++stats_.reconnects;
     }
     connected_ = true;
     backoff = std::chrono::milliseconds(100);
-    ReadLoop(stream);  // returns when the stream breaks
+    ReadLoop(*call);  // returns when the stream breaks
     connected_ = false;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      stream_.reset();
-      (void)stream->Finish();
-      context_.reset();
+      if (call_ == call) call_.reset();
     }
     cv_.notify_all();
+    call->context.TryCancel();  // unblocks a writer held by flow control
+    std::lock_guard<std::mutex> writing(call->write_mu);
+    call->finished = true;
+    (void)call->stream->Finish();
   }
 }
 
-void GrpcGuardLink::ReadLoop(
-    std::shared_ptr<grpc::ClientReaderWriter<v1::StepBatch, v1::DirectiveBatch>> stream) {
+void GrpcGuardLink::WriteLoop() {
+  while (true) {
+    v1::StepBatch batch;
+    std::shared_ptr<Call> call;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      outbox_cv_.wait(lock, [this] { return !outbox_.empty() || stopping_.load(); });
+      if (stopping_) return;
+      batch = std::move(outbox_.front());
+      outbox_.pop_front();
+      call = call_;
+      if (!call) {
+        ++stats_.dropped_disconnected;
+        continue;
+      }
+      ++stats_.sent;
+    }
+    std::lock_guard<std::mutex> writing(call->write_mu);
+    if (call->finished) continue;  // the stream broke after the batch was taken
+    if (!call->stream->Write(batch)) call->context.TryCancel();  // this call only
+  }
+}
+
+void GrpcGuardLink::ReadLoop(Call& call) {
   v1::DirectiveBatch batch;
-  while (stream->Read(&batch)) {
+  while (call.stream->Read(&batch)) {
     std::lock_guard<std::mutex> lock(mu_);
     ++stats_.received;
     answers_[batch.batch_id()] = batch;
@@ -72,29 +107,26 @@ void GrpcGuardLink::ReadLoop(
 }
 
 void GrpcGuardLink::Send(const v1::StepBatch& batch) {
-  std::shared_ptr<grpc::ClientReaderWriter<v1::StepBatch, v1::DirectiveBatch>> stream;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    stream = stream_;
-    if (!stream) {
+    if (!call_) {
       ++stats_.dropped_disconnected;
       return;
     }
-    ++stats_.sent;
+    if (outbox_.size() >= kMaxQueued) {
+      outbox_.pop_front();
+      ++stats_.dropped_backpressure;
+    }
+    outbox_.push_back(batch);
   }
-  // One writer (the scheduler thread): Write may block on flow control only.
-  if (!stream->Write(batch)) {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (context_) context_->TryCancel();
-  }
+  outbox_cv_.notify_one();
 }
 
-std::optional<v1::DirectiveBatch> GrpcGuardLink::Await(uint64_t batch_id,
-                                                       std::chrono::steady_clock::time_point deadline) {
+std::optional<v1::DirectiveBatch> GrpcGuardLink::Await(
+    uint64_t batch_id, std::chrono::steady_clock::time_point deadline) {
   std::unique_lock<std::mutex> lock(mu_);
-  const bool arrived = cv_.wait_until(lock, deadline, [&] {
-    return answers_.count(batch_id) > 0 || !stream_ || stopping_.load();
-  });
+  const bool arrived = cv_.wait_until(
+      lock, deadline, [&] { return answers_.count(batch_id) > 0 || !call_ || stopping_.load(); });
   auto it = answers_.find(batch_id);
   if (!arrived || it == answers_.end()) return std::nullopt;
   v1::DirectiveBatch out = std::move(it->second);

@@ -1,16 +1,24 @@
 // File: services/server/grpc_guard_link.h
 //
 // GuardLink over one long-lived gRPC bidirectional stream (GuardService.Guard).
-// A reader thread files answers by batch id; when the stream breaks, a
-// reconnect thread re-opens it with exponential backoff (100 ms .. 5 s).
-// Sessions the new guard has not seen are recreated by the guard from their
-// next report.
+//
+// Threads: Send() only queues (never blocks the decode loop); a writer
+// thread drains the queue onto the stream, a reader thread (the connector,
+// between reconnects) files answers by batch id, and when the stream breaks
+// the connector re-opens it with exponential backoff (100 ms .. 5 s).
+// Each stream is one Call that owns its context, so a write failure cancels
+// the call it happened on, never a newer one. When the guard stops reading
+// and flow control holds the writer, the queue keeps at most kMaxQueued
+// batches and drops the oldest (counted): those steps miss their deadline
+// and the scheduler's fail-safe applies, as for any late answer.
+// Sessions a new guard has not seen are recreated from their next report.
 #pragma once
 
 #include <grpcpp/grpcpp.h>
 
 #include <atomic>
 #include <condition_variable>
+#include <deque>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -26,11 +34,14 @@ struct GuardLinkStats {
   int64_t sent = 0;
   int64_t received = 0;
   int64_t dropped_disconnected = 0;  // batches not sent: no stream
+  int64_t dropped_backpressure = 0;  // batches dropped: the guard stopped reading
   int64_t reconnects = 0;
 };
 
 class GrpcGuardLink final : public GuardLink {
  public:
+  static constexpr size_t kMaxQueued = 8;
+
   explicit GrpcGuardLink(const std::string& address);
   ~GrpcGuardLink() override;
 
@@ -41,22 +52,25 @@ class GrpcGuardLink final : public GuardLink {
   GuardLinkStats stats() const;
 
  private:
+  struct Call;
   void ConnectLoop();
-  void ReadLoop(std::shared_ptr<grpc::ClientReaderWriter<v1::StepBatch, v1::DirectiveBatch>> stream);
+  void WriteLoop();
+  void ReadLoop(Call& call);
 
   std::string address_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::GuardService::Stub> stub_;
 
   mutable std::mutex mu_;
-  std::condition_variable cv_;
-  std::unique_ptr<grpc::ClientContext> context_;
-  std::shared_ptr<grpc::ClientReaderWriter<v1::StepBatch, v1::DirectiveBatch>> stream_;
+  std::condition_variable cv_;         // answers, stream changes, stopping
+  std::condition_variable outbox_cv_;  // the writer's queue
+  std::shared_ptr<Call> call_;         // the open stream, if any
+  std::deque<v1::StepBatch> outbox_;
   std::map<uint64_t, v1::DirectiveBatch> answers_;
   GuardLinkStats stats_;
   std::atomic<bool> connected_{false};
   std::atomic<bool> stopping_{false};
-  std::thread connector_;
+  std::thread connector_, writer_;
 };
 
 }  // namespace kvguard::server
