@@ -147,7 +147,7 @@ void StreamSessions::Decide(Session& s, const v1::StepReport& report, float haza
   out.set_session_id(report.session_id());
   out.set_step(report.step());
   out.set_mode(d.mode);
-  out.set_target_ratio(d.target_ratio);
+  out.mutable_target_ratio()->set_value(d.target_ratio);
   out.mutable_protect_positions()->Add(d.protect_positions.begin(), d.protect_positions.end());
   out.mutable_recompute_positions()->Add(d.recompute_positions.begin(),
                                          d.recompute_positions.end());

@@ -553,10 +553,9 @@ void Scheduler::ApplyDirective(Active& a, const v1::Directive& d) {
     a.mode = d.mode();
   }
   a.hazard = d.hazard();
-  if (d.target_ratio() >= 0 && d.target_ratio() < 1 && a.seq->SetRatio(d.target_ratio()).ok() &&
-      options_.kv_arena != nullptr) {
-    a.reserved_blocks =
-        Cost(a.sub.request, d.target_ratio()).projected;  // the budget moves with the ratio
+  const double ratio = d.has_target_ratio() ? d.target_ratio().value() : -1;
+  if (ratio >= 0 && ratio < 1 && a.seq->SetRatio(ratio).ok() && options_.kv_arena != nullptr) {
+    a.reserved_blocks = Cost(a.sub.request, ratio).projected;  // the budget moves with the ratio
   }
   a.seq->SetProtected(
       std::set<int32_t>(d.protect_positions().begin(), d.protect_positions().end()));

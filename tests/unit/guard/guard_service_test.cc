@@ -63,9 +63,9 @@ TEST(StreamSessionsTest, OneDirectivePerReportAndOnePredictionPerBatch) {
   EXPECT_EQ(out.directives(0).session_id(), "a");
   EXPECT_EQ(out.directives(2).session_id(), "c");
   EXPECT_EQ(out.directives(2).step(), 3u);
-  EXPECT_DOUBLE_EQ(out.directives(0).target_ratio(), 0.8);
-  EXPECT_DOUBLE_EQ(out.directives(1).target_ratio(), 0.5);
-  EXPECT_DOUBLE_EQ(out.directives(2).target_ratio(), 0.6);  // from kv.ratio
+  EXPECT_DOUBLE_EQ(out.directives(0).target_ratio().value(), 0.8);
+  EXPECT_DOUBLE_EQ(out.directives(1).target_ratio().value(), 0.5);
+  EXPECT_DOUBLE_EQ(out.directives(2).target_ratio().value(), 0.6);  // from kv.ratio
   EXPECT_FLOAT_EQ(out.directives(0).hazard(), 0.9f);
   EXPECT_EQ(hazard.calls, (std::vector<size_t>{3}));
   EXPECT_EQ(sessions.size(), 3u);
@@ -109,7 +109,7 @@ TEST(StreamSessionsTest, RisingEntropySessionEscalatesAndCalmOneDoesNot) {
       last_bad = out.directives(1).mode();
       if (last_bad != v1::MODE_NORMAL) {
         EXPECT_FALSE(out.directives(1).protect_positions().empty());
-        EXPECT_LT(out.directives(1).target_ratio(), 0.8);
+        EXPECT_LT(out.directives(1).target_ratio().value(), 0.8);
       }
     }
     EXPECT_NE(last_bad, v1::MODE_NORMAL);

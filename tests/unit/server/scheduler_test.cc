@@ -217,7 +217,7 @@ TEST_F(SchedulerTest, GrowthPastTheReservationPreemptsAndChangesNoOutput) {
   ScriptedGuard safe_at_4([](const v1::StepReport& r) -> std::optional<v1::Directive> {
     v1::Directive d;
     d.set_mode(r.step() >= 4 ? v1::MODE_SAFE : v1::MODE_NORMAL);
-    d.set_target_ratio(r.step() >= 4 ? 0.0 : 0.75);
+    d.mutable_target_ratio()->set_value(r.step() >= 4 ? 0.0 : 0.75);
     return d;
   });
   std::vector<engine::GenerateRequest> requests;
@@ -237,7 +237,7 @@ TEST_F(SchedulerTest, DirectivesApplyAtLagZeroAndOne) {
     if (r.step() != 2) return std::nullopt;
     v1::Directive d;
     d.set_mode(v1::MODE_ALERT);
-    d.set_target_ratio(0.5);
+    d.mutable_target_ratio()->set_value(0.5);
     return d;
   });
   for (int lag : {0, 1}) {
@@ -259,6 +259,28 @@ TEST_F(SchedulerTest, DirectivesApplyAtLagZeroAndOne) {
           << "lag " << lag << " step " << s;
     }
   }
+}
+
+TEST_F(SchedulerTest, ADirectiveWithoutARatioLeavesTheRatioAlone) {
+  // Step 1 sets 0.5; step 3 answers a mode only: the ratio stays 0.5 (an unset
+  // ratio is not 0, which would stop eviction).
+  ScriptedGuard guard([](const v1::StepReport& r) -> std::optional<v1::Directive> {
+    v1::Directive d;
+    if (r.step() == 1) d.mutable_target_ratio()->set_value(0.5);
+    if (r.step() == 3) d.set_mode(v1::MODE_ALERT);
+    if (r.step() != 1 && r.step() != 3) return std::nullopt;
+    return d;
+  });
+  Scheduler scheduler(*model_, nullptr, {}, &guard, nullptr);
+  auto sink = std::make_shared<RecordingSink>();
+  ASSERT_TRUE(
+      scheduler
+          .Submit(
+              {.request_id = "n", .request = Request(4, 0.25, 6), .guarded = true, .sink = sink})
+          .ok());
+  ASSERT_TRUE(sink->Wait().ok());
+  EXPECT_EQ(sink->ratios(), (std::vector<double>{0.25, 0.25, 0.5, 0.5, 0.5, 0.5}));
+  EXPECT_EQ(sink->modes().back(), v1::MODE_ALERT);
 }
 
 TEST_F(SchedulerTest, CancellationEndsTheStreamAndFreesThePool) {
