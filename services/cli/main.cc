@@ -37,7 +37,7 @@ commands:
             (static hull vs guard policies: CFR/accuracy vs KV savings, paired bootstrap gaps)
   problems  [--split train|val|test] [--count N] [--start K] [--problem-opt key=value]... [--json]
   bench-compressors --model PATH [--compressors a,b] [--ratios 0.5,0.9] [--prompt-tokens N]
-            [--decode-tokens N] [--compress-every N] [--repeats N] [--threads N] [--out DIR]
+            [--decode-tokens N] [--compress-every N] [--batch B] [--repeats N] [--threads N] [--out DIR]
   bench     --model PATH [--device D] [--dtype T] [--batch B] [--prompt-tokens N]
             [--decode-tokens N] [--threads N] [--json]   (reports the dtype and BLAS it ran on)
   random-checkpoint --out DIR [--shape qwen2.5-0.5b|qwen2.5-1.5b|qwen2.5-7b|llama-tiny110m]

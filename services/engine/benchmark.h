@@ -28,8 +28,8 @@ struct BenchmarkResult {
   double decode_tokens_per_s = 0;  // summed over the batch
   double decode_ms_per_step = 0;
   int64_t steps = 0;
-  std::string dtype;  // the compute dtype measured ("auto" resolved)
-  std::string blas;   // CPU: the BLAS library libtorch's f32 matmuls ran on (name and path)
+  std::string dtype;   // the compute dtype measured ("auto" resolved)
+  std::string blas;    // CPU: the BLAS library libtorch's f32 matmuls ran on (name and path)
   std::string matmul;  // the GEMM path the measured dtype takes: BLAS sgemm, oneDNN, or CUDA
 };
 
@@ -41,14 +41,15 @@ struct CompressorBenchmarkOptions {
   int64_t prompt_tokens = 256;
   int64_t decode_tokens = 128;
   int64_t compress_every = 0;
-  int repeats = 3;  // best-of, to damp noise on a shared machine
+  int64_t batch = 1;  // sequences decoded together (the server's batch)
+  int repeats = 3;    // best-of, to damp noise on a shared machine
 };
 
 struct CompressorBenchmarkRow {
   std::string compressor;
   double ratio = 0;
   int64_t kv_bytes = 0;
-  double kv_fraction = 1;        // kv_bytes / uncompressed kv_bytes
+  double kv_fraction = 1;  // kv_bytes / uncompressed kv_bytes
   double ms_per_step = 0;
   double relative_step_time = 1;  // ms_per_step / uncompressed ms_per_step
 };

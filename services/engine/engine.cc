@@ -1,4 +1,3 @@
-#include "common/blas.h"
 #include "services/engine/engine.h"
 
 #include <ATen/ATen.h>
@@ -9,6 +8,7 @@
 #include <chrono>
 
 #include "absl/strings/str_cat.h"
+#include "common/blas.h"
 #include "common/status_macros.h"
 #include "compressors/cache_compression.h"
 #include "services/engine/checkpoint.h"
@@ -33,10 +33,14 @@ compress::RopeFn RopeOf(const LlamaModel& model) {
 
 const char* FinishReasonName(FinishReason reason) {
   switch (reason) {
-    case FinishReason::kLength: return "length";
-    case FinishReason::kEos: return "eos";
-    case FinishReason::kStop: return "stop";
-    case FinishReason::kCancelled: return "cancelled";
+    case FinishReason::kLength:
+      return "length";
+    case FinishReason::kEos:
+      return "eos";
+    case FinishReason::kStop:
+      return "stop";
+    case FinishReason::kCancelled:
+      return "cancelled";
   }
   return "unknown";
 }
@@ -60,8 +64,8 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Load(const std::string& model_pa
   if (!ckpt.tokenizer_path.empty()) {
     KVG_ASSIGN_OR_RETURN(impl->tokenizer, Tokenizer::Load(ckpt.tokenizer_path));
   }
-  KVG_ASSIGN_OR_RETURN(impl->model, LlamaModel::Load(std::move(ckpt),
-                                                     {.device = options.device, .dtype = options.dtype}));
+  KVG_ASSIGN_OR_RETURN(impl->model, LlamaModel::Load(std::move(ckpt), {.device = options.device,
+                                                                       .dtype = options.dtype}));
   return std::unique_ptr<Engine>(new Engine(std::move(impl)));
 }
 
@@ -84,8 +88,8 @@ absl::Status Engine::ValidateRequest(const GenerateRequest& request) const {
   if (request.prompt_ids.empty()) return absl::InvalidArgumentError("prompt is empty");
   for (int32_t id : request.prompt_ids) {
     if (id < 0 || id >= c.vocab_size) {
-      return absl::InvalidArgumentError(absl::StrCat("prompt id ", id, " is outside the vocabulary [0, ",
-                                                     c.vocab_size, ")"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("prompt id ", id, " is outside the vocabulary [0, ", c.vocab_size, ")"));
     }
   }
   if (static_cast<int64_t>(request.prompt_ids.size()) >= c.max_position_embeddings) {
@@ -107,6 +111,42 @@ absl::Status Engine::ValidateRequest(const GenerateRequest& request) const {
     }
   }
   return ValidateSamplingParams(request.sampling);
+}
+
+absl::StatusOr<Engine::BatchGeneration> Engine::GenerateBatch(
+    const std::vector<GenerateRequest>& requests) {
+  LlamaModel& model = *impl_->model;
+  std::vector<std::unique_ptr<Sequence>> seqs;
+  for (const GenerateRequest& r : requests) {
+    KVG_RETURN_IF_ERROR(ValidateRequest(r));
+    KVG_ASSIGN_OR_RETURN(seqs.emplace_back(),
+                         Sequence::Create(model, impl_->tokenizer.get(), r, {}));
+  }
+  BatchGeneration out;
+  for (bool prefill = true;; prefill = false) {
+    std::vector<ForwardItem> items;
+    std::vector<Sequence*> live;
+    for (auto& s : seqs) {
+      if (ForwardItem* item = s->NextForward()) {
+        items.push_back(*item);
+        live.push_back(s.get());
+      }
+    }
+    if (items.empty()) break;
+    const auto t0 = std::chrono::steady_clock::now();
+    KVG_ASSIGN_OR_RETURN(at::Tensor logits, model.Forward(items));
+    at::Tensor host = logits.to(at::kCPU).contiguous();
+    for (size_t i = 0; i < live.size(); ++i) {
+      KVG_RETURN_IF_ERROR(
+          live[i]->AfterForward(host[static_cast<int64_t>(i)].data_ptr<float>()).status());
+    }
+    if (prefill) continue;
+    out.decode_seconds +=
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    ++out.decode_steps;
+  }
+  for (auto& s : seqs) out.results.push_back(s->Result());
+  return out;
 }
 
 absl::StatusOr<GenerateResult> Engine::Generate(
@@ -163,10 +203,14 @@ absl::StatusOr<std::vector<std::vector<std::vector<float>>>> Engine::Scores(
   KVG_ASSIGN_OR_RETURN(Prefilled p, Prefill(model, ids, spec));
   auto* scorer = dynamic_cast<compress::ScoringCompressor*>(&p.compression->compressor());
   if (scorer == nullptr) {
-    return absl::InvalidArgumentError(absl::StrCat("compressor '", spec.compressor, "' does not score tokens"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("compressor '", spec.compressor, "' does not score tokens"));
   }
-  compress::CompressContext ctx{.config = &config(), .cache = p.cache.get(), .ratio = spec.ratio,
-                                .protected_positions = {}, .prefill = true,
+  compress::CompressContext ctx{.config = &config(),
+                                .cache = p.cache.get(),
+                                .ratio = spec.ratio,
+                                .protected_positions = {},
+                                .prefill = true,
                                 .rope = RopeOf(model)};
   std::vector<std::vector<std::vector<float>>> out;
   for (int64_t l = 0; l < config().num_layers; ++l) {

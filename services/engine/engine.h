@@ -27,7 +27,7 @@ namespace kvguard::engine {
 struct EngineOptions {
   std::string device = "cpu";
   std::string dtype = "auto";  // see ModelOptions::dtype
-  int num_threads = 0;  // intra-op threads for CPU; 0 = libtorch's default
+  int num_threads = 0;         // intra-op threads for CPU; 0 = libtorch's default
 };
 
 struct GenerateRequest {
@@ -53,7 +53,8 @@ struct GenerateResult {
   int64_t retained_tokens = 0;       // final retained slots per layer and head (mean)
   int64_t evicted_slots = 0;         // removed by compression, over layers and heads
   std::vector<int64_t> retained_per_step;
-  int64_t recomputed_positions = 0;  // restored by RECOVERY  // mean retained slots per layer/head after each step's compression
+  int64_t recomputed_positions = 0;  // restored by RECOVERY  // mean retained slots per layer/head
+                                     // after each step's compression
   double prefill_seconds = 0;
   double decode_seconds = 0;
 };
@@ -82,6 +83,15 @@ class Engine {
       const std::function<void(const SampledToken&)>& on_token = nullptr);
 
   absl::Status ValidateRequest(const GenerateRequest& request) const;
+
+  // Generates all `requests` together, one batched forward per step (as the
+  // server's scheduler does), and times the steps after the joint prefill.
+  struct BatchGeneration {
+    std::vector<GenerateResult> results;
+    int64_t decode_steps = 0;
+    double decode_seconds = 0;
+  };
+  absl::StatusOr<BatchGeneration> GenerateBatch(const std::vector<GenerateRequest>& requests);
 
   // Prefills `ids`, runs the compressor once on every layer, and returns the
   // original positions each layer's kv heads keep: [layer][kv_head][positions ascending].
