@@ -15,13 +15,15 @@ absl::Status Bad(absl::string_view field, absl::string_view what) {
   return absl::InvalidArgumentError(absl::StrCat(field, ": ", what));
 }
 
-absl::StatusOr<std::vector<int32_t>> PromptIds(const v1::GenerateRequest& in, const engine::ModelConfig& c,
+absl::StatusOr<std::vector<int32_t>> PromptIds(const v1::GenerateRequest& in,
+                                               const engine::ModelConfig& c,
                                                const engine::Tokenizer* tokenizer) {
   std::vector<int32_t> ids;
   switch (in.prompt_case()) {
     case v1::GenerateRequest::kText: {
       if (in.text().empty()) return Bad("prompt.text", "must not be empty");
-      if (tokenizer == nullptr) return Bad("prompt.text", "this model has no tokenizer; send prompt.token_ids");
+      if (tokenizer == nullptr)
+        return Bad("prompt.text", "this model has no tokenizer; send prompt.token_ids");
       auto encoded = tokenizer->Encode(in.text());
       if (!encoded.ok()) return Bad("prompt.text", encoded.status().message());
       ids = std::move(*encoded);
@@ -41,18 +43,22 @@ absl::StatusOr<std::vector<int32_t>> PromptIds(const v1::GenerateRequest& in, co
     }
   }
   if (static_cast<int64_t>(ids.size()) >= c.max_position_embeddings) {
-    return Bad("prompt", absl::StrCat(ids.size(), " tokens do not fit the context of ", c.max_position_embeddings,
-                                      " (one position is needed to generate)"));
+    return Bad("prompt",
+               absl::StrCat(ids.size(), " tokens do not fit the context of ",
+                            c.max_position_embeddings, " (one position is needed to generate)"));
   }
   return ids;
 }
 
 absl::Status Sampling(const v1::GenerateRequest& in, engine::SamplingParams& s) {
   const v1::SamplingParams& p = in.sampling();
-  if (!std::isfinite(p.temperature()) || p.temperature() < 0) return Bad("sampling.temperature", "must be >= 0");
+  if (!std::isfinite(p.temperature()) || p.temperature() < 0)
+    return Bad("sampling.temperature", "must be >= 0");
   if (p.top_k() < 0) return Bad("sampling.top_k", "must be >= 0");
-  if (p.has_top_p() && !(p.top_p().value() > 0 && p.top_p().value() <= 1)) return Bad("sampling.top_p", "must be in (0, 1]");
-  if (p.has_repetition_penalty() && !(p.repetition_penalty().value() > 0 && std::isfinite(p.repetition_penalty().value()))) {
+  if (p.has_top_p() && !(p.top_p().value() > 0 && p.top_p().value() <= 1))
+    return Bad("sampling.top_p", "must be in (0, 1]");
+  if (p.has_repetition_penalty() &&
+      !(p.repetition_penalty().value() > 0 && std::isfinite(p.repetition_penalty().value()))) {
     return Bad("sampling.repetition_penalty", "must be > 0");
   }
   if (in.logprobs() > 20) return Bad("logprobs", "at most 20");
@@ -73,7 +79,8 @@ absl::Status Stopping(const v1::GenerateRequest& in, const engine::ModelConfig& 
   r.max_new_tokens = static_cast<int32_t>(p.max_new_tokens());
   for (int i = 0; i < p.stop_size(); ++i) {
     if (p.stop(i).empty()) return Bad(absl::StrCat("stopping.stop[", i, "]"), "must not be empty");
-    if (tokenizer == nullptr) return Bad("stopping.stop", "this model has no tokenizer for stop strings");
+    if (tokenizer == nullptr)
+      return Bad("stopping.stop", "this model has no tokenizer for stop strings");
     r.stop_strings.push_back(p.stop(i));
   }
   for (int i = 0; i < p.stop_token_ids_size(); ++i) {
@@ -93,9 +100,10 @@ absl::Status Compression(const v1::GenerateRequest& in, const ServerDefaults& d,
   compress::CompressionSpec& spec = r.compression;
   spec.compressor = p.compressor().empty() ? d.compressor : p.compressor();
   spec.ratio = p.has_ratio() ? p.ratio().value() : d.ratio;
-  spec.compress_every = p.compress_every();
+  spec.compress_every = p.compress_every() > 0 ? p.compress_every() : d.compress_every;
   if (spec.compressor.empty() || spec.compressor == "none") {
-    if (p.has_ratio() && p.ratio().value() != 0) return Bad("compression.ratio", "needs compression.compressor");
+    if (p.has_ratio() && p.ratio().value() != 0)
+      return Bad("compression.ratio", "needs compression.compressor");
     spec = {};
     return absl::OkStatus();
   }
@@ -103,8 +111,10 @@ absl::Status Compression(const v1::GenerateRequest& in, const ServerDefaults& d,
   for (const auto& [k, v] : p.options()) spec.options.push_back(absl::StrCat(k, "=", v));
   if (p.has_question_begin() || p.has_question_end()) {
     const int32_t begin = p.question_begin().value(), end = p.question_end().value();
-    if (!p.has_question_begin() || !p.has_question_end() || begin < 0 || end <= begin || end > prompt_len) {
-      return Bad("compression.question_begin/question_end", "must be a non-empty span inside the prompt");
+    if (!p.has_question_begin() || !p.has_question_end() || begin < 0 || end <= begin ||
+        end > prompt_len) {
+      return Bad("compression.question_begin/question_end",
+                 "must be a non-empty span inside the prompt");
     }
     spec.options.push_back(absl::StrCat("question_begin=", begin));
     spec.options.push_back(absl::StrCat("question_end=", end));
@@ -112,7 +122,8 @@ absl::Status Compression(const v1::GenerateRequest& in, const ServerDefaults& d,
   // Creating the compressor validates its name and options.
   auto created = compress::Registry::Global().Create(spec.compressor, spec.options);
   if (!created.ok()) {
-    return Bad(p.options().empty() && !p.has_question_begin() ? "compression.compressor" : "compression.options",
+    return Bad(p.options().empty() && !p.has_question_begin() ? "compression.compressor"
+                                                              : "compression.options",
                created.status().message());
   }
   return absl::OkStatus();
@@ -129,11 +140,14 @@ absl::StatusOr<ValidatedRequest> ValidateGenerateRequest(const v1::GenerateReque
   KVG_ASSIGN_OR_RETURN(out.request.prompt_ids, PromptIds(in, config, tokenizer));
   KVG_RETURN_IF_ERROR(Sampling(in, out.request.sampling));
   KVG_RETURN_IF_ERROR(Stopping(in, config, tokenizer, out.request));
-  KVG_RETURN_IF_ERROR(Compression(in, defaults, static_cast<int64_t>(out.request.prompt_ids.size()), out.request));
-  if (in.compression().has_guard() && in.compression().guard().value() && !defaults.guard_available) {
+  KVG_RETURN_IF_ERROR(
+      Compression(in, defaults, static_cast<int64_t>(out.request.prompt_ids.size()), out.request));
+  if (in.compression().has_guard() && in.compression().guard().value() &&
+      !defaults.guard_available) {
     return Bad("compression.guard", "this server runs without a guard (start it with --guard)");
   }
-  out.guarded = defaults.guard_available && (!in.compression().has_guard() || in.compression().guard().value());
+  out.guarded = defaults.guard_available &&
+                (!in.compression().has_guard() || in.compression().guard().value());
   if (!in.gold_answer().empty()) {
     int64_t v;
     if (!absl::SimpleAtoi(in.gold_answer(), &v)) return Bad("gold_answer", "must be an integer");

@@ -18,6 +18,9 @@ namespace kvguard::server {
 struct ServerDefaults {
   std::string compressor;  // used when the request names none
   double ratio = 0.0;
+  // Requests that leave compression.compress_every at 0 get this: evict in
+  // chunks every N decode steps (1 = whenever over budget, every step).
+  int64_t compress_every = 0;
   bool guard_available = false;
 };
 

@@ -49,6 +49,10 @@ ABSL_FLAG(int, kv_block_tokens, 16, "tokens of one layer per KV pool block");
 ABSL_FLAG(int, max_queue, 64, "requests waiting beyond that; more get RESOURCE_EXHAUSTED");
 ABSL_FLAG(std::string, default_compressor, "", "compressor for requests that name none");
 ABSL_FLAG(double, default_ratio, 0.0, "ratio for requests that give none");
+ABSL_FLAG(int, default_compress_every, 0,
+          "requests with compress_every 0 evict in chunks every N decode steps (16 makes "
+          "compression cheaper than none at batch 16: reports/bench/compressors_batch16.md); "
+          "0 or 1 = every step");
 ABSL_FLAG(std::string, device, "cpu", "cpu | cuda | cuda:N");
 ABSL_FLAG(std::string, dtype, "auto",
           "auto (the checkpoint's own: bf16 stays bf16) | f32 | bf16 | f16");
@@ -138,9 +142,11 @@ int main(int argc, char** argv) {
   }
   server::Scheduler scheduler(**model, tokenizer.get(), so, guard.get(), &metrics);
 
-  server::ServerDefaults defaults{.compressor = absl::GetFlag(FLAGS_default_compressor),
-                                  .ratio = absl::GetFlag(FLAGS_default_ratio),
-                                  .guard_available = guard != nullptr};
+  server::ServerDefaults defaults{
+      .compressor = absl::GetFlag(FLAGS_default_compressor),
+      .ratio = absl::GetFlag(FLAGS_default_ratio),
+      .compress_every = std::max(0, absl::GetFlag(FLAGS_default_compress_every)),
+      .guard_available = guard != nullptr};
   server::GenerationServiceImpl service(scheduler, (*model)->config(), tokenizer.get(), defaults,
                                         {.model_path = model_path,
                                          .device = absl::GetFlag(FLAGS_device),
