@@ -14,13 +14,13 @@
 #include <mutex>
 #include <nlohmann/json.hpp>
 
-#include "common/blas.h"
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage_config.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "common/blas.h"
 #include "common/svg_plot.h"
 #include "services/engine/checkpoint.h"
 #include "services/engine/llama_model.h"
@@ -42,7 +42,8 @@ using namespace kvguard;
 
 class NullSink final : public server::ResponseSink {
  public:
-  void Send(v1::GenerateResponse) override {}
+  void Token(server::TokenEvent) override {}
+  void Complete(server::CompletionEvent) override {}
   void Finish(const absl::Status&) override { done = true; }
   bool Cancelled() const override { return false; }
   std::atomic<bool> done{false};
@@ -82,7 +83,8 @@ Row Run(engine::LlamaModel& model, server::GuardLink* link, int lag, int64_t bat
       server::Submission s;
       s.request_id = absl::StrFormat("bench-%d-%d-%d", lag, batch, i);
       for (int j = 0; j < absl::GetFlag(FLAGS_prompt_tokens); ++j) {
-        s.request.prompt_ids.push_back(static_cast<int32_t>((i * 131 + j * 17) % (model.config().vocab_size - 3) + 3));
+        s.request.prompt_ids.push_back(
+            static_cast<int32_t>((i * 131 + j * 17) % (model.config().vocab_size - 3) + 3));
       }
       s.request.max_new_tokens = absl::GetFlag(FLAGS_tokens);
       s.request.ignore_eos = true;
@@ -130,7 +132,8 @@ int main(int argc, char** argv) {
     return 1;
   }
   server::GrpcGuardLink link(absl::GetFlag(FLAGS_guard));
-  for (int i = 0; i < 100 && !link.connected(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  for (int i = 0; i < 100 && !link.connected(); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
   if (!link.connected()) {
     std::cerr << "kvguard-bench-guard: no guard at " << absl::GetFlag(FLAGS_guard) << "\n";
     return 1;
@@ -145,16 +148,22 @@ int main(int argc, char** argv) {
     std::cerr << "batch " << batch << " done\n";
   }
   std::string md =
-      "| mode | batch | step p50 ms | step p99 ms | guard wait p50 ms | guard wait p99 ms | guard share of step | missed |\n"
+      "| mode | batch | step p50 ms | step p99 ms | guard wait p50 ms | guard wait p99 ms | guard "
+      "share of step | missed |\n"
       "| --- | --- | --- | --- | --- | --- | --- | --- |\n";
   nlohmann::json j = nlohmann::json::array();
   for (const Row& r : rows) {
-    absl::StrAppendFormat(&md, "| %s | %d | %.3f | %.3f | %.3f | %.3f | %.1f%% | %.1f%% |\n", r.mode, r.batch,
-                          r.step_p50_ms, r.step_p99_ms, r.guard_p50_ms, r.guard_p99_ms, 100 * r.guard_share,
-                          100 * r.missed);
-    j.push_back({{"mode", r.mode}, {"batch", r.batch}, {"step_p50_ms", r.step_p50_ms}, {"step_p99_ms", r.step_p99_ms},
-                 {"guard_p50_ms", r.guard_p50_ms}, {"guard_p99_ms", r.guard_p99_ms},
-                 {"guard_share", r.guard_share}, {"missed", r.missed}});
+    absl::StrAppendFormat(&md, "| %s | %d | %.3f | %.3f | %.3f | %.3f | %.1f%% | %.1f%% |\n",
+                          r.mode, r.batch, r.step_p50_ms, r.step_p99_ms, r.guard_p50_ms,
+                          r.guard_p99_ms, 100 * r.guard_share, 100 * r.missed);
+    j.push_back({{"mode", r.mode},
+                 {"batch", r.batch},
+                 {"step_p50_ms", r.step_p50_ms},
+                 {"step_p99_ms", r.step_p99_ms},
+                 {"guard_p50_ms", r.guard_p50_ms},
+                 {"guard_p99_ms", r.guard_p99_ms},
+                 {"guard_share", r.guard_share},
+                 {"missed", r.missed}});
   }
   const std::string out = absl::GetFlag(FLAGS_out);
   std::filesystem::create_directories(out);

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "compressors/registry.h"
+#include "services/server/wire.h"
 
 namespace kvguard::server {
 
@@ -24,7 +25,10 @@ class GenerateReactor;
 class StreamSink final : public ResponseSink {
  public:
   explicit StreamSink(GenerateReactor* reactor) : reactor_(reactor) {}
-  void Send(v1::GenerateResponse response) override;
+  // Set before the request is submitted; echoed on every response.
+  void set_request_id(std::string id) { request_id_ = std::move(id); }
+  void Token(TokenEvent event) override { Send(ToWire(request_id_, event)); }
+  void Complete(CompletionEvent event) override { Send(ToWire(request_id_, event)); }
   void Finish(const absl::Status& status) override;
   bool Cancelled() const override { return cancelled_.load(); }
 
@@ -33,7 +37,9 @@ class StreamSink final : public ResponseSink {
   void Detach();
 
  private:
+  void Send(v1::GenerateResponse response);
   void StartNextLocked();
+  std::string request_id_;
   std::mutex mu_;
   GenerateReactor* reactor_;
   std::deque<v1::GenerateResponse> queue_;
@@ -113,11 +119,17 @@ void StreamSink::Detach() {
 
 }  // namespace
 
-GenerationServiceImpl::GenerationServiceImpl(Scheduler& scheduler, const engine::ModelConfig& config,
-                                             const engine::Tokenizer* tokenizer, ServerDefaults defaults,
-                                             ServiceInfo info, ServerMetrics* metrics)
-    : scheduler_(scheduler), config_(config), tokenizer_(tokenizer), defaults_(std::move(defaults)),
-      info_(std::move(info)), metrics_(metrics) {}
+GenerationServiceImpl::GenerationServiceImpl(Scheduler& scheduler,
+                                             const engine::ModelConfig& config,
+                                             const engine::Tokenizer* tokenizer,
+                                             ServerDefaults defaults, ServiceInfo info,
+                                             ServerMetrics* metrics)
+    : scheduler_(scheduler),
+      config_(config),
+      tokenizer_(tokenizer),
+      defaults_(std::move(defaults)),
+      info_(std::move(info)),
+      metrics_(metrics) {}
 
 grpc::ServerWriteReactor<v1::GenerateResponse>* GenerationServiceImpl::Generate(
     grpc::CallbackServerContext* /*context*/, const v1::GenerateRequest* request) {
@@ -129,10 +141,12 @@ grpc::ServerWriteReactor<v1::GenerateResponse>* GenerationServiceImpl::Generate(
     return reactor;
   }
   Submission s;
-  s.request_id = request->request_id().empty() ? absl::StrCat("req-", ++next_id_) : request->request_id();
+  s.request_id =
+      request->request_id().empty() ? absl::StrCat("req-", ++next_id_) : request->request_id();
   s.request = std::move(validated->request);
   s.guarded = validated->guarded;
   s.gold_answer = request->gold_answer();
+  reactor->sink()->set_request_id(s.request_id);
   s.sink = reactor->sink();
   if (absl::Status st = scheduler_.Submit(std::move(s)); !st.ok()) reactor->sink()->Finish(st);
   return reactor;
@@ -161,9 +175,9 @@ grpc::ServerUnaryReactor* GenerationServiceImpl::GetModelInfo(grpc::CallbackServ
   return reactor;
 }
 
-grpc::ServerUnaryReactor* GenerationServiceImpl::ListCompressors(grpc::CallbackServerContext* context,
-                                                                 const v1::ListCompressorsRequest*,
-                                                                 v1::ListCompressorsResponse* out) {
+grpc::ServerUnaryReactor* GenerationServiceImpl::ListCompressors(
+    grpc::CallbackServerContext* context, const v1::ListCompressorsRequest*,
+    v1::ListCompressorsResponse* out) {
   for (const auto& info : compress::Registry::Global().List()) {
     v1::CompressorDescription* d = out->add_compressors();
     d->set_name(info.name);

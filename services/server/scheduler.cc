@@ -16,6 +16,7 @@
 #include "services/engine/llama_model.h"
 #include "services/engine/sequence.h"
 #include "services/server/step_report.h"
+#include "services/server/wire.h"
 
 namespace kvguard::server {
 namespace {
@@ -27,20 +28,6 @@ double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).coun
 // Metric labels and mode_steps keys are std::string.
 std::string ModeLabel(v1::Mode mode) { return std::string(v1::ModeName(mode)); }
 
-v1::FinishReason ToProto(engine::FinishReason r) {
-  switch (r) {
-    case engine::FinishReason::kLength:
-      return v1::FINISH_REASON_LENGTH;
-    case engine::FinishReason::kEos:
-      return v1::FINISH_REASON_EOS;
-    case engine::FinishReason::kStop:
-      return v1::FINISH_REASON_STOP;
-    case engine::FinishReason::kCancelled:
-      return v1::FINISH_REASON_CANCELLED;
-  }
-  return v1::FINISH_REASON_UNSPECIFIED;
-}
-
 }  // namespace
 
 struct Scheduler::Active {
@@ -49,7 +36,7 @@ struct Scheduler::Active {
   std::unique_ptr<engine::Sequence> seq;
   // Chunks of the first guard_probe_tokens steps, not yet streamed: a restart
   // discards them, the client never sees them.
-  std::vector<v1::GenerateResponse> held;
+  std::vector<TokenEvent> held;
   bool holding = false;
   bool first_sent = false;  // the client has its first token (TTFT is measured then)
   uint64_t cache_id = 0;
@@ -251,53 +238,11 @@ bool Scheduler::Resume() {
 }
 
 void Scheduler::Admit() {
-  const bool pooled = options_.kv_arena != nullptr;
-  if (pooled) {
+  if (options_.kv_arena != nullptr) {
     while (Resume()) {
     }
   }
-  bool preempted_waiting = false;
-  for (const auto& a : active_) preempted_waiting |= !a->done && a->seq->preempted();
-  // Blocks this round's admissions may still use: for the steady state (the
-  // pool minus every reservation) and for the prefill step (free blocks
-  // minus what the runnable sequences' next forward takes).
-  int64_t steady = 0, transient = 0;
-  if (pooled) {
-    const engine::KvBlockPool& pool = *options_.kv_arena->pool;
-    steady = pool.total_blocks() - CommittedBlocks();
-    transient = pool.free_blocks() - StepBlocks();
-  }
-  std::vector<Submission> admitted;
-  const char* waiting_on = "";
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    while (!queue_.empty()) {
-      if (static_cast<int>(active_.size() + admitted.size()) >= options_.max_concurrent) {
-        waiting_on = "max_concurrent";
-        break;
-      }
-      if (pooled) {
-        // First come, first served: the head waits rather than being overtaken.
-        const Submission& head = queue_.front();
-        const BlockCost cost = Cost(head.request, head.request.compression.ratio);
-        if (preempted_waiting || cost.projected > steady || cost.prefill > transient) {
-          waiting_on = preempted_waiting ? "preempted_first" : "kv_blocks";
-          break;
-        }
-        steady -= cost.projected;
-        transient -= cost.prefill;
-      }
-      admitted.push_back(std::move(queue_.front()));
-      queue_.pop_front();
-    }
-    stats_.queued = static_cast<int64_t>(queue_.size());
-  }
-  if (metrics_) {
-    for (const char* reason : {"max_concurrent", "kv_blocks", "preempted_first"}) {
-      metrics_->Waiting(reason, std::string_view(reason) == waiting_on ? stats().queued : 0);
-    }
-  }
-  for (Submission& s : admitted) {
+  for (Submission& s : TakeAdmissible()) {
     auto a = std::make_unique<Active>();
     a->sub = std::move(s);
     a->session_id = a->sub.request_id;
@@ -314,6 +259,54 @@ void Scheduler::Admit() {
     }
     active_.push_back(std::move(a));
   }
+}
+
+// Takes queued requests first come, first served while they fit: under
+// max_concurrent and, with a pool, in the blocks left for the steady state
+// (the pool minus every reservation) and for the prefill step (free blocks
+// minus what the runnable sequences' next forward takes). The head waits
+// rather than being overtaken, and nothing new starts while a preempted
+// sequence waits.
+std::vector<Submission> Scheduler::TakeAdmissible() {
+  const bool pooled = options_.kv_arena != nullptr;
+  bool preempted_waiting = false;
+  for (const auto& a : active_) preempted_waiting |= !a->done && a->seq->preempted();
+  int64_t steady = 0, transient = 0;
+  if (pooled) {
+    const engine::KvBlockPool& pool = *options_.kv_arena->pool;
+    steady = pool.total_blocks() - CommittedBlocks();
+    transient = pool.free_blocks() - StepBlocks();
+  }
+  std::vector<Submission> admitted;
+  std::string_view waiting_on;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    while (!queue_.empty()) {
+      if (static_cast<int>(active_.size() + admitted.size()) >= options_.max_concurrent) {
+        waiting_on = "max_concurrent";
+        break;
+      }
+      if (pooled) {
+        const Submission& head = queue_.front();
+        const BlockCost cost = Cost(head.request, head.request.compression.ratio);
+        if (preempted_waiting || cost.projected > steady || cost.prefill > transient) {
+          waiting_on = preempted_waiting ? "preempted_first" : "kv_blocks";
+          break;
+        }
+        steady -= cost.projected;
+        transient -= cost.prefill;
+      }
+      admitted.push_back(std::move(queue_.front()));
+      queue_.pop_front();
+    }
+    stats_.queued = static_cast<int64_t>(queue_.size());
+  }
+  if (metrics_) {
+    for (const char* reason : {"max_concurrent", "kv_blocks", "preempted_first"}) {
+      metrics_->Waiting(reason, reason == waiting_on ? stats().queued : 0);
+    }
+  }
+  return admitted;
 }
 
 absl::Status Scheduler::StartSequence(Active& a) {
@@ -357,27 +350,27 @@ void Scheduler::Restart(Active& a, double ratio) {
   if (metrics_) metrics_->Restarted();
 }
 
-void Scheduler::Emit(Active& a, v1::GenerateResponse msg, int64_t step) {
-  if (a.holding && step < options_.guard_probe_tokens) {
-    a.held.push_back(std::move(msg));
+void Scheduler::Emit(Active& a, TokenEvent event) {
+  if (a.holding && event.step < static_cast<uint32_t>(options_.guard_probe_tokens)) {
+    a.held.push_back(std::move(event));
     return;
   }
   Flush(a);
-  Send(a, std::move(msg));
+  Send(a, std::move(event));
 }
 
 void Scheduler::Flush(Active& a) {
-  for (v1::GenerateResponse& m : a.held) Send(a, std::move(m));
+  for (TokenEvent& e : a.held) Send(a, std::move(e));
   a.held.clear();
   a.holding = false;
 }
 
-void Scheduler::Send(Active& a, v1::GenerateResponse msg) {
-  if (!a.first_sent && msg.has_chunk()) {
+void Scheduler::Send(Active& a, TokenEvent event) {
+  if (!a.first_sent) {
     a.first_sent = true;
     if (metrics_) metrics_->TimeToFirstToken(Seconds(Clock::now() - a.sub.arrived));
   }
-  a.sub.sink->Send(std::move(msg));
+  a.sub.sink->Token(std::move(event));
 }
 
 void Scheduler::PublishGauges() {
@@ -471,29 +464,15 @@ void Scheduler::EmitStep(Active& a, const engine::StepResult& r, const float* lo
   a.last_token = now;
   ++a.mode_steps[ModeLabel(a.mode)];
   if (!r.evicted_positions.empty()) ++a.cache_version;
-  v1::GenerateResponse msg;
-  msg.set_request_id(a.sub.request_id);
-  v1::TokenChunk* chunk = msg.mutable_chunk();
-  chunk->add_token_ids(r.token.id);
-  chunk->set_text_delta(r.text_delta);
-  if (a.sub.request.sampling.logprobs > 0) {
-    v1::StepLogprobs* lp = chunk->add_logprobs();
-    lp->set_token_id(r.token.id);
-    lp->set_logprob(r.token.logprob);
-    for (const auto& t : r.token.top_logprobs) {
-      v1::TokenLogprob* top = lp->add_top();
-      top->set_token_id(t.id);
-      top->set_logprob(t.logprob);
-    }
-  }
-  v1::StepState* state = chunk->mutable_state();
-  state->set_step(static_cast<uint32_t>(r.step));
-  state->set_mode(a.mode);
-  state->set_hazard(a.hazard);
-  state->set_ratio(r.ratio);
-  state->set_kv_bytes(r.kv.bytes);
-  state->set_retained_tokens(r.kv.retained_slots / slots_per_token);
-  Emit(a, std::move(msg), r.step);
+  Emit(a, {.token_id = r.token.id,
+           .text_delta = r.text_delta,
+           .logprobs = a.sub.request.sampling.logprobs > 0 ? std::optional(r.token) : std::nullopt,
+           .step = static_cast<uint32_t>(r.step),
+           .mode = a.mode,
+           .hazard = a.hazard,
+           .ratio = r.ratio,
+           .kv_bytes = r.kv.bytes,
+           .retained_tokens = r.kv.retained_slots / slots_per_token});
   if (a.sub.guarded)
     *reports.add_reports() = Report(a, r, options_.research_logits ? logits : nullptr);
   if (r.finished)
@@ -595,7 +574,7 @@ void Scheduler::Complete(Active& a, const absl::Status& status) {
   if (a.sub.guarded) {
     v1::SessionEnd* end = pending_.add_ends();
     end->set_session_id(a.session_id);
-    end->set_finish_reason(ToProto(result.finish_reason));
+    end->set_finish_reason(ToWire(result.finish_reason));
   }
   if (!status.ok()) {
     a.held.clear();
@@ -611,26 +590,17 @@ void Scheduler::Complete(Active& a, const absl::Status& status) {
                                        result.finish_reason == engine::FinishReason::kLength,
                                        result.finish_reason == engine::FinishReason::kEos, gold);
   const int64_t uncompressed = a.seq->cache().UncompressedBytes();
-  v1::GenerateResponse msg;
-  msg.set_request_id(a.sub.request_id);
-  v1::GenerationComplete* done = msg.mutable_complete();
-  done->set_finish_reason(ToProto(result.finish_reason));
-  done->mutable_usage()->set_prompt_tokens(static_cast<uint32_t>(result.prompt_ids.size()));
-  done->mutable_usage()->set_completion_tokens(static_cast<uint32_t>(result.output_ids.size()));
-  done->set_kv_bytes(result.kv_bytes);
-  done->set_kv_bytes_saved(std::max<int64_t>(0, uncompressed - result.kv_bytes));
-  v1::Catastrophes* cat = done->mutable_catastrophes();
-  cat->set_looping(outcome.looped);
-  cat->set_loop_onset(outcome.loop_onset);
-  cat->set_non_termination(outcome.non_terminated);
-  cat->set_wrong_answer(outcome.wrong_answer);
-  cat->set_answered(outcome.answer.has_value());
-  cat->set_answer(outcome.answer.value_or(0));
-  done->set_text(result.text);
-  done->set_time_to_first_token_ms(1000.0 * a.seq->time_to_first_token_s());
-  done->set_total_ms(1000.0 * Seconds(Clock::now() - a.sub.arrived));
-  for (const auto& [mode, steps] : a.mode_steps) (*done->mutable_mode_steps())[mode] = steps;
-  done->set_fail_safe_events(a.fail_safe_events);
+  CompletionEvent done{.finish_reason = result.finish_reason,
+                       .prompt_tokens = static_cast<int64_t>(result.prompt_ids.size()),
+                       .completion_tokens = static_cast<int64_t>(result.output_ids.size()),
+                       .kv_bytes = result.kv_bytes,
+                       .kv_bytes_saved = std::max<int64_t>(0, uncompressed - result.kv_bytes),
+                       .outcome = outcome,
+                       .text = result.text,
+                       .time_to_first_token_ms = 1000.0 * a.seq->time_to_first_token_s(),
+                       .total_ms = 1000.0 * Seconds(Clock::now() - a.sub.arrived),
+                       .mode_steps = a.mode_steps,
+                       .fail_safe_events = a.fail_safe_events};
   // Metrics first: a client that sees its stream end must see them counted.
   Flush(a);  // a generation that ended within the hold-back
   if (metrics_) {
@@ -642,7 +612,7 @@ void Scheduler::Complete(Active& a, const absl::Status& status) {
                          outcome.non_terminated, outcome.wrong_answer);
     metrics_->KvBytesSaved(std::max<int64_t>(0, uncompressed - result.kv_bytes));
   }
-  a.sub.sink->Send(std::move(msg));
+  a.sub.sink->Complete(std::move(done));
   a.sub.sink->Finish(absl::OkStatus());
   a.seq.reset();  // frees the KV
 }

@@ -51,10 +51,10 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "kvguard/v1/generation.pb.h"
 #include "services/engine/engine.h"
 #include "services/server/guard_link.h"
 #include "services/server/metrics.h"
+#include "services/server/stream_events.h"
 
 namespace kvguard::engine {
 class LlamaModel;
@@ -64,18 +64,6 @@ struct StepResult;
 }  // namespace kvguard::engine
 
 namespace kvguard::server {
-
-// Where a request's responses go (the gRPC stream). Implementations queue
-// and never block the scheduler.
-class ResponseSink {
- public:
-  virtual ~ResponseSink() = default;
-  virtual void Send(v1::GenerateResponse response) = 0;
-  // Ends the stream: OK after the final GenerationComplete, or an error.
-  virtual void Finish(const absl::Status& status) = 0;
-  // The client cancelled or its deadline passed.
-  [[nodiscard]] virtual bool Cancelled() const = 0;
-};
 
 enum class FailSafePolicy { kHold, kSafe };
 
@@ -144,6 +132,7 @@ class Scheduler {
   // --- the step's phases, in order ---
   void ReapCancelled();
   void Admit();
+  std::vector<Submission> TakeAdmissible();
   bool Resume();  // the oldest preempted sequence, when the pool has room
   void ReserveBlocks();
   bool RunStep();
@@ -160,9 +149,9 @@ class Scheduler {
   void ApplyDirective(Active& a, const v1::Directive& d);
   absl::Status StartSequence(Active& a);
   void Restart(Active& a, double ratio);
-  void Emit(Active& a, v1::GenerateResponse msg, int64_t step);
+  void Emit(Active& a, TokenEvent event);
   void Flush(Active& a);
-  void Send(Active& a, v1::GenerateResponse msg);
+  void Send(Active& a, TokenEvent event);
   void ApplyFailSafe(std::vector<Active*>& stepped, const char* reason);
   void Complete(Active& a, const absl::Status& status);
   v1::StepReport Report(const Active& a, const engine::StepResult& r, const float* logits) const;

@@ -23,14 +23,15 @@ using namespace std::chrono_literals;
 class RecordingSink final : public ResponseSink {
  public:
   explicit RecordingSink(int cancel_after = -1) : cancel_after_(cancel_after) {}
-  void Send(v1::GenerateResponse response) override {
+  void Token(TokenEvent e) override {
     std::lock_guard<std::mutex> lock(mu_);
-    if (response.has_chunk()) {
-      for (int32_t id : response.chunk().token_ids()) ids_.push_back(id);
-      ratios_.push_back(response.chunk().state().ratio());
-      modes_.push_back(response.chunk().state().mode());
-    }
-    if (response.has_complete()) complete_ = response.complete();
+    ids_.push_back(e.token_id);
+    ratios_.push_back(e.ratio);
+    modes_.push_back(e.mode);
+  }
+  void Complete(CompletionEvent e) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    complete_ = std::move(e);
   }
   void Finish(const absl::Status& status) override {
     std::lock_guard<std::mutex> lock(mu_);
@@ -67,7 +68,7 @@ class RecordingSink final : public ResponseSink {
   std::vector<int32_t> ids_;
   std::vector<double> ratios_;
   std::vector<v1::Mode> modes_;
-  v1::GenerationComplete complete_;
+  CompletionEvent complete_;
   absl::Status status_;
   bool finished_ = false;
 };
