@@ -268,10 +268,15 @@ void AccumulateAttention(SequenceKvCache& cache, int64_t layer, const at::Tensor
   at::Tensor sum = cache.AttentionSum(layer);  // [hkv, group, retained]
   // Approximated entries (if any) come first in the attention columns.
   const int64_t retained = sum.size(2);
+  at::Tensor count = cache.AttentionCount(layer);
+  if (n == 1) {  // a decode step: every retained slot is seen once (two ops, no reductions)
+    sum.add_(probs.narrow(-1, total - retained, retained).view({hkv, sum.size(1), retained}));
+    count.add_(1.0);
+    return;
+  }
   at::Tensor own = probs.view({hkv, sum.size(1), n, total}).narrow(3, total - retained, retained);
   sum.add_(own.sum(2));
   total = retained;
-  at::Tensor count = cache.AttentionCount(layer);
   if (total > n) count.narrow(1, 0, total - n).add_(static_cast<double>(n));
   count.narrow(1, total - n, n).add_(at::arange(n, 0, -1, count.options()));
 }
