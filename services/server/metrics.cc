@@ -99,7 +99,9 @@ ServerMetrics::ServerMetrics() : registry_(std::make_shared<prometheus::Registry
                  .Add({}, Unit());
   guard_rtt_ = &BuildHistogram()
                     .Name("kvguard_guard_round_trip_seconds")
-                    .Help("Send of a step batch to its directives")
+                    .Help(
+                        "Send of a step batch to its directives being applied (lag 1: sent one "
+                        "step earlier)")
                     .Register(r)
                     .Add({}, Latency());
   fail_safe_ = &BuildCounter()
@@ -183,6 +185,12 @@ ServerMetrics::ServerMetrics() : registry_(std::make_shared<prometheus::Registry
                       .Help("Sequences preempted because the KV pool ran short")
                       .Register(r)
                       .Add({});
+  queue_capacity_ =
+      &BuildGauge()
+           .Name("kvguard_queue_capacity")
+           .Help("Requests the admission queue holds (--max_queue); the queue alert divides by it")
+           .Register(r)
+           .Add({});
   queue_time_ = &BuildHistogram()
                      .Name("kvguard_queue_time_seconds")
                      .Help("Time from arrival to admission")

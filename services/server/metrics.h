@@ -57,6 +57,7 @@ class ServerMetrics {
   void Admitted(const std::string& kind) { admitted_->Add({{"kind", kind}}).Increment(); }
   void Preempted() { preemptions_->Increment(); }
   void QueueTime(double seconds) { queue_time_->Observe(seconds); }
+  void QueueCapacity(int64_t n) { queue_capacity_->Set(static_cast<double>(n)); }
 
  private:
   std::shared_ptr<prometheus::Registry> registry_;
@@ -96,6 +97,7 @@ class ServerMetrics {
   prometheus::Family<prometheus::Counter>* admitted_;
   prometheus::Counter* preemptions_;
   prometheus::Histogram* queue_time_;
+  prometheus::Gauge* queue_capacity_;
 };
 
 }  // namespace kvguard::server

@@ -32,7 +32,8 @@ std::string ModeLabel(v1::Mode mode) { return std::string(v1::ModeName(mode)); }
 
 struct Scheduler::Active {
   Submission sub;
-  std::string session_id;  // the guard's key: the request id, "#restart" after a restart
+  std::string
+      session_id;  // the guard's key: "s<N>" (server-assigned), "#restart" appended after a restart
   std::unique_ptr<engine::Sequence> seq;
   // Chunks of the first guard_probe_tokens steps, not yet streamed: a restart
   // discards them, the client never sees them.
@@ -55,6 +56,7 @@ struct Scheduler::Active {
 Scheduler::Scheduler(engine::LlamaModel& model, const engine::Tokenizer* tokenizer,
                      SchedulerOptions options, GuardLink* guard, ServerMetrics* metrics)
     : model_(model), tokenizer_(tokenizer), options_(options), guard_(guard), metrics_(metrics) {
+  if (metrics_) metrics_->QueueCapacity(options_.max_queue);
   thread_ = std::thread([this] { Loop(); });
 }
 
@@ -245,7 +247,7 @@ void Scheduler::Admit() {
   for (Submission& s : TakeAdmissible()) {
     auto a = std::make_unique<Active>();
     a->sub = std::move(s);
-    a->session_id = a->sub.request_id;
+    a->session_id = absl::StrCat("s", ++next_session_);
     a->holding = a->sub.guarded && options_.guard_probe_tokens > 0;
     if (absl::Status st = StartSequence(*a); !st.ok()) {
       a->sub.sink->Finish(st);
@@ -323,6 +325,7 @@ absl::Status Scheduler::StartSequence(Active& a) {
   if (a.sub.guarded) {
     v1::SessionStart* start = pending_.add_starts();
     start->set_session_id(a.session_id);
+    start->set_request_id(a.sub.request_id);
     start->set_compressor(request.compression.compressor);
     start->set_requested_ratio(request.compression.ratio);
     start->set_prompt_tokens(static_cast<uint32_t>(request.prompt_ids.size()));
@@ -342,7 +345,7 @@ void Scheduler::Restart(Active& a, double ratio) {
   end->set_finish_reason(v1::FINISH_REASON_UNSPECIFIED);
   a.held.clear();
   a.sub.request.compression.ratio = ratio;
-  a.session_id = a.sub.request_id + "#restart";
+  a.session_id += "#restart";
   a.holding = false;  // at most one restart: stream from now on
   a.mode = v1::MODE_NORMAL;
   ++a.mode_steps["restart"];
@@ -500,6 +503,8 @@ Scheduler::GuardOutcome Scheduler::ExchangeGuard(std::vector<Active*>& stepped) 
   pending_.set_batch_id(++batch_id_);
   const uint64_t sent_id = batch_id_;
   const auto t0 = Clock::now();
+  const auto previous_send = last_send_;
+  last_send_ = t0;
   guard_->Send(pending_);
   const bool had_reports = pending_.reports_size() > 0;
   pending_.Clear();
@@ -511,7 +516,10 @@ Scheduler::GuardOutcome Scheduler::ExchangeGuard(std::vector<Active*>& stepped) 
     ApplyFailSafe(stepped, guard_->connected() ? "deadline" : "disconnected");
     return GuardOutcome::kMissed;
   }
-  if (metrics_ && options_.guard_lag == 0) metrics_->GuardRoundTrip(Seconds(Clock::now() - t0));
+  // From the answered batch's send to its directives being applied: at lag 1
+  // that batch left one step earlier (an upper bound on the network round trip).
+  if (metrics_)
+    metrics_->GuardRoundTrip(Seconds(Clock::now() - (options_.guard_lag > 0 ? previous_send : t0)));
   std::map<std::string, Active*> by_id;
   for (Active* a : stepped) by_id[a->session_id] = a;
   for (const v1::Directive& d : reply->directives()) {

@@ -174,8 +174,10 @@ class Scheduler {
   std::vector<std::unique_ptr<Active>> active_;
   v1::StepBatch pending_;  // starts / ends waiting for the next batch
   uint64_t batch_id_ = 0;
+  std::chrono::steady_clock::time_point last_send_;  // of the latest batch (lag-1 round trips)
   uint64_t next_cache_id_ = 0;
-  uint64_t next_order_ = 0;  // admission / resumption order: the youngest is preempted first
+  uint64_t next_session_ = 0;  // guard session keys are the server's, not the client's ids
+  uint64_t next_order_ = 0;    // admission / resumption order: the youngest is preempted first
   std::thread thread_;
 };
 

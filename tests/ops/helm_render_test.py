@@ -196,8 +196,8 @@ def load_yaml_doc(path):
 
 def check_monitoring_copies(root, rendered):
     """The chart's files/ copies equal deploy/'s rules and dashboard byte for byte; the rendered
-    PrometheusRule (full values: maxQueue 128, own runbook URL) holds those rules with only the
-    queue capacity and the runbook links changed, and promtool accepts it; the dashboard
+    PrometheusRule (full values: own runbook URL) holds those rules with only the runbook links
+    changed, and promtool accepts it; the dashboard
     ConfigMap holds the dashboard JSON."""
     import shutil
     import subprocess
@@ -217,14 +217,13 @@ def check_monitoring_copies(root, rendered):
     if len(rules) != 1:
         return problems + [f"full values render {len(rules)} PrometheusRules, want 1"]
     text = json.dumps(load_yaml_doc(pairs[0][0]))
-    old_queue = "avg_over_time(kvguard_queue_depth[2m])) / 64\\n"
-    if old_queue not in text:
-        problems.append("deploy/prometheus/alerts.yml: KvguardQueueSaturated no longer divides by 64")
-    text = text.replace(old_queue, old_queue.replace("/ 64", f"/ {values['server']['maxQueue']}"))
+    if "/ kvguard_queue_capacity" not in text:
+        problems.append("deploy/prometheus/alerts.yml: KvguardQueueSaturated no longer divides by the exported "
+                        "kvguard_queue_capacity")
     text = text.replace("https://example.invalid/kvguard/blob/main/docs/runbook.md", values["prometheusRule"]["runbookUrl"])
     if rules[0]["spec"] != json.loads(text):
-        problems.append("the rendered PrometheusRule's spec is not deploy/prometheus/alerts.yml with server.maxQueue "
-                        "and prometheusRule.runbookUrl substituted")
+        problems.append("the rendered PrometheusRule's spec is not deploy/prometheus/alerts.yml with "
+                        "prometheusRule.runbookUrl substituted")
     promtool = shutil.which("promtool") or "/usr/bin/promtool"
     if os.path.exists(promtool):
         import tempfile

@@ -10,6 +10,7 @@
 #include <functional>
 #include <map>
 #include <mutex>
+#include <set>
 
 #include "services/engine/checkpoint.h"
 #include "services/engine/kv_layer_store.h"
@@ -282,6 +283,32 @@ TEST_F(SchedulerTest, ADirectiveWithoutARatioLeavesTheRatioAlone) {
   ASSERT_TRUE(sink->Wait().ok());
   EXPECT_EQ(sink->ratios(), (std::vector<double>{0.25, 0.25, 0.5, 0.5, 0.5, 0.5}));
   EXPECT_EQ(sink->modes().back(), v1::MODE_ALERT);
+}
+
+TEST_F(SchedulerTest, ClientsReusingARequestIdGetSeparateGuardSessions) {
+  std::mutex mu;
+  std::map<std::string, std::set<uint32_t>> steps_by_session;
+  std::set<std::string> request_ids;
+  ScriptedGuard guard([&](const v1::StepReport& r) -> std::optional<v1::Directive> {
+    std::lock_guard<std::mutex> lock(mu);
+    EXPECT_TRUE(steps_by_session[r.session_id()].insert(r.step()).second)
+        << "two streams reported step " << r.step() << " under session " << r.session_id();
+    return std::nullopt;
+  });
+  Scheduler scheduler(*model_, nullptr, {}, &guard, nullptr);
+  auto a = std::make_shared<RecordingSink>(), b = std::make_shared<RecordingSink>();
+  for (auto& sink : {a, b}) {
+    ASSERT_TRUE(scheduler
+                    .Submit({.request_id = "same",
+                             .request = Request(5, 0.25, 6),
+                             .guarded = true,
+                             .sink = sink})
+                    .ok());
+  }
+  ASSERT_TRUE(a->Wait().ok());
+  ASSERT_TRUE(b->Wait().ok());
+  std::lock_guard<std::mutex> lock(mu);
+  EXPECT_EQ(steps_by_session.size(), 2u);
 }
 
 TEST_F(SchedulerTest, CancellationEndsTheStreamAndFreesThePool) {
