@@ -16,23 +16,25 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
-#include "absl/flags/usage_config.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
 #include "common/status_macros.h"
 #include "guard_sidecar/guard_service.h"
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:50052", "gRPC listen address (port 0 picks a free one)");
-// The bundled hazard model (trained on the bundled model's sweep) and the
-// controller thresholds tuned for it are the defaults; when they are absent
-// (e.g. run from another directory) the guard uses the fallback rule.
+// The bundled hazard model (trained on the test bed's sweep) and the
+// controller tuned with it (reports/research) are the defaults, the same in
+// the chart, compose and the scripts. A path that does not exist is an
+// error, never a silent switch to another policy; "none" asks for the
+// fallback rule / the built-in controller defaults explicitly.
 constexpr char kDefaultModel[] = "models/hazard/hazard.json";
 constexpr char kDefaultConfig[] = "models/hazard/controller.json";
 ABSL_FLAG(std::string, model, kDefaultModel,
-          "XGBoost hazard model (.json/.ubj); empty = the fallback rule");
+          "XGBoost hazard model (.json/.ubj); none = the fallback rule of the controller config");
 ABSL_FLAG(std::string, config, kDefaultConfig,
-          "controller JSON (see guard_sidecar/config/controller.json); empty = built-in defaults");
+          "controller JSON (see guard_sidecar/config/controller.json); none = built-in defaults");
 ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9092",
           "Prometheus /metrics address (port 0 picks one); empty = off");
 ABSL_FLAG(
@@ -55,7 +57,21 @@ struct Setup {
   guard::ControllerConfig controller;
   guard::FallbackHazardConfig fallback;
   std::unique_ptr<guard::HazardPredictor> hazard;
+  std::string hazard_name, controller_name;  // what runs, for the log and kvguard_guard_model_info
 };
+
+// "none" (or empty) = explicitly not set; anything else must exist.
+absl::StatusOr<std::string> FlagPath(const std::string& flag, const std::string& value) {
+  if (value.empty() || value == "none") return std::string();
+  if (!FileExists(value)) {
+    return absl::NotFoundError(
+        absl::StrCat("--", flag, "=", value,
+                     " does not exist (run from the repository or image root, "
+                     "or pass --",
+                     flag, "=none)"));
+  }
+  return value;
+}
 
 absl::Status LoadConfig(const std::string& path, Setup& setup) {
   if (path.empty()) return absl::OkStatus();
@@ -70,16 +86,14 @@ absl::Status LoadConfig(const std::string& path, Setup& setup) {
   return absl::OkStatus();
 }
 
-// A default path that does not exist means "not bundled here": use the built-in behaviour.
-std::string FlagPath(const std::string& value, const char* fallback_default) {
-  if (value == fallback_default && !FileExists(value)) return "";
-  return value;
-}
-
 absl::StatusOr<Setup> Prepare() {
   Setup setup;
-  KVG_RETURN_IF_ERROR(LoadConfig(FlagPath(absl::GetFlag(FLAGS_config), kDefaultConfig), setup));
-  const std::string model_path = FlagPath(absl::GetFlag(FLAGS_model), kDefaultModel);
+  KVG_ASSIGN_OR_RETURN(const std::string config_path,
+                       FlagPath("config", absl::GetFlag(FLAGS_config)));
+  KVG_RETURN_IF_ERROR(LoadConfig(config_path, setup));
+  setup.controller_name = config_path.empty() ? "built-in" : config_path;
+  KVG_ASSIGN_OR_RETURN(const std::string model_path, FlagPath("model", absl::GetFlag(FLAGS_model)));
+  setup.hazard_name = model_path.empty() ? "fallback-rule" : model_path;
   if (model_path.empty()) {
     setup.hazard = std::make_unique<guard::FallbackHazard>(setup.fallback);
     return setup;
@@ -112,6 +126,7 @@ int main(int argc, char** argv) {
     metrics_where = absl::StrCat(Host(metrics_addr), ":", *port);
   }
 
+  metrics.ModelInfo(setup->hazard_name, setup->controller_name);
   guard::GuardEngine engine(*setup->hazard, setup->controller, &metrics);
   guard::GuardServiceImpl service(engine);
   grpc::EnableDefaultHealthCheckService(true);
@@ -126,7 +141,8 @@ int main(int argc, char** argv) {
   // The model is loaded and warmed up: ready.
   server->GetHealthCheckService()->SetServingStatus(true);
   std::cout << "kvguard-guard listening on " << Host(listen) << ":" << port << " (metrics "
-            << metrics_where << ", hazard " << setup->hazard->Describe() << ")" << std::endl;
+            << metrics_where << ", hazard " << setup->hazard->Describe() << " from "
+            << setup->hazard_name << ", controller " << setup->controller_name << ")" << std::endl;
 
   sem_init(&g_shutdown, 0, 0);
   std::signal(SIGTERM, OnSignal);

@@ -88,4 +88,13 @@ void GuardMetrics::ModeTransition(v1::Mode from, v1::Mode to) {
       .Increment();
 }
 
+void GuardMetrics::ModelInfo(const std::string& hazard, const std::string& controller) {
+  prometheus::BuildGauge()
+      .Name("kvguard_guard_model_info")
+      .Help("The hazard model and controller config this guard runs (always 1)")
+      .Register(*registry_)
+      .Add({{"hazard", hazard}, {"controller", controller}})
+      .Set(1);
+}
+
 }  // namespace kvguard::guard

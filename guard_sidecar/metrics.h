@@ -50,6 +50,9 @@ class GuardMetrics {
   void SessionsChanged(int64_t delta) { sessions_->Increment(static_cast<double>(delta)); }
   void StreamOpened() { streams_->Increment(); }
   void StreamClosed() { streams_->Decrement(); }
+  // kvguard_guard_model_info{hazard, controller} = 1: which model and
+  // controller config this guard runs (a path, "fallback-rule", "built-in").
+  void ModelInfo(const std::string& hazard, const std::string& controller);
 
  private:
   std::shared_ptr<prometheus::Registry> registry_;

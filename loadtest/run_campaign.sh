@@ -20,7 +20,8 @@ start() {  # start NAME BINARY ARGS... -> prints host:port
   for _ in $(seq 300); do grep -q "listening on" "$LOG/$name.log" && break; sleep 0.1; done
   grep -o 'listening on [0-9.]*:[0-9]*' "$LOG/$name.log" | head -1 | awk '{print $3}'
 }
-GUARD=$(start guard "$BIN/kvguard-guard" --listen 127.0.0.1:0 --metrics_listen "")
+GUARD=$(start guard "$BIN/kvguard-guard" --listen 127.0.0.1:0 --metrics_listen "" \
+  --model models/hazard/hazard.json --config models/hazard/controller.json)
 STRICT=$(start strict "$BIN/kvguard-server" --model "$MODEL" --listen 127.0.0.1:0 --metrics_listen "" \
   --guard "$GUARD" --guard_lag 0 --max_concurrent 16)
 LAG=$(start lag1 "$BIN/kvguard-server" --model "$MODEL" --listen 127.0.0.1:0 --metrics_listen "" \

@@ -12,8 +12,8 @@ LOG=$(mktemp -d)
 cleanup() { kill "${SERVER_PID:-}" "${GUARD_PID:-}" 2>/dev/null || true; wait 2>/dev/null || true; }
 trap cleanup EXIT
 
-GUARD_ARGS=(--listen 127.0.0.1:0 --metrics_listen 127.0.0.1:0)
-[ -f models/hazard/hazard.json ] && GUARD_ARGS+=(--model models/hazard/hazard.json)
+GUARD_ARGS=(--listen 127.0.0.1:0 --metrics_listen 127.0.0.1:0 --model models/hazard/hazard.json
+  --config models/hazard/controller.json)
 "$BIN/kvguard-guard" "${GUARD_ARGS[@]}" >"$LOG/guard.log" 2>&1 &
 GUARD_PID=$!
 for _ in $(seq 100); do grep -q "listening on" "$LOG/guard.log" && break; sleep 0.1; done

@@ -30,7 +30,9 @@ struct Guard {
 
 Guard StartGuard(std::vector<std::string> extra = {}) {
   Guard g;
-  std::vector<std::string> args = {"--listen", "127.0.0.1:0", "--metrics_listen", "127.0.0.1:0"};
+  // The fallback rule and built-in controller unless a test names its own (the last flag wins).
+  std::vector<std::string> args = {"--listen", "127.0.0.1:0", "--metrics_listen", "127.0.0.1:0",
+                                   "--model",  "none",        "--config",         "none"};
   args.insert(args.end(), extra.begin(), extra.end());
   g.process = std::make_unique<ChildProcess>(std::string(KVG_BIN_DIR) + "/kvguard-guard", args);
   const auto line = g.process->WaitFor("kvguard-guard listening on", std::chrono::seconds(30));
@@ -174,7 +176,24 @@ TEST(GuardServerTest, FallbackRuleStreamMetricsAndShutdown) {
   EXPECT_EQ(testing::MetricValue(metrics, "kvguard_guard_sessions_active"), 0.0);
   EXPECT_NE(metrics.find(R"(kvguard_guard_mode_transitions_total{from="normal",to="alert"} 1)"),
             std::string::npos);
+  // Which policy runs is exported and logged.
+  EXPECT_NE(metrics.find(R"(kvguard_guard_model_info{controller=")"), std::string::npos) << metrics;
+  EXPECT_NE(metrics.find(R"(hazard="fallback-rule"} 1)"), std::string::npos) << metrics;
+  EXPECT_NE(g.process->output().find("from fallback-rule"), std::string::npos)
+      << g.process->output();
   StopCleanly(g);
+}
+
+TEST(GuardServerTest, AModelPathThatDoesNotExistIsAnErrorNotAFallback) {
+  for (const char* flag : {"--model", "--config"}) {
+    std::vector<std::string> args = {"--model",  "none",        "--config",         "none",
+                                     "--listen", "127.0.0.1:0", "--metrics_listen", ""};
+    args.insert(args.end(), {flag, "/no/such/file.json"});  // the last flag wins
+    // Exits 1 with "--<flag>=... does not exist" on stderr, never serves another policy.
+    ChildProcess refused(std::string(KVG_BIN_DIR) + "/kvguard-guard", args);
+    EXPECT_EQ(refused.Wait(std::chrono::seconds(15)), 1) << flag;
+    EXPECT_EQ(refused.output().find("listening on"), std::string::npos) << flag;
+  }
 }
 
 TEST(GuardServerTest, BrokenStreamDropsItsSessions) {

@@ -16,14 +16,16 @@ using client::GenerationClient;
 using testing::ChildProcess;
 
 std::unique_ptr<ChildProcess> StartGuard(int port) {
-  auto g = std::make_unique<ChildProcess>(std::string(KVG_BIN_DIR) + "/kvguard-guard",
-                                          std::vector<std::string>{"--listen", "127.0.0.1:" + std::to_string(port),
-                                                                   "--metrics_listen", ""});
+  auto g = std::make_unique<ChildProcess>(
+      std::string(KVG_BIN_DIR) + "/kvguard-guard",
+      std::vector<std::string>{"--listen", "127.0.0.1:" + std::to_string(port), "--metrics_listen",
+                               "", "--model", "none", "--config", "none"});
   EXPECT_TRUE(g->WaitFor("listening on", std::chrono::seconds(20)).has_value()) << g->output();
   return g;
 }
 
-v1::GenerateRequest Guarded(int max_new, const std::string& compressor = "streaming_llm", double ratio = 0.5) {
+v1::GenerateRequest Guarded(int max_new, const std::string& compressor = "streaming_llm",
+                            double ratio = 0.5) {
   v1::GenerateRequest r;
   r.mutable_token_ids()->add_ids(1);
   r.mutable_stopping()->set_max_new_tokens(max_new);
@@ -42,15 +44,17 @@ class GuardedStackTest : public ::testing::Test {
     guard_ = StartGuard(guard_port_);
     server_ = std::make_unique<ChildProcess>(
         std::string(KVG_BIN_DIR) + "/kvguard-server",
-        std::vector<std::string>{"--model", testing::ModelsPath("stories260K/stories260K.bin"), "--listen",
-                                 "127.0.0.1:0", "--metrics_listen", "127.0.0.1:" + std::to_string(metrics_port_),
-                                 "--guard", "127.0.0.1:" + std::to_string(guard_port_), "--guard_deadline_ms", "200"});
+        std::vector<std::string>{
+            "--model", testing::ModelsPath("stories260K/stories260K.bin"), "--listen",
+            "127.0.0.1:0", "--metrics_listen", "127.0.0.1:" + std::to_string(metrics_port_),
+            "--guard", "127.0.0.1:" + std::to_string(guard_port_), "--guard_deadline_ms", "200"});
     auto port = server_->WaitFor("listening on 127\\.0\\.0\\.1:([0-9]+)", std::chrono::seconds(30));
     ASSERT_TRUE(port.has_value()) << server_->output();
     address_ = "127.0.0.1:" + *port;
     // Wait until the guard stream is up.
     for (int i = 0; i < 100; ++i) {
-      auto v = testing::MetricValue(testing::HttpGet(metrics_port_, "/metrics"), "kvguard_guard_connected");
+      auto v = testing::MetricValue(testing::HttpGet(metrics_port_, "/metrics"),
+                                    "kvguard_guard_connected");
       if (v && *v == 1) break;
       GenerationClient(address_).Generate(Guarded(2)).IgnoreError();
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
@@ -68,7 +72,8 @@ class GuardedStackTest : public ::testing::Test {
 TEST_F(GuardedStackTest, EveryStepCarriesTheGuardsView) {
   GenerationClient c(address_);
   std::vector<v1::StepState> states;
-  auto out = c.Generate(Guarded(64), [&](const v1::TokenChunk& chunk) { states.push_back(chunk.state()); });
+  auto out = c.Generate(Guarded(64),
+                        [&](const v1::TokenChunk& chunk) { states.push_back(chunk.state()); });
   ASSERT_TRUE(out.ok()) << out.status();
   ASSERT_EQ(states.size(), 64u);
   for (const auto& s : states) EXPECT_NE(s.mode(), v1::MODE_UNSPECIFIED);
@@ -82,7 +87,8 @@ TEST_F(GuardedStackTest, EveryStepCarriesTheGuardsView) {
 TEST_F(GuardedStackTest, GuardKilledMidStreamThenReplaced) {
   std::vector<std::future<absl::StatusOr<client::GenerateOutcome>>> calls;
   for (int i = 0; i < 4; ++i) {
-    calls.push_back(std::async(std::launch::async, [this] { return GenerationClient(address_).Generate(Guarded(480)); }));
+    calls.push_back(std::async(
+        std::launch::async, [this] { return GenerationClient(address_).Generate(Guarded(480)); }));
   }
   std::this_thread::sleep_for(std::chrono::milliseconds(100));
   guard_->Signal(SIGKILL);
@@ -103,7 +109,8 @@ TEST_F(GuardedStackTest, GuardKilledMidStreamThenReplaced) {
   bool reconnected = false;
   for (int i = 0; i < 100 && !reconnected; ++i) {
     auto out = GenerationClient(address_).Generate(Guarded(8));
-    reconnected = out.ok() && out->complete.fail_safe_events() == 0 && Metric("kvguard_guard_connected") == 1;
+    reconnected =
+        out.ok() && out->complete.fail_safe_events() == 0 && Metric("kvguard_guard_connected") == 1;
     if (!reconnected) std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
   EXPECT_TRUE(reconnected);

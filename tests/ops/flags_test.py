@@ -138,7 +138,7 @@ def main():
             # The controller config the chart renders must be accepted by the real guard.
             for where, path in configs:
                 proc = opslib.spawn([os.path.join(a.bin_dir, "kvguard-guard"), f"--config={path}",
-                                     "--listen=127.0.0.1:0", "--metrics_listen="], path + ".log")
+                                     "--model=none", "--listen=127.0.0.1:0", "--metrics_listen="], path + ".log")
                 try:
                     opslib.wait_log(proc, r"listening on", f"kvguard-guard with the {where} controller config",
                                     timeout=20)

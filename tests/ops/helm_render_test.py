@@ -5,7 +5,7 @@ override files of tests/ops (GPU; HPA + ServiceMonitor + PrometheusRule + dashbo
 + model mounts; no guard). helmrender checks every document parses as YAML and has
 what Kubernetes requires. Also: every value of values.yaml is documented in the
 chart's README; the chart's default controller config equals
-guard_sidecar/config/controller.json; values.yaml and every override file validate
+models/hazard/controller.json; values.yaml and every override file validate
 against values.schema.json (python3-jsonschema; Helm does that on install) and bad
 values do not; the ServiceMonitor's job labels are the ones the alert rules match;
 the PrometheusRule and the dashboard ConfigMap carry deploy/prometheus/alerts.yml
@@ -48,7 +48,7 @@ def main():
         if problems:
             raise opslib.OpsError(f"{len(problems)} chart problem(s)\n" + "\n".join(problems))
         return (f"{len(opslib.SCENARIOS)} value sets rendered and checked ({', '.join(opslib.SCENARIOS)}); "
-                "every value documented; controller config mirrors guard_sidecar/config/controller.json; "
+                "every value documented; controller config mirrors models/hazard/controller.json; "
                 "values match values.schema.json, bad values do not; ServiceMonitor jobs match the alert rules; "
                 "PrometheusRule and dashboard ConfigMap carry deploy/'s rules and dashboard; NetworkPolicy "
                 "keeps other pods off the guard; default image tags are the README's")
@@ -345,10 +345,10 @@ def check_controller_mirrors_shipped(root):
     import yaml
     with open(os.path.join(root, "helm", "kvguard", "values.yaml")) as f:
         chart = yaml.safe_load(f)["guard"]["controller"]
-    with open(os.path.join(root, "guard_sidecar", "config", "controller.json")) as f:
+    with open(os.path.join(root, "models", "hazard", "controller.json")) as f:
         shipped = strip_comments(json.load(f))
     if strip_comments(chart) != shipped:
-        return ["helm/kvguard/values.yaml guard.controller differs from guard_sidecar/config/controller.json:\n"
+        return ["helm/kvguard/values.yaml guard.controller differs from models/hazard/controller.json:\n"
                 f"  chart:   {json.dumps(strip_comments(chart), sort_keys=True)}\n"
                 f"  shipped: {json.dumps(shipped, sort_keys=True)}"]
     return []

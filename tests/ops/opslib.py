@@ -134,7 +134,7 @@ def start_guard(bin_dir, root, tmp, threads=1, config=None):
     """kvguard-guard on loopback (ports picked by the guard); returns (proc, grpc_addr, metrics_port)."""
     cfg = config or os.path.join(root, "guard_sidecar", "config", "controller.json")
     args = [os.path.join(bin_dir, "kvguard-guard"), "--listen=127.0.0.1:0", "--metrics_listen=127.0.0.1:0",
-            f"--config={cfg}", f"--threads={threads}"]
+            f"--config={cfg}", "--model=none", f"--threads={threads}"]
     proc = spawn(args, os.path.join(tmp, "guard.log"))
     m = wait_log(proc, r"listening on (127\.0\.0\.1:\d+) \(metrics 127\.0\.0\.1:(\d+)", "kvguard-guard")
     mport = int(m.group(2))

@@ -62,7 +62,9 @@ cuda
 {{- required "guard.model.path is required when guard.model.source is image" $m.path -}}
 {{- else if or (eq $m.source "configMap") (eq $m.source "secret") (eq $m.source "pvc") -}}
 {{- printf "%s/%s" (trimSuffix "/" $m.mountPath) (required "guard.model.file is required" $m.file) -}}
-{{- else if ne $m.source "none" -}}
+{{- else if eq $m.source "none" -}}
+none
+{{- else -}}
 {{- fail (printf "guard.model.source must be none, image, configMap, secret or pvc (got %q)" $m.source) -}}
 {{- end -}}
 {{- end -}}
