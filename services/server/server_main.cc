@@ -13,6 +13,7 @@
 #include <csignal>
 #include <cstdio>
 #include <iostream>
+#include <thread>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
@@ -33,6 +34,8 @@ ABSL_FLAG(std::string, model, "", "checkpoint directory or llama2.c .bin file (r
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051", "gRPC listen address (port 0 picks a free one)");
 ABSL_FLAG(std::string, guard, "", "guard sidecar address; empty = run unguarded");
 ABSL_FLAG(int, guard_deadline_ms, 50, "how long a decode step waits for the guard's directives");
+ABSL_FLAG(int, guard_connect_wait_ms, 5000,
+          "at startup, wait up to this long for the guard stream before serving");
 ABSL_FLAG(int, guard_lag, 0, "0 = apply step t's directive before step t+1; 1 = one step later");
 ABSL_FLAG(std::string, fail_safe, "safe", "on a missed guard deadline or lost stream: hold | safe");
 ABSL_FLAG(double, r_safe, 0.0, "compression ratio in SAFE mode under the fail-safe policy");
@@ -117,8 +120,19 @@ int main(int argc, char** argv) {
   }
 
   std::unique_ptr<server::GrpcGuardLink> guard;
-  if (!absl::GetFlag(FLAGS_guard).empty())
+  if (!absl::GetFlag(FLAGS_guard).empty()) {
     guard = std::make_unique<server::GrpcGuardLink>(absl::GetFlag(FLAGS_guard));
+    // Serve once the guard stream is open (or after --guard_connect_wait_ms): a guarded request
+    // that arrived first would otherwise run its first steps fail-safe. A guard that is down
+    // only delays startup by that much; the link keeps reconnecting in the background.
+    const auto until = std::chrono::steady_clock::now() +
+                       std::chrono::milliseconds(absl::GetFlag(FLAGS_guard_connect_wait_ms));
+    while (!guard->connected() && std::chrono::steady_clock::now() < until)
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    if (!guard->connected())
+      std::cout << "kvguard-server: guard " << absl::GetFlag(FLAGS_guard)
+                << " not reachable yet; guarded requests run fail-safe until it is" << std::endl;
+  }
 
   server::SchedulerOptions so;
   so.max_concurrent = absl::GetFlag(FLAGS_max_concurrent);

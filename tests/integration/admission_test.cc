@@ -104,6 +104,8 @@ TEST_F(AdmissionTest, ARuleThatNeverFiresLeavesTheRequestAlone) {
   auto static_high = c.Generate(Request(0.75, false, 48));
   auto guarded = c.Generate(Request(0.75, true, 48));
   ASSERT_TRUE(static_high.ok() && guarded.ok());
+  EXPECT_EQ(guarded->complete.fail_safe_events(), 0u)
+      << "the guard missed steps: the test means nothing";
   EXPECT_EQ(guarded->token_ids, static_high->token_ids);
   EXPECT_EQ(guarded->complete.mode_steps().count("restart"), 0u);
 }
