@@ -39,8 +39,10 @@ absl::Status ReadObject(const json& obj, const std::string& prefix,
   if (!obj.is_object()) return ConfigError(absl::StrCat(prefix, " must be an object"));
   for (const auto& [key, value] : obj.items()) {
     const std::string name = prefix.empty() ? key : absl::StrCat(prefix, ".", key);
+    // A named copy: clang before 16 cannot capture a structured binding.
+    const std::string& field = key;
     auto it =
-        std::find_if(fields.begin(), fields.end(), [&](const auto& f) { return f.first == key; });
+        std::find_if(fields.begin(), fields.end(), [&](const auto& f) { return f.first == field; });
     if (it != fields.end()) {
       KVG_RETURN_IF_ERROR(ReadField(value, name, it->second));
     } else if (!key.starts_with("_")) {
