@@ -49,7 +49,7 @@ struct Scheduler::Active {
   Clock::time_point admitted, last_token;
   bool done = false;
   int64_t reserved_blocks = 0;  // projected footprint at the ratio in force (admission)
-  uint64_t order = 0;           // when admitted or last resumed
+  uint64_t order = 0;           // admission order: the youngest is preempted first
   [[nodiscard]] bool runnable() const { return !done && seq && !seq->preempted(); }
 };
 
@@ -229,8 +229,9 @@ bool Scheduler::Resume() {
   const int64_t need =
       oldest->seq->cache().BlocksToSwapIn() + pool.BlocksForTokens(1) * model_.config().num_layers;
   if (StepBlocks() + need > pool.free_blocks()) return false;
+  // `order` stays the admission order: a resumed sequence is not the next
+  // victim, so the oldest sequences always progress.
   if (!oldest->seq->Resume().ok()) return false;
-  oldest->order = ++next_order_;
   {
     std::lock_guard<std::mutex> lock(mu_);
     ++stats_.resumed;
