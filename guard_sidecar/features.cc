@@ -229,7 +229,10 @@ uint64_t MulMod(uint64_t a, uint64_t b) {
   return r >= kMod ? r - kMod : r;
 }
 uint64_t AddMod(uint64_t a, uint64_t b) { return a + b >= kMod ? a + b - kMod : a + b; }
+// Token ids arrive as doubles from the wire (int32): negative or huge ones
+// are a bad report, not undefined behaviour (found by fuzz_guard_batch).
 uint64_t TokenValue(double token) {
+  if (!(token >= 0 && token < 4294967296.0)) return 0;
   return static_cast<uint64_t>(static_cast<uint32_t>(token)) + 1;
 }
 }  // namespace

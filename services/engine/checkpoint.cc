@@ -1,6 +1,7 @@
 #include "services/engine/checkpoint.h"
 
 #include <cstring>
+#include <limits>
 #include <map>
 
 #include "absl/strings/str_cat.h"
@@ -57,6 +58,8 @@ absl::StatusOr<ModelConfig> ConfigFromLlama2cHeader(const Llama2cHeader& h,
   auto bad = [&](absl::string_view what) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": bad llama2.c header: ", what));
   };
+  // Negative = unshared classifier. INT32_MIN has no positive counterpart (found by fuzz_llama2c).
+  if (h.vocab_size == std::numeric_limits<int32_t>::min()) return bad("vocab_size out of range");
   const int32_t vocab = h.vocab_size < 0 ? -h.vocab_size : h.vocab_size;
   constexpr int32_t kMax = 1 << 20;
   for (int32_t v : {h.dim, h.hidden_dim, h.n_layers, h.n_heads, h.n_kv_heads, vocab, h.seq_len}) {

@@ -103,7 +103,9 @@ absl::Status ParseFamily(const json& j, ModelConfig& c) {
 
 }  // namespace
 
-absl::StatusOr<ModelConfig> ParseHfConfig(std::string_view json_text) {
+namespace {
+
+absl::StatusOr<ModelConfig> ParseHfConfigJson(std::string_view json_text) {
   json j = json::parse(json_text, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded() || !j.is_object()) return ConfigError("not a JSON object");
   ModelConfig c;
@@ -135,7 +137,19 @@ absl::StatusOr<ModelConfig> ParseHfConfig(std::string_view json_text) {
   return c;
 }
 
-absl::Status MergeGenerationConfig(std::string_view json_text, ModelConfig& config) {
+}  // namespace
+
+// A field of the wrong JSON type (e.g. "attention_bias": 512) makes
+// nlohmann's value()/get() throw: it is a bad file, not a crash.
+absl::StatusOr<ModelConfig> ParseHfConfig(std::string_view json_text) {
+  try {
+    return ParseHfConfigJson(json_text);
+  } catch (const json::exception& e) {
+    return ConfigError(absl::StrCat("a field has the wrong type: ", e.what()));
+  }
+}
+
+absl::Status MergeGenerationConfig(std::string_view json_text, ModelConfig& config) try {
   json j = json::parse(json_text, nullptr, false);
   if (j.is_discarded() || !j.is_object()) {
     return absl::InvalidArgumentError("generation_config.json: not a JSON object");
@@ -144,6 +158,8 @@ absl::Status MergeGenerationConfig(std::string_view json_text, ModelConfig& conf
   if (!eos.empty()) config.eos_token_ids = eos;
   config.bos_token_id = static_cast<int32_t>(IntOr(j, "bos_token_id", config.bos_token_id));
   return absl::OkStatus();
+} catch (const json::exception& e) {
+  return ConfigError(absl::StrCat("generation_config.json: a field has the wrong type: ", e.what()));
 }
 
 }  // namespace kvguard::engine

@@ -59,6 +59,11 @@ TEST(ModelConfigTest, RejectsBadConfigsWithNames) {
   EXPECT_NE(msg(R"({"model_type":"llama","vocab_size":10,"hidden_size":8,"intermediate_size":16,
       "num_hidden_layers":1,"num_attention_heads":2,"rope_scaling":{"rope_type":"yarn"}})").find("yarn"),
             std::string::npos);
+  // Found by fuzz_model_config: a flag of the wrong JSON type threw out of the parser.
+  EXPECT_NE(msg(R"({"model_type":"qwen3","attention_bias":512})").find("wrong type"), std::string::npos);
+  EXPECT_NE(msg(R"({"model_type":"llama","vocab_size":10,"hidden_size":8,"intermediate_size":16,
+      "num_hidden_layers":1,"num_attention_heads":2,"tie_word_embeddings":"yes"})").find("wrong type"),
+            std::string::npos);
 }
 
 // A copy of a fixture checkpoint with one file replaced.
