@@ -2,9 +2,11 @@
 // kvguard-server on loopback, with TTFT / ITL / TPOT / E2E percentiles,
 // throughput, goodput, errors and CFR under load.
 //
-//   build/bin/kvguard-loadtest --campaign loadtest/campaigns/smoke.json --target 127.0.0.1:50051 --out reports/load
+//   build/bin/kvguard-loadtest --campaign loadtest/campaigns/smoke.json --target 127.0.0.1:50051
+//   --out reports/load
 #include <cstdio>
 #include <iostream>
+#include <optional>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
@@ -16,6 +18,9 @@
 ABSL_FLAG(std::string, campaign, "", "campaign JSON file (required)");
 ABSL_FLAG(std::string, target, "", "override the campaign's target (loopback only)");
 ABSL_FLAG(std::string, out, "reports/loadtest", "report directory");
+ABSL_FLAG(int, server_metrics_port, 0,
+          "the server's /metrics port on loopback: report its KV pool, concurrency, admissions, "
+          "preemptions and queue time per run (0 = off)");
 
 int main(int argc, char** argv) {
   // --help lists this binary's flags (absl matches only files named after the program).
@@ -33,11 +38,15 @@ int main(int argc, char** argv) {
   for (size_t i = 0; i < total; ++i) {
     const LoadSpec& spec = campaign->runs[i];
     const auto start = std::chrono::steady_clock::now();
+    std::optional<ServerMetricsSampler> sampler;
+    if (absl::GetFlag(FLAGS_server_metrics_port) > 0)
+      sampler.emplace(absl::GetFlag(FLAGS_server_metrics_port));
     auto result = RunLoad(spec, campaign->prompts, [&](int done, int n) {
-      const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      const double s =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       const double rate = s > 0 ? done / s : 0;
-      std::fprintf(stderr, "\r[run %zu/%zu %s] %d/%d requests, %.2f req/s, ETA %.0fs   ", i + 1, total,
-                   spec.name.c_str(), done, n, rate, rate > 0 ? (n - done) / rate : 0.0);
+      std::fprintf(stderr, "\r[run %zu/%zu %s] %d/%d requests, %.2f req/s, ETA %.0fs   ", i + 1,
+                   total, spec.name.c_str(), done, n, rate, rate > 0 ? (n - done) / rate : 0.0);
     });
     std::fprintf(stderr, "\n");
     if (!result.ok()) {
@@ -45,6 +54,7 @@ int main(int argc, char** argv) {
       return 1;
     }
     summaries.push_back(Summarize(*result, campaign->slo));
+    if (sampler) summaries.back().server = sampler->Stop();
     results.push_back(std::move(*result));
   }
   const std::string out = absl::GetFlag(FLAGS_out);
@@ -52,6 +62,7 @@ int main(int argc, char** argv) {
     std::cerr << "kvguard-loadtest: " << s.message() << "\n";
     return 1;
   }
-  std::cout << MarkdownTable(summaries) << "\nreport: " << out << "/summary.{json,md}, requests.csv, *.svg\n";
+  std::cout << MarkdownTable(summaries) << "\nreport: " << out
+            << "/summary.{json,md}, requests.csv, *.svg\n";
   return 0;
 }

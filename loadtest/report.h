@@ -12,6 +12,7 @@
 
 #include "absl/status/status.h"
 #include "loadtest/load_generator.h"
+#include "loadtest/server_metrics.h"
 #include "nlohmann/json.hpp"
 
 namespace kvguard::loadtest {
@@ -37,12 +38,14 @@ struct Summary {
   double accuracy = 0, wrong_answer_rate = 0;
   double kv_saved_fraction = 0;  // mean saved / (saved + held)
   int64_t fail_safe_events = 0;
+  ServerSideStats server;  // from the server's /metrics (--server_metrics_port), if scraped
 };
 
 Summary Summarize(const LoadResult& result, const Slo& slo);
 nlohmann::json ToJson(const Summary& s);
 std::string MarkdownTable(const std::vector<Summary>& summaries);
-// Writes summary.json, summary.md, requests.csv and plots (latency, throughput, CFR vs the swept load).
+// Writes summary.json, summary.md, requests.csv and plots (latency, throughput, CFR vs the swept
+// load).
 absl::Status WriteCampaignReport(const std::string& dir, const std::string& title,
                                  const std::vector<Summary>& summaries,
                                  const std::vector<LoadResult>& results);

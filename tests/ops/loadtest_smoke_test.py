@@ -94,7 +94,9 @@ def main():
         opslib.require_binaries(a.bin_dir, ["kvguard-server", "kvguard-guard", "kvguard-loadtest"])
         with opslib.tmpdir("kvg-load-") as tmp:
             _, guard_addr, _ = opslib.start_guard(a.bin_dir, a.root, tmp)
-            server, server_addr, server_mport = opslib.start_server(a.bin_dir, a.model, tmp, guard_addr)
+            # A KV pool, so the report's server-side table has something to say.
+            server, server_addr, server_mport = opslib.start_server(a.bin_dir, a.model, tmp, guard_addr,
+                                                                    extra=["--kv_cache_bytes=8388608"])
             campaign = {
                 "name": "ops smoke",
                 "target": server_addr,
@@ -109,7 +111,8 @@ def main():
                 json.dump(campaign, f)
             out = os.path.join(tmp, "report")
             r = subprocess.run([os.path.join(a.bin_dir, "kvguard-loadtest"), f"--campaign={cpath}",
-                                f"--target={server_addr}", f"--out={out}"], capture_output=True, text=True, timeout=120)
+                                f"--target={server_addr}", f"--out={out}", f"--server_metrics_port={server_mport}"],
+                               capture_output=True, text=True, timeout=120)
             if r.returncode != 0:
                 raise opslib.OpsError(f"kvguard-loadtest exited {r.returncode}:\n{r.stdout[-2000:]}{r.stderr[-2000:]}")
             with open(os.path.join(out, "summary.json")) as f:
@@ -119,6 +122,11 @@ def main():
                 raise opslib.OpsError(f"summary.json holds {len(runs) if isinstance(runs, list) else runs!r} runs, expected 4")
             for run in runs:
                 check_run(run, problems)
+                srv = run.get("server") or {}
+                if not srv or srv.get("kv_pool_bytes", 0) < 8_000_000 or srv.get("admitted") != REQUESTS \
+                        or srv.get("preemptions", -1) < 0 or srv.get("queue_time_mean_s", -1) < 0:
+                    problems.append(f"run {run['name']}: the server-side stats from /metrics are missing or "
+                                    f"wrong: {srv}")
             if sorted((x["mode"], x["guard"]) for x in runs) != sorted(
                     (m, g) for m in ("closed", "open") for g in ("false", "true")):
                 problems.append("runs do not cover closed/open x guard false/true")
