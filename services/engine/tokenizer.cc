@@ -233,6 +233,21 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> BpeTokenizer::Create(const json& root
   return std::unique_ptr<Tokenizer>(std::move(tok));
 }
 
+// A token id from the JSON: an integer in [0, 2^24) (a float such as 4e46 or
+// a huge id would overflow or allocate the id table; found by fuzz_tokenizer).
+absl::StatusOr<int32_t> TokenId(const json& j, const std::string& token) {
+  constexpr int64_t kMaxId = int64_t{1} << 24;
+  if (!j.is_number_integer())
+    return Malformed(absl::StrCat("id of token '", token, "' is not an integer"));
+  const int64_t id = j.is_number_unsigned()
+                         ? static_cast<int64_t>(std::min<uint64_t>(j.get<uint64_t>(), kMaxId))
+                         : j.get<int64_t>();
+  if (id < 0 || id >= kMaxId) {
+    return Malformed(absl::StrCat("id of token '", token, "' is outside [0, ", kMaxId, ")"));
+  }
+  return static_cast<int32_t>(id);
+}
+
 absl::Status BpeTokenizer::CheckPipeline(const json& root) {
   const json& normalizer = Child(root, "normalizer");
   if (!normalizer.is_null()) {
@@ -269,8 +284,7 @@ absl::Status BpeTokenizer::LoadModel(const json& model) {
     return Malformed("model.vocab is missing or not an object");
   }
   for (const auto& [token, id_json] : model.at("vocab").items()) {
-    int32_t id = id_json.get<int32_t>();
-    if (id < 0) return Malformed(absl::StrCat("negative id for token '", token, "'"));
+    KVG_ASSIGN_OR_RETURN(const int32_t id, TokenId(id_json, token));
     vocab_.emplace(token, id);
     // HF's ByteLevel decoder emits a token's raw UTF-8 when any of its
     // characters is outside the byte alphabet.
@@ -327,8 +341,7 @@ absl::Status BpeTokenizer::LoadAddedTokens(const json& added) {
   for (const json& entry : added) {
     AddedToken token;
     token.content = entry.at("content").get<std::string>();
-    token.id = entry.at("id").get<int32_t>();
-    if (token.id < 0) return Malformed(absl::StrCat("negative id for '", token.content, "'"));
+    KVG_ASSIGN_OR_RETURN(token.id, TokenId(entry.at("id"), token.content));
     if (entry.value("single_word", false)) {
       return Unsupported(absl::StrCat("added token '", token.content, "' with single_word=true"));
     }

@@ -172,7 +172,11 @@ TEST(TokenizerTest, MalformedJsonFailsCleanly) {
        {"{not json", "", "[]", "{\"model\": 3}", "{\"model\": {\"type\": \"BPE\"}}",
         "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": \"x\"}, \"merges\": []},"
         " \"pre_tokenizer\": {\"type\": \"ByteLevel\"},"
-        " \"decoder\": {\"type\": \"ByteLevel\"}}"}) {
+        " \"decoder\": {\"type\": \"ByteLevel\"}}",
+        // Found by fuzz_tokenizer: a float id overflowed the int conversion, a huge
+        // one would size the id table.
+        "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 4.2e46}, \"merges\": []}}",
+        "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 2000000000}, \"merges\": []}}"}) {
     SCOPED_TRACE(text);
     auto tok = Tokenizer::FromJson(text);
     ASSERT_FALSE(tok.ok());
