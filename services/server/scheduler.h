@@ -29,10 +29,10 @@
 // compression shrinks it before the step ends. A guard directive that
 // changes the ratio moves the reservation. Growth past the reservation (SAFE
 // stops eviction, RECOVERY restores entries) is met by preemption: the
-// youngest runnable sequence that is not in RECOVERY swaps its KV out of the
-// pool and waits; no new request is admitted while any preempted one waits,
-// and the oldest sequence is never the victim while another runs, so every
-// request finishes. A request that could not fit even in an empty pool is
+// youngest runnable sequence by admission order (one not in RECOVERY while
+// any such runs) swaps its KV out of the pool and waits; preempted sequences
+// resume oldest first and no new request is admitted while any waits, so
+// the oldest sequences keep progressing and every request finishes. A request that could not fit even in an empty pool is
 // refused at Submit with RESOURCE_EXHAUSTED; nothing fails mid-stream for
 // lack of memory unless one sequence alone outgrows the whole pool.
 //
