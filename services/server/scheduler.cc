@@ -84,6 +84,8 @@ absl::Status Scheduler::Submit(Submission submission) {
           submission.request.max_new_tokens, " new); the server's pool holds ",
           pool.total_bytes()));
     }
+    submission.kv_prefill_blocks = cost.prefill;
+    submission.kv_projected_blocks = cost.projected;
   }
   submission.arrived = Clock::now();
   queue_.push_back(std::move(submission));
@@ -291,13 +293,13 @@ std::vector<Submission> Scheduler::TakeAdmissible() {
       }
       if (pooled) {
         const Submission& head = queue_.front();
-        const BlockCost cost = Cost(head.request, head.request.compression.ratio);
-        if (preempted_waiting || cost.projected > steady || cost.prefill > transient) {
+        if (preempted_waiting || head.kv_projected_blocks > steady ||
+            head.kv_prefill_blocks > transient) {
           waiting_on = preempted_waiting ? "preempted_first" : "kv_blocks";
           break;
         }
-        steady -= cost.projected;
-        transient -= cost.prefill;
+        steady -= head.kv_projected_blocks;
+        transient -= head.kv_prefill_blocks;
       }
       admitted.push_back(std::move(queue_.front()));
       queue_.pop_front();
@@ -542,7 +544,9 @@ void Scheduler::ApplyDirective(Active& a, const v1::Directive& d) {
   }
   a.hazard = d.hazard();
   const double ratio = d.has_target_ratio() ? d.target_ratio().value() : -1;
-  if (ratio >= 0 && ratio < 1 && a.seq->SetRatio(ratio).ok() && options_.kv_arena != nullptr) {
+  // Most directives repeat the ratio in force: only a change moves the budget.
+  if (ratio >= 0 && ratio < 1 && ratio != a.seq->ratio() && a.seq->SetRatio(ratio).ok() &&
+      options_.kv_arena != nullptr) {
     a.reserved_blocks = Cost(a.sub.request, ratio).projected;  // the budget moves with the ratio
   }
   a.seq->SetProtected(
@@ -569,8 +573,9 @@ void Scheduler::ApplyFailSafe(std::vector<Active*>& stepped, const char* reason)
     if (options_.fail_safe == FailSafePolicy::kHold) continue;
     if (a->mode != v1::MODE_SAFE && metrics_) metrics_->ModeTransition(ModeLabel(a->mode), "safe");
     a->mode = v1::MODE_SAFE;
-    (void)a->seq->SetRatio(options_.r_safe);
     a->seq->SetEvictionPaused(true);
+    if (a->seq->ratio() == options_.r_safe) continue;  // already SAFE: the budget stands
+    (void)a->seq->SetRatio(options_.r_safe);
     if (options_.kv_arena != nullptr)
       a->reserved_blocks = Cost(a->sub.request, options_.r_safe).projected;
   }

@@ -32,8 +32,8 @@
 // youngest runnable sequence by admission order (one not in RECOVERY while
 // any such runs) swaps its KV out of the pool and waits; preempted sequences
 // resume oldest first and no new request is admitted while any waits, so
-// the oldest sequences keep progressing and every request finishes. A request that could not fit even in an empty pool is
-// refused at Submit with RESOURCE_EXHAUSTED; nothing fails mid-stream for
+// the oldest sequences keep progressing and every request finishes. A request that could not fit
+// even in an empty pool is refused at Submit with RESOURCE_EXHAUSTED; nothing fails mid-stream for
 // lack of memory unless one sequence alone outgrows the whole pool.
 //
 // A guard that misses its deadline or is down never fails a request: the
@@ -101,6 +101,8 @@ struct Submission {
   std::string gold_answer;
   std::shared_ptr<ResponseSink> sink;
   std::chrono::steady_clock::time_point arrived;  // set by Submit
+  // Set by Submit with a KV pool (admission re-reads them every step).
+  int64_t kv_prefill_blocks = 0, kv_projected_blocks = 0;
 };
 
 class Scheduler {
