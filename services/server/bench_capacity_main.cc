@@ -321,68 +321,37 @@ std::string ArmName(double ratio, bool guarded) {
                     : absl::StrFormat("%s %.4g", guarded ? "guarded" : "static", ratio);
 }
 
-void WriteReport(const std::vector<ArmResult>& results, const Testbed& bed,
-                 int64_t typical_tokens) {
-  const std::string out = absl::GetFlag(FLAGS_out);
-  std::filesystem::create_directories(out);
-  const ArmResult& base = results.front();
-  std::string md = absl::StrFormat(
-      "KV pool %.2f MiB = %.3g uncompressed sequences of %d tokens (mean prompt + %d new); %s, "
-      "compressor %s (%s), compress every %d steps; %d threads\n\n",
-      bed.pool_bytes / 1048576.0, absl::GetFlag(FLAGS_pool_sequences), typical_tokens,
-      absl::GetFlag(FLAGS_max_new_tokens), absl::GetFlag(FLAGS_model),
-      absl::GetFlag(FLAGS_compressor), absl::GetFlag(FLAGS_compressor_opt),
-      absl::GetFlag(FLAGS_compress_every), absl::GetFlag(FLAGS_threads));
-  // Two tables: capacity (what the pool buys) and service (what clients see).
-  md +=
-      "| arm | requests | arrivals/s | concurrent mean | vs uncompressed | max | tokens/s | vs "
-      "uncompressed "
-      "| decode tokens/s | vs uncompressed | KV saved |\n"
-      "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n";
-  std::string service =
-      "\n| arm | TTFT p50 s | p90 | p99 | queue mean s | preemptions | completed | refused at "
-      "admission "
-      "| failed mid-stream | CFR | accuracy |\n"
-      "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n";
-  nlohmann::json j = nlohmann::json::array();
-  std::ofstream csv(out + "/requests.csv");
+nlohmann::json ArmJson(const ArmResult& r) {
+  return {{"arm", r.arm.name},
+          {"ratio", r.arm.ratio},
+          {"guarded", r.arm.guarded},
+          {"requests", r.arm.requests},
+          {"rate", r.arm.rate},
+          {"max_queue", r.arm.max_queue},
+          {"mean_concurrent", r.mean_concurrent},
+          {"max_concurrent", r.max_concurrent},
+          {"tokens_per_s", r.tokens_per_s},
+          {"decode_tokens_per_s", r.decode_tokens_per_s},
+          {"guard_share", r.guard_share},
+          {"makespan_s", r.makespan_s},
+          {"ttft_p50_s", r.ttft_p50},
+          {"ttft_p90_s", r.ttft_p90},
+          {"ttft_p99_s", r.ttft_p99},
+          {"queue_mean_s", r.queue_mean_s},
+          {"preemptions", r.preemptions},
+          {"completed", r.completed},
+          {"rejected", r.rejected},
+          {"failed_mid_stream", r.failed_mid_stream},
+          {"cfr", r.cfr},
+          {"accuracy", r.accuracy},
+          {"kv_saved", r.kv_saved}};
+}
+
+void WriteRequestsCsv(const std::vector<ArmResult>& results, const std::string& path) {
+  std::ofstream csv(path);
   csv << "arm,i,prompt_id,status,rejected,submit_s,first_token_s,done_s,tokens,catastrophic,"
          "correct,kv_saved\n";
   for (const ArmResult& r : results) {
-    auto vs = [](double x, double b) { return absl::StrFormat("%.2fx", x / std::max(1e-9, b)); };
-    absl::StrAppendFormat(
-        &md, "| %s | %d | %s | %.1f | %s | %.0f | %.0f | %s | %.0f | %s | %.2f |\n", r.arm.name,
-        r.arm.requests, r.arm.rate > 0 ? absl::StrFormat("%.0f", r.arm.rate) : "burst",
-        r.mean_concurrent, vs(r.mean_concurrent, base.mean_concurrent), r.max_concurrent,
-        r.tokens_per_s, vs(r.tokens_per_s, base.tokens_per_s), r.decode_tokens_per_s,
-        vs(r.decode_tokens_per_s, base.decode_tokens_per_s), r.kv_saved);
-    absl::StrAppendFormat(
-        &service, "| %s | %.2f | %.2f | %.2f | %.2f | %d | %d | %d | %d | %.3f | %.3f |\n",
-        r.arm.name, r.ttft_p50, r.ttft_p90, r.ttft_p99, r.queue_mean_s, r.preemptions, r.completed,
-        r.rejected, r.failed_mid_stream, r.cfr, r.accuracy);
-    j.push_back({{"arm", r.arm.name},
-                 {"ratio", r.arm.ratio},
-                 {"guarded", r.arm.guarded},
-                 {"requests", r.arm.requests},
-                 {"rate", r.arm.rate},
-                 {"max_queue", r.arm.max_queue},
-                 {"mean_concurrent", r.mean_concurrent},
-                 {"max_concurrent", r.max_concurrent},
-                 {"tokens_per_s", r.tokens_per_s},
-                 {"decode_tokens_per_s", r.decode_tokens_per_s},
-                 {"guard_share", r.guard_share},
-                 {"makespan_s", r.makespan_s},
-                 {"ttft_p50_s", r.ttft_p50},
-                 {"ttft_p90_s", r.ttft_p90},
-                 {"ttft_p99_s", r.ttft_p99},
-                 {"queue_mean_s", r.queue_mean_s},
-                 {"preemptions", r.preemptions},
-                 {"completed", r.completed},
-                 {"rejected", r.rejected},
-                 {"failed_mid_stream", r.failed_mid_stream},
-                 {"cfr", r.cfr},
-                 {"accuracy", r.accuracy},
-                 {"kv_saved", r.kv_saved}});
     for (size_t i = 0; i < r.logs.size(); ++i) {
       const RequestLog& l = r.logs[i];
       csv << absl::StrFormat("%s,%d,%s,%s,%d,%.4f,%.4f,%.4f,%d,%d,%d,%.4f\n", r.arm.name, i, l.id,
@@ -390,9 +359,11 @@ void WriteReport(const std::vector<ArmResult>& results, const Testbed& bed,
                              l.catastrophic, l.correct, l.kv_saved_frac);
     }
   }
-  md += service;
-  (void)WriteTextFile(out + "/capacity.md", md);
-  (void)WriteTextFile(out + "/capacity.json", j.dump(2));
+}
+
+// Concurrency and throughput against the ratio, relative to the first (uncompressed) arm.
+PlotSpec CapacityPlot(const std::vector<ArmResult>& results) {
+  const ArmResult& base = results.front();
   PlotSpec conc{.title = "Concurrent sequences and throughput at one KV pool",
                 .x_label = "requested ratio",
                 .y_label = "x uncompressed"};
@@ -411,8 +382,117 @@ void WriteReport(const std::vector<ArmResult>& results, const Testbed& bed,
       conc.series.push_back(t);
     }
   }
-  (void)WriteSvgPlot(conc, out + "/capacity.svg");
+  return conc;
+}
+
+// Two tables: capacity (what the pool buys) and service (what clients see).
+std::string Markdown(const std::vector<ArmResult>& results, const Testbed& bed,
+                     int64_t typical_tokens) {
+  const ArmResult& base = results.front();
+  std::string md = absl::StrFormat(
+      "KV pool %.2f MiB = %.3g uncompressed sequences of %d tokens (mean prompt + %d new); %s, "
+      "compressor %s (%s), compress every %d steps; %d threads\n\n",
+      bed.pool_bytes / 1048576.0, absl::GetFlag(FLAGS_pool_sequences), typical_tokens,
+      absl::GetFlag(FLAGS_max_new_tokens), absl::GetFlag(FLAGS_model),
+      absl::GetFlag(FLAGS_compressor), absl::GetFlag(FLAGS_compressor_opt),
+      absl::GetFlag(FLAGS_compress_every), absl::GetFlag(FLAGS_threads));
+  md +=
+      "| arm | requests | arrivals/s | concurrent mean | vs uncompressed | max | tokens/s | vs "
+      "uncompressed "
+      "| decode tokens/s | vs uncompressed | KV saved |\n"
+      "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n";
+  std::string service =
+      "\n| arm | TTFT p50 s | p90 | p99 | queue mean s | preemptions | completed | refused at "
+      "admission "
+      "| failed mid-stream | CFR | accuracy |\n"
+      "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n";
+  auto vs = [](double x, double b) { return absl::StrFormat("%.2fx", x / std::max(1e-9, b)); };
+  for (const ArmResult& r : results) {
+    absl::StrAppendFormat(
+        &md, "| %s | %d | %s | %.1f | %s | %.0f | %.0f | %s | %.0f | %s | %.2f |\n", r.arm.name,
+        r.arm.requests, r.arm.rate > 0 ? absl::StrFormat("%.0f", r.arm.rate) : "burst",
+        r.mean_concurrent, vs(r.mean_concurrent, base.mean_concurrent), r.max_concurrent,
+        r.tokens_per_s, vs(r.tokens_per_s, base.tokens_per_s), r.decode_tokens_per_s,
+        vs(r.decode_tokens_per_s, base.decode_tokens_per_s), r.kv_saved);
+    absl::StrAppendFormat(
+        &service, "| %s | %.2f | %.2f | %.2f | %.2f | %d | %d | %d | %d | %.3f | %.3f |\n",
+        r.arm.name, r.ttft_p50, r.ttft_p90, r.ttft_p99, r.queue_mean_s, r.preemptions, r.completed,
+        r.rejected, r.failed_mid_stream, r.cfr, r.accuracy);
+  }
+  return md + service;
+}
+
+void WriteReport(const std::vector<ArmResult>& results, const Testbed& bed,
+                 int64_t typical_tokens) {
+  const std::string out = absl::GetFlag(FLAGS_out);
+  std::filesystem::create_directories(out);
+  const std::string md = Markdown(results, bed, typical_tokens);
+  nlohmann::json j = nlohmann::json::array();
+  for (const ArmResult& r : results) j.push_back(ArmJson(r));
+  (void)WriteTextFile(out + "/capacity.md", md);
+  (void)WriteTextFile(out + "/capacity.json", j.dump(2));
+  WriteRequestsCsv(results, out + "/requests.csv");
+  (void)WriteSvgPlot(CapacityPlot(results), out + "/capacity.svg");
   std::cout << md << "\nwritten to " << out << "/capacity.{md,json,svg}, requests.csv\n";
+}
+
+// Every requested ratio static, and guarded where a guard is given; then the
+// 2x-overload burst at 0.75 (twice what the queue takes, all at once).
+absl::StatusOr<std::vector<Arm>> MakeArms(int requests, bool with_guard) {
+  std::vector<Arm> arms;
+  const double rate = absl::GetFlag(FLAGS_rate);
+  for (absl::string_view s : absl::StrSplit(absl::GetFlag(FLAGS_ratios), ',', absl::SkipEmpty())) {
+    double ratio;
+    if (!absl::SimpleAtod(s, &ratio) || ratio < 0 || ratio >= 1)
+      return absl::InvalidArgumentError("bad --ratios");
+    for (bool guarded : {false, true}) {
+      if (guarded && (ratio == 0 || !with_guard)) continue;
+      arms.push_back({.ratio = ratio,
+                      .guarded = guarded,
+                      .requests = requests,
+                      .max_queue = requests,
+                      .rate = rate,
+                      .name = ArmName(ratio, guarded)});
+    }
+  }
+  for (bool guarded : {false, true}) {
+    if (guarded && !with_guard) continue;
+    arms.push_back({.ratio = 0.75,
+                    .guarded = guarded,
+                    .requests = requests,
+                    .max_queue = requests / 2,
+                    .rate = 0,
+                    .name = ArmName(0.75, guarded) + " burst 2x"});
+  }
+  return arms;
+}
+
+// Rounds interleave the arms so drift on a shared machine hits all alike;
+// each arm reports its median round by tokens/s.
+std::vector<ArmResult> RunRounds(const Testbed& bed, const std::vector<Arm>& arms) {
+  const int rounds = std::max(1, absl::GetFlag(FLAGS_repeats));
+  std::vector<std::vector<ArmResult>> runs(arms.size());
+  const auto start = Clock::now();
+  const size_t total = arms.size() * static_cast<size_t>(rounds);
+  for (size_t k = 0; k < total; ++k) {
+    const size_t i = k % arms.size();
+    runs[i].push_back(RunArm(bed, arms[i]));
+    const double elapsed = Since(start, Clock::now());
+    std::cerr << absl::StrFormat(
+        "[%d/%d] %-22s concurrent %.1f, %.0f tok/s, guard %.0f%% of step time, CFR %.3f  (%.0fs, "
+        "ETA %.0fs)\n",
+        k + 1, total, arms[i].name, runs[i].back().mean_concurrent, runs[i].back().tokens_per_s,
+        100 * runs[i].back().guard_share, runs[i].back().cfr, elapsed,
+        elapsed / double(k + 1) * double(total - k - 1));
+  }
+  std::vector<ArmResult> results;
+  for (auto& r : runs) {
+    std::sort(r.begin(), r.end(), [](const ArmResult& a, const ArmResult& b) {
+      return a.tokens_per_s < b.tokens_per_s;
+    });
+    results.push_back(r[r.size() / 2]);
+  }
+  return results;
 }
 
 int Fail(const std::string& m) {
@@ -464,55 +544,9 @@ int main(int argc, char** argv) {
     if (!link->connected()) return Fail("no guard at " + absl::GetFlag(FLAGS_guard));
     bed.guard = link.get();
   }
-  std::vector<Arm> arms;
-  const double rate = absl::GetFlag(FLAGS_rate);
-  for (absl::string_view s : absl::StrSplit(absl::GetFlag(FLAGS_ratios), ',', absl::SkipEmpty())) {
-    double ratio;
-    if (!absl::SimpleAtod(s, &ratio) || ratio < 0 || ratio >= 1) return Fail("bad --ratios");
-    for (bool guarded : {false, true}) {
-      if (guarded && (ratio == 0 || link == nullptr)) continue;
-      arms.push_back({.ratio = ratio,
-                      .guarded = guarded,
-                      .requests = requests,
-                      .max_queue = requests,
-                      .rate = rate,
-                      .name = ArmName(ratio, guarded)});
-    }
-  }
-  // 2x overload: twice what the queue takes, all at once.
-  for (bool guarded : {false, true}) {
-    if (guarded && link == nullptr) continue;
-    arms.push_back({.ratio = 0.75,
-                    .guarded = guarded,
-                    .requests = requests,
-                    .max_queue = requests / 2,
-                    .rate = 0,
-                    .name = ArmName(0.75, guarded) + " burst 2x"});
-  }
-  // Rounds interleave the arms so drift on a shared machine hits all alike;
-  // each arm reports its median round by tokens/s.
-  const int rounds = std::max(1, absl::GetFlag(FLAGS_repeats));
-  std::vector<std::vector<ArmResult>> runs(arms.size());
-  const auto start = Clock::now();
-  const size_t total = arms.size() * static_cast<size_t>(rounds);
-  for (size_t k = 0; k < total; ++k) {
-    const size_t i = k % arms.size();
-    runs[i].push_back(RunArm(bed, arms[i]));
-    const double elapsed = Since(start, Clock::now());
-    std::cerr << absl::StrFormat(
-        "[%d/%d] %-22s concurrent %.1f, %.0f tok/s, guard %.0f%% of step time, CFR %.3f  (%.0fs, "
-        "ETA %.0fs)\n",
-        k + 1, total, arms[i].name, runs[i].back().mean_concurrent, runs[i].back().tokens_per_s,
-        100 * runs[i].back().guard_share, runs[i].back().cfr, elapsed,
-        elapsed / double(k + 1) * double(total - k - 1));
-  }
-  std::vector<ArmResult> results;
-  for (auto& r : runs) {
-    std::sort(r.begin(), r.end(), [](const ArmResult& a, const ArmResult& b) {
-      return a.tokens_per_s < b.tokens_per_s;
-    });
-    results.push_back(r[r.size() / 2]);
-  }
+  auto arms = MakeArms(requests, link != nullptr);
+  if (!arms.ok()) return Fail(std::string(arms.status().message()));
+  const std::vector<ArmResult> results = RunRounds(bed, *arms);
   WriteReport(results, bed, typical);
   return 0;
 }
