@@ -47,7 +47,8 @@ class ClientConnectTest : public ::testing::Test {
     server_ = new testing::ChildProcess(
         std::string(KVG_BIN_DIR) + "/kvguard-server",
         {"--model", std::string(KVG_MODELS_DIR) + "/stories260K/stories260K.bin", "--listen",
-         "127.0.0.1:0", "--threads", "1"});
+         "127.0.0.1:0", "--metrics_listen", "", "--threads",
+         "1"});  // no fixed metrics port: tests run in parallel
     auto port = server_->WaitFor("listening on 127\\.0\\.0\\.1:([0-9]+)", std::chrono::seconds(30));
     ASSERT_TRUE(port.has_value()) << server_->output();
     address_ = "127.0.0.1:" + *port;
