@@ -440,12 +440,29 @@ func checkContainer(file string, c map[string]interface{}, volumes map[string]ma
 		}
 	}
 	if wantProbes {
+		// Every probe: gRPC on a containerPort number, or tcpSocket / httpGet on a containerPort
+		// number or name of this container (exec needs a checker in the image; none is used).
 		for _, probe := range []string{"startupProbe", "readinessProbe", "livenessProbe"} {
-			port, ok := get(c, probe, "grpc", "port").(int)
-			if !ok {
-				ck.failf("%s: container %s has no gRPC %s with an integer port", file, name, probe)
-			} else if !ports[float64(port)] {
-				ck.failf("%s: container %s %s port %d is not a containerPort", file, name, probe, port)
+			p := asMap(c[probe])
+			var port interface{}
+			kind := ""
+			for _, k := range []string{"grpc", "tcpSocket", "httpGet"} {
+				if p[k] != nil {
+					kind = k
+					port = get(p, k, "port")
+				}
+			}
+			switch pv := port.(type) {
+			case int:
+				if !ports[float64(pv)] {
+					ck.failf("%s: container %s %s (%s) port %d is not a containerPort", file, name, probe, kind, pv)
+				}
+			case string:
+				if kind == "grpc" || !portNames[pv] {
+					ck.failf("%s: container %s %s (%s) port %q names no containerPort of it", file, name, probe, kind, pv)
+				}
+			default:
+				ck.failf("%s: container %s has no grpc/tcpSocket/httpGet %s with a port", file, name, probe)
 			}
 		}
 	}
@@ -539,8 +556,17 @@ func checkAll(docs []doc, exp expectations, ck *checker) {
 	if len(containers) == 0 {
 		ck.failf("%s: no containers", dep.file)
 	}
+	// Native sidecars (init containers with restartPolicy Always, Kubernetes >= 1.29) run for the
+	// pod's life like containers; the chart renders no other init containers.
+	for _, c := range asList(pod["initContainers"]) {
+		if get(c, "restartPolicy") != "Always" {
+			ck.failf("%s: init container %v is not a native sidecar (restartPolicy Always)", dep.file, get(c, "name"))
+		}
+		containers = append(containers, c)
+	}
 	byName := map[string]map[string]interface{}{}
 	containerPortNames := map[string]bool{}
+	containerPortNumbers := map[int]bool{}
 	for _, c := range containers {
 		cm := asMap(c)
 		n, _ := cm["name"].(string)
@@ -552,6 +578,9 @@ func checkAll(docs []doc, exp expectations, ck *checker) {
 		for _, p := range asList(cm["ports"]) {
 			if pn, _ := get(p, "name").(string); pn != "" {
 				containerPortNames[pn] = true
+			}
+			if pn, ok := get(p, "containerPort").(int); ok {
+				containerPortNumbers[pn] = true
 			}
 		}
 	}
@@ -597,6 +626,9 @@ func checkAll(docs []doc, exp expectations, ck *checker) {
 			}
 			if tp, ok := get(p, "targetPort").(string); ok && !containerPortNames[tp] {
 				ck.failf("%s: Service targetPort %q names no container port", s.file, tp)
+			}
+			if tp, ok := get(p, "targetPort").(int); ok && !containerPortNumbers[tp] {
+				ck.failf("%s: Service targetPort %d is no containerPort", s.file, tp)
 			}
 		}
 	}
