@@ -39,7 +39,13 @@ def main():
             if failures:
                 raise opslib.OpsError(f"chart rendering failed for {', '.join(failures)}")
             rendered = {name: load_rendered(os.path.join(tmp, name)) for name in opslib.SCENARIOS}
-        problems = check_values_documented(a.root) + check_controller_mirrors_shipped(a.root)
+            render = lambda override: render_override(exe, a.root, override, tmp)  # noqa: E731
+            problems = check_guard_lifecycle(a.root, rendered, render)
+            problems += check_headless_service(a.root, rendered, render)
+            problems += check_strategy(a.root, rendered, render)
+            problems += check_threads(a.root, rendered)
+            problems += check_tls_auth(a.root, rendered, render)
+        problems += check_values_documented(a.root) + check_controller_mirrors_shipped(a.root)
         problems += check_servicemonitor_jobs(a.root, rendered["full"])
         problems += check_values_schema(a.root)
         problems += check_monitoring_copies(a.root, rendered)
@@ -51,7 +57,10 @@ def main():
                 "every value documented; controller config mirrors models/hazard/controller.json; "
                 "values match values.schema.json, bad values do not; ServiceMonitor jobs match the alert rules; "
                 "PrometheusRule and dashboard ConfigMap carry deploy/'s rules and dashboard; NetworkPolicy "
-                "keeps other pods off the guard; default image tags are the README's")
+                "keeps other pods off the guard; default image tags are the README's; guard outlives the "
+                "server's drain (native sidecar / preStop), terminationGracePeriodSeconds covers it; headless "
+                "Service + max connection age; rollout strategy fits one GPU; threads from the CPU limit; "
+                "TLS/auth Secrets, flags and probes")
 
     return opslib.main_wrapper("ops_helm_render", body)
 
@@ -61,6 +70,284 @@ def load_rendered(out_dir):
     import yaml
     with open(os.path.join(out_dir, "all.yaml")) as f:
         return [d for d in yaml.safe_load_all(f) if d]
+
+
+def render_override(exe, root, override, tmp):
+    """Renders the chart with values.yaml + one override (a dict); returns (rc, output, documents)."""
+    import subprocess
+    import tempfile
+    import yaml
+    d = tempfile.mkdtemp(dir=tmp)
+    path = os.path.join(d, "override.yaml")
+    with open(path, "w") as f:
+        yaml.safe_dump(override, f)
+    r = subprocess.run([exe, "--chart", os.path.join(root, "helm", "kvguard"), "-f", path, "--out", d],
+                       capture_output=True, text=True, timeout=60)
+    docs = load_rendered(d) if r.returncode == 0 else []
+    return r.returncode, (r.stdout + r.stderr).strip(), docs
+
+
+def pod_spec(docs):
+    return [d for d in docs if d.get("kind") == "Deployment"][0]["spec"]["template"]["spec"]
+
+
+def all_containers(pod):
+    """{name: container} over containers and initContainers."""
+    return {c["name"]: c for c in pod.get("containers", []) + pod.get("initContainers", [])}
+
+
+def arg_values(container, flag):
+    """Values of --flag=... in the container's args."""
+    return [a.split("=", 1)[1] for a in container.get("args", []) if a.startswith(f"--{flag}=")]
+
+
+def ceil_s(ms):
+    return (int(ms) + 999) // 1000
+
+
+def shutdown_budget(values):
+    """Seconds from pod deletion until the last container may exit (what the chart must leave
+    before SIGKILL): server preStop + drain, then the guard's drain (native sidecar: SIGTERM once the
+    server has exited) or its preStop sleep + drain (plain container)."""
+    srv = values["server"]
+    server = int(srv["preStopSleepSeconds"]) + ceil_s(srv["drainGraceMs"])
+    if not values["guard"]["enabled"]:
+        return server
+    g = values["guard"]
+    drain_ms = int(g["drainWaitMs"]) or int(srv["drainGraceMs"]) + 5000
+    if g["nativeSidecar"]:
+        return server + ceil_s(drain_ms)
+    return server + 5 + ceil_s(drain_ms)
+
+
+def check_guard_lifecycle(root, rendered, render):
+    """Native sidecar (default): the guard is an init container with restartPolicy Always and keeps
+    its startup/readiness probes, and is not among the containers. guard.nativeSidecar=false: a plain
+    container whose preStop sleep (server preStop + drain grace + 5 s) outlives the server's. Both: the
+    guard gets --drain_wait_ms (guard.drainWaitMs, default drainGraceMs + 5000), listens on 127.0.0.1
+    only, and terminationGracePeriodSeconds covers the whole shutdown; a shorter one fails rendering,
+    and so does a native sidecar on Kubernetes before 1.29."""
+    problems = []
+    seen_native = seen_plain = False
+    for name, docs in rendered.items():
+        values = merged_values(root, opslib.SCENARIOS[name][0])
+        pod = pod_spec(docs)
+        grace = pod.get("terminationGracePeriodSeconds")
+        budget = shutdown_budget(values)
+        if not isinstance(grace, int) or grace < budget:
+            problems.append(f"{name}: terminationGracePeriodSeconds {grace} < the shutdown's {budget} s")
+        if not values["guard"]["enabled"]:
+            if "guard" in all_containers(pod) or pod.get("initContainers"):
+                problems.append(f"{name}: guard rendered although guard.enabled is false")
+            continue
+        srv, g = values["server"], values["guard"]
+        inits = {c["name"]: c for c in pod.get("initContainers", [])}
+        mains = {c["name"]: c for c in pod.get("containers", [])}
+        if g["nativeSidecar"]:
+            seen_native = True
+            guard = inits.get("guard")
+            if guard is None or "guard" in mains:
+                problems.append(f"{name}: guard.nativeSidecar but the guard is not (only) an init container")
+                continue
+            if guard.get("restartPolicy") != "Always":
+                problems.append(f"{name}: native sidecar guard without restartPolicy: Always")
+            for probe in ("startupProbe", "readinessProbe"):
+                if not guard.get(probe):
+                    problems.append(f"{name}: native sidecar guard lost its {probe}")
+            if guard.get("lifecycle", {}).get("preStop"):
+                problems.append(f"{name}: native sidecar guard has a preStop (it is stopped after the server)")
+        else:
+            seen_plain = True
+            guard = mains.get("guard")
+            if guard is None or "guard" in inits:
+                problems.append(f"{name}: guard.nativeSidecar=false but the guard is not a plain container")
+                continue
+            if "restartPolicy" in guard:
+                problems.append(f"{name}: plain guard container carries restartPolicy")
+            cmd = guard.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
+            server_stop = int(srv["preStopSleepSeconds"]) + ceil_s(srv["drainGraceMs"])
+            want = server_stop + 5
+            if cmd != ["sleep", str(want)]:
+                problems.append(f"{name}: plain guard container preStop {cmd}, want ['sleep', '{want}'] "
+                                f"(server preStop + drain grace = {server_stop} s, + 5 s)")
+        want_drain = str(int(g["drainWaitMs"]) or int(srv["drainGraceMs"]) + 5000)
+        if arg_values(guard, "drain_wait_ms") != [want_drain]:
+            problems.append(f"{name}: guard --drain_wait_ms {arg_values(guard, 'drain_wait_ms')}, want [{want_drain}]")
+        if arg_values(guard, "listen") != [f"127.0.0.1:{g['port']}"]:
+            problems.append(f"{name}: guard --listen {arg_values(guard, 'listen')}, want 127.0.0.1:{g['port']} only")
+        if arg_values(mains["server"], "guard") != [f"127.0.0.1:{g['port']}"]:
+            problems.append(f"{name}: server --guard {arg_values(mains['server'], 'guard')} is not the guard's 127.0.0.1 port")
+    if not (seen_native and seen_plain):
+        problems.append(f"scenarios cover native sidecar {seen_native}, plain guard container {seen_plain}; want both")
+    rc, out, _ = render({"terminationGracePeriodSeconds": 29})
+    if rc == 0 or "terminationGracePeriodSeconds" not in out:
+        problems.append(f"terminationGracePeriodSeconds 29 (< 5 + 10 + 15 s) renders: {out}")
+    rc, out, _ = render({"terminationGracePeriodSeconds": 34, "guard": {"nativeSidecar": False}})
+    if rc == 0:
+        problems.append(f"terminationGracePeriodSeconds 34 with a plain guard container (< 20 + 15 s) renders: {out}")
+    rc, out, docs = render({"terminationGracePeriodSeconds": 30, "guard": {"drainWaitMs": 1000}})
+    if rc != 0 or arg_values(all_containers(pod_spec(docs))["guard"], "drain_wait_ms") != ["1000"]:
+        problems.append(f"guard.drainWaitMs 1000 does not render --drain_wait_ms=1000 with a 30 s grace period: {out}")
+    return problems
+
+
+def check_headless_service(root, rendered, render):
+    """service.headless.enabled (default): <fullname>-headless with clusterIP None, ready pods only,
+    the gRPC port only, selecting the pods; off: absent. The server gets --max_connection_age_ms."""
+    problems = []
+    for name, docs in rendered.items():
+        values = merged_values(root, opslib.SCENARIOS[name][0])
+        dep = [d for d in docs if d.get("kind") == "Deployment"][0]
+        services = {d["metadata"]["name"]: d for d in docs if d.get("kind") == "Service"}
+        hl = services.get(dep["metadata"]["name"] + "-headless")
+        server = all_containers(pod_spec(docs))["server"]
+        want_age = [str(values["server"]["maxConnectionAgeMs"])]
+        if arg_values(server, "max_connection_age_ms") != want_age:
+            problems.append(f"{name}: server --max_connection_age_ms {arg_values(server, 'max_connection_age_ms')}, want {want_age}")
+        if not values["service"]["headless"]["enabled"]:
+            if hl is not None or len(services) != 1:
+                problems.append(f"{name}: service.headless.enabled is false but Services {sorted(services)} render")
+            continue
+        if hl is None:
+            problems.append(f"{name}: no Service {dep['metadata']['name']}-headless")
+            continue
+        spec = hl["spec"]
+        if spec.get("clusterIP") != "None" or spec.get("publishNotReadyAddresses") is not False:
+            problems.append(f"{name}: headless Service clusterIP {spec.get('clusterIP')!r}, "
+                            f"publishNotReadyAddresses {spec.get('publishNotReadyAddresses')!r}; want 'None', False")
+        if spec.get("selector") != dep["spec"]["selector"]["matchLabels"]:
+            problems.append(f"{name}: headless Service does not select the Deployment's pods")
+        ports = [(p.get("name"), p.get("port"), p.get("targetPort")) for p in spec.get("ports", [])]
+        if ports != [("grpc", values["service"]["port"], "grpc")]:
+            problems.append(f"{name}: headless Service ports {ports}, want the gRPC port only")
+    if "default" in rendered and not merged_values(root, [])["service"]["headless"]["enabled"]:
+        problems.append("service.headless.enabled is not on by default")
+    return problems
+
+
+def check_strategy(root, rendered, render):
+    """A GPU server rolls with maxSurge 0 / maxUnavailable 1 (a surge pod never gets the one GPU), a
+    CPU one with maxSurge 1 / maxUnavailable 0; the strategy value overrides both."""
+    problems = []
+    surge_first = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    in_place = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
+    cases = [(name, docs, merged_values(root, opslib.SCENARIOS[name][0])) for name, docs in rendered.items()]
+    rc, out, docs = render({"server": {"device": "cuda:0"}})
+    if rc == 0:
+        cases.append(("device cuda:0 without server.gpu", docs, None))
+    else:
+        problems.append(f"server.device cuda:0 does not render: {out}")
+    for name, docs, values in cases:
+        got = [d for d in docs if d.get("kind") == "Deployment"][0]["spec"].get("strategy")
+        if values is None:
+            want = in_place
+        elif values.get("strategy"):
+            want = values["strategy"]
+        else:
+            want = in_place if values["server"]["gpu"]["enabled"] else surge_first
+        if got != want:
+            problems.append(f"{name}: Deployment strategy {got}, want {want}")
+    if "gpu" not in rendered or not any(merged_values(root, opslib.SCENARIOS[n][0]).get("strategy") for n in rendered):
+        problems.append("no scenario covers both the GPU strategy and a strategy override")
+    return problems
+
+
+def check_threads(root, rendered):
+    """server.threads 0 passes --threads=$(KVG_CPU_LIMIT), KVG_CPU_LIMIT coming from the downward API
+    (the server container's limits.cpu in whole CPUs); a positive value is passed as is."""
+    problems = []
+    want_env = {"name": "KVG_CPU_LIMIT", "valueFrom": {"resourceFieldRef": {
+        "containerName": "server", "resource": "limits.cpu", "divisor": "1"}}}
+    seen = set()
+    for name, docs in rendered.items():
+        values = merged_values(root, opslib.SCENARIOS[name][0])
+        server = all_containers(pod_spec(docs))["server"]
+        env = [e for e in server.get("env", []) if e.get("name") == "KVG_CPU_LIMIT"]
+        threads = int(values["server"]["threads"])
+        seen.add(threads > 0)
+        if threads > 0:
+            if arg_values(server, "threads") != [str(threads)] or env:
+                problems.append(f"{name}: server.threads {threads} renders --threads {arg_values(server, 'threads')}, env {env}")
+        elif arg_values(server, "threads") != ["$(KVG_CPU_LIMIT)"] or env != [want_env]:
+            problems.append(f"{name}: server.threads 0 renders --threads {arg_values(server, 'threads')} and "
+                            f"KVG_CPU_LIMIT {env}; want $(KVG_CPU_LIMIT) from {want_env}")
+    if seen != {True, False}:
+        problems.append("scenarios do not cover both server.threads 0 and a positive value")
+    return problems
+
+
+def check_tls_auth(root, rendered, render):
+    """server.tls / server.auth / guard.tls mount their Secrets read-only and pass the files to the
+    flags; off (default) nothing of it renders. Probes: gRPC on a plaintext server port, tcpSocket
+    once TLS or tokens guard it (Kubernetes' gRPC probe does neither); the guard's probes use its
+    /metrics port (its gRPC port is on 127.0.0.1); server.probes.type=grpc with TLS fails rendering."""
+    problems = []
+    tls_flags = {"tls_cert_file", "tls_key_file", "tls_client_ca_file", "auth_tokens_file", "guard_tls_ca_file",
+                 "guard_tls_cert_file", "guard_tls_key_file", "guard_tls_server_name"}
+    seen = False
+    for name, docs in rendered.items():
+        values = merged_values(root, opslib.SCENARIOS[name][0])
+        pod = pod_spec(docs)
+        cs = all_containers(pod)
+        server, guard = cs["server"], cs.get("guard")
+        vols = {v["name"]: v for v in pod.get("volumes", [])}
+        srv, g = values["server"], values["guard"]
+        want = {}
+        want_vols = {}
+        if srv["tls"]["secretName"]:
+            want.update({"tls_cert_file": "/etc/kvguard-tls/server/tls.crt",
+                         "tls_key_file": "/etc/kvguard-tls/server/tls.key"})
+            if srv["tls"]["clientCaKey"]:
+                want["tls_client_ca_file"] = "/etc/kvguard-tls/server/" + srv["tls"]["clientCaKey"]
+            want_vols["server-tls"] = ({"secretName": srv["tls"]["secretName"]}, "/etc/kvguard-tls/server", ["server"])
+        if srv["auth"]["secretName"]:
+            want["auth_tokens_file"] = "/etc/kvguard-auth/tokens"
+            want_vols["server-auth"] = ({"secretName": srv["auth"]["secretName"],
+                                         "items": [{"key": "tokens", "path": "tokens"}]}, "/etc/kvguard-auth", ["server"])
+        guard_want = {}
+        if g["enabled"] and g["tls"]["secretName"]:
+            d = "/etc/kvguard-tls/guard"
+            want.update({"guard_tls_ca_file": f"{d}/ca.crt", "guard_tls_cert_file": f"{d}/tls.crt",
+                         "guard_tls_key_file": f"{d}/tls.key", "guard_tls_server_name": g["tls"]["serverName"]})
+            guard_want = {"tls_cert_file": f"{d}/tls.crt", "tls_key_file": f"{d}/tls.key",
+                          "tls_client_ca_file": f"{d}/ca.crt"}
+            want_vols["guard-tls"] = ({"secretName": g["tls"]["secretName"]}, d, ["server", "guard"])
+        seen |= bool(want)
+        got = {f: arg_values(server, f) for f in tls_flags if arg_values(server, f)}
+        if got != {f: [v] for f, v in want.items()}:
+            problems.append(f"{name}: server TLS/auth flags {got}, want {want}")
+        if guard is not None:
+            gg = {f: arg_values(guard, f) for f in ("tls_cert_file", "tls_key_file", "tls_client_ca_file")
+                  if arg_values(guard, f)}
+            if gg != {f: [v] for f, v in guard_want.items()}:
+                problems.append(f"{name}: guard TLS flags {gg}, want {guard_want}")
+        for vname, (secret, mount, users) in want_vols.items():
+            if vols.get(vname, {}).get("secret") != secret:
+                problems.append(f"{name}: volume {vname} is {vols.get(vname)}, want secret {secret}")
+            for cname in users:
+                m = [x for x in cs[cname].get("volumeMounts", []) if x["name"] == vname]
+                if m != [{"name": vname, "mountPath": mount, "readOnly": True}]:
+                    problems.append(f"{name}: container {cname} mounts {vname} as {m}, want read-only at {mount}")
+        extra = {v for v in vols if v in ("server-tls", "server-auth", "guard-tls")} - set(want_vols)
+        if extra:
+            problems.append(f"{name}: volumes {sorted(extra)} rendered although their values are off")
+        secured = bool(srv["tls"]["secretName"] or srv["auth"]["secretName"])
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            p = server.get(probe, {})
+            ok = (p.get("tcpSocket") == {"port": "grpc"} and "grpc" not in p) if secured else                 (p.get("grpc") == {"port": srv["port"]})
+            if not ok:
+                problems.append(f"{name}: server {probe} {p} (TLS/auth {'on' if secured else 'off'})")
+            if guard is not None and guard.get(probe, {}).get("httpGet") != {"path": "/metrics", "port": "guard-metrics"}:
+                problems.append(f"{name}: guard {probe} {guard.get(probe)} is not an HTTP probe of its /metrics")
+    if not seen:
+        problems.append("no scenario turns TLS/auth on")
+    rc, out, _ = render({"server": {"tls": {"secretName": "x"}, "probes": {"type": "grpc"}}})
+    if rc == 0:
+        problems.append("server.probes.type=grpc with server.tls renders (a gRPC probe cannot do TLS)")
+    rc, out, docs = render({"server": {"auth": {"secretName": "x"}, "probes": {"type": "grpc"}}})
+    if rc != 0 or "grpc" not in all_containers(pod_spec(docs))["server"]["readinessProbe"]:
+        problems.append(f"server.probes.type=grpc with token auth does not keep gRPC probes: {out}")
+    return problems
 
 
 def relabel(labels, rules):
@@ -90,7 +377,7 @@ def check_servicemonitor_jobs(root, docs):
     import re
     import yaml
     problems = []
-    services = [d for d in docs if d.get("kind") == "Service"]
+    services = [d for d in docs if d.get("kind") == "Service" and d["spec"].get("clusterIP") != "None"]
     monitors = [d for d in docs if d.get("kind") == "ServiceMonitor"]
     if len(monitors) != 1 or len(services) != 1:
         return [f"expected one ServiceMonitor and one Service in the full render, got {len(monitors)}, {len(services)}"]
@@ -152,6 +439,12 @@ BAD_VALUES = [
     ("scrape interval", {"serviceMonitor": {"interval": 15}}),
     ("runbook url", {"prometheusRule": {"runbookUrl": "docs/runbook.md"}}),
     ("guard lag", {"server": {"guardLag": 2}}),
+    ("native sidecar as a string", {"guard": {"nativeSidecar": "yes"}}),
+    ("probe type", {"server": {"probes": {"type": "exec"}}}),
+    ("strategy type", {"strategy": {"type": "BlueGreen"}}),
+    ("headless flag as a string", {"service": {"headless": {"enabled": "true"}}}),
+    ("negative connection age", {"server": {"maxConnectionAgeMs": -1}}),
+    ("TLS key misspelt", {"server": {"tls": {"secret": "x"}}}),
 ]
 
 
@@ -256,7 +549,7 @@ def check_network_policy(rendered):
     named ports of the pod that are the server's gRPC and the /metrics ports, never to the guard's
     gRPC port; full values restrict the peers."""
     problems = []
-    for name in ("default", "full", "noguard"):
+    for name in ("default", "full", "noguard", "tls"):
         docs = rendered[name]
         pols = [d for d in docs if d.get("kind") == "NetworkPolicy"]
         dep = [d for d in docs if d.get("kind") == "Deployment"][0]
@@ -269,18 +562,24 @@ def check_network_policy(rendered):
         if pol.get("policyTypes") != ["Ingress"]:
             problems.append(f"{name}: NetworkPolicy policyTypes {pol.get('policyTypes')}, want [Ingress]")
         ports = {}
-        for c in dep["spec"]["template"]["spec"]["containers"]:
+        pod = dep["spec"]["template"]["spec"]
+        for c in pod["containers"] + pod.get("initContainers", []):
             for p in c.get("ports", []):
                 ports[p["name"]] = (c["name"], p["containerPort"])
-        admitted = [p["port"] for rule in pol.get("ingress", []) for p in rule.get("ports", [])]
+        by_number = {num: n for n, (_, num) in ports.items()}
+        # A port by number counts as the container port of that number (the guard's metrics port
+        # is given by number: a native sidecar's named ports are not resolved by every CNI).
+        admitted = [by_number.get(p["port"], p["port"]) for rule in pol.get("ingress", []) for p in rule.get("ports", [])]
         if any(not rule.get("ports") for rule in pol.get("ingress", [])):
             problems.append(f"{name}: a NetworkPolicy ingress rule admits every port")
         unknown = [p for p in admitted if p not in ports]
         if unknown:
             problems.append(f"{name}: NetworkPolicy admits ports {unknown} that no container declares")
+        values_guard_port = [int(a.rsplit(":", 1)[1]) for c in pod["containers"] + pod.get("initContainers", [])
+                             if c["name"] == "guard" for a in c.get("args", []) if a.startswith("--listen=")]
         guard_grpc = [n for n, (c, _) in ports.items() if c == "guard" and "metrics" not in n]
         guard_port_numbers = [num for n, (c, num) in ports.items() if c == "guard" and "metrics" not in n]
-        if any(p in guard_grpc or p in guard_port_numbers for p in admitted):
+        if any(p in guard_grpc or p in guard_port_numbers or p in values_guard_port for p in admitted):
             problems.append(f"{name}: NetworkPolicy admits other pods to the guard's gRPC port")
         want = {"grpc", "metrics"} | ({"guard-metrics"} if "guard-metrics" in ports else set())
         if set(admitted) != want:

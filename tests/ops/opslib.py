@@ -185,6 +185,7 @@ SCENARIOS = {
                                     "--expect-kind", "PrometheusRule", "--expect-kind", "NetworkPolicy"]),
     "noguard": (["values-noguard.yaml"], ["--expect-absent", "ConfigMap", "--expect-absent", "PodDisruptionBudget",
                                           "--expect-absent", "ServiceAccount"]),
+    "tls": (["values-tls.yaml"], ["--expect-kind", "Deployment", "--expect-kind", "Service"]),
 }
 
 

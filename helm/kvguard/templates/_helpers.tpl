@@ -68,3 +68,136 @@ none
 {{- fail (printf "guard.model.source must be none, image, configMap, secret or pvc (got %q)" $m.source) -}}
 {{- end -}}
 {{- end -}}
+
+{{/* Whole seconds of a millisecond value, rounded up. */}}
+{{- define "kvguard.ceilSeconds" -}}
+{{- div (add (int64 .) 999) 1000 -}}
+{{- end -}}
+
+{{/* The guard's --drain_wait_ms: guard.drainWaitMs, or server.drainGraceMs + 5000 when 0. */}}
+{{- define "kvguard.guardDrainWaitMs" -}}
+{{- if gt (int64 .Values.guard.drainWaitMs) 0 -}}
+{{- int64 .Values.guard.drainWaitMs -}}
+{{- else -}}
+{{- add (int64 .Values.server.drainGraceMs) 5000 -}}
+{{- end -}}
+{{- end -}}
+
+{{/* preStop sleep of the guard when it runs as a plain container (guard.nativeSidecar=false): the
+server's preStop sleep + its drain grace + 5 s, so the guard outlives the server's drain. */}}
+{{- define "kvguard.guardPreStopSeconds" -}}
+{{- add (int64 .Values.server.preStopSleepSeconds) (include "kvguard.ceilSeconds" .Values.server.drainGraceMs) 5 -}}
+{{- end -}}
+
+{{/* Seconds the pod needs between deletion and the last container's exit, in the worst case:
+no guard: server preStop + drain grace; native sidecar: the guard gets SIGTERM once the server has
+exited, then drains for up to --drain_wait_ms; plain guard container: its preStop sleep, then its
+drain. terminationGracePeriodSeconds must be at least that. */}}
+{{- define "kvguard.terminationBudgetSeconds" -}}
+{{- $server := add (int64 .Values.server.preStopSleepSeconds) (include "kvguard.ceilSeconds" .Values.server.drainGraceMs) -}}
+{{- if not .Values.guard.enabled -}}
+{{- $server -}}
+{{- else -}}
+{{- $guardDrain := include "kvguard.ceilSeconds" (include "kvguard.guardDrainWaitMs" .) -}}
+{{- if .Values.guard.nativeSidecar -}}
+{{- add $server $guardDrain -}}
+{{- else -}}
+{{- add (include "kvguard.guardPreStopSeconds" .) $guardDrain -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Whether the server's gRPC port speaks TLS or needs a token: Kubernetes' gRPC probes can do
+neither, so server.probes.type auto picks tcpSocket then. */}}
+{{- define "kvguard.serverProbeType" -}}
+{{- $t := default "auto" .Values.server.probes.type -}}
+{{- $secured := or .Values.server.tls.secretName .Values.server.auth.secretName -}}
+{{- if eq $t "auto" -}}
+{{- if $secured }}tcpSocket{{ else }}grpc{{ end -}}
+{{- else if eq $t "grpc" -}}
+{{- if .Values.server.tls.secretName -}}
+{{- fail "server.probes.type=grpc cannot probe a TLS port (server.tls.secretName): use auto or tcpSocket" -}}
+{{- end -}}
+grpc
+{{- else if eq $t "tcpSocket" -}}
+tcpSocket
+{{- else -}}
+{{- fail (printf "server.probes.type must be auto, grpc or tcpSocket (got %q)" $t) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Mount points of the Secrets (outside /etc/kvguard, the guard's ConfigMap mount). */}}
+{{- define "kvguard.serverTlsDir" -}}/etc/kvguard-tls/server{{- end -}}
+{{- define "kvguard.guardTlsDir" -}}/etc/kvguard-tls/guard{{- end -}}
+{{- define "kvguard.authDir" -}}/etc/kvguard-auth{{- end -}}
+
+{{/* The guard container: a native sidecar (an init container with restartPolicy Always) when
+guard.nativeSidecar, else a plain container whose preStop sleep outlives the server's drain. It
+listens for gRPC on 127.0.0.1 only (the server is its only client, inside the pod), so Kubernetes
+probes its /metrics port, which it opens once the hazard model is loaded. */}}
+{{- define "kvguard.guardContainer" -}}
+{{- $tlsDir := include "kvguard.guardTlsDir" . -}}
+- name: guard
+  image: {{ include "kvguard.image" . }}
+  imagePullPolicy: {{ .Values.image.pullPolicy }}
+  {{- if .Values.guard.nativeSidecar }}
+  restartPolicy: Always
+  {{- end }}
+  command: ["kvguard-guard"]
+  args:
+    - --listen=127.0.0.1:{{ .Values.guard.port }}
+    - --metrics_listen=0.0.0.0:{{ .Values.guard.metricsPort }}
+    - --config=/etc/kvguard/controller.json
+    - --threads={{ .Values.guard.threads }}
+    - --model={{ include "kvguard.guardModelPath" . }}
+    - --drain_wait_ms={{ include "kvguard.guardDrainWaitMs" . }}
+    {{- if .Values.guard.tls.secretName }}
+    - --tls_cert_file={{ $tlsDir }}/tls.crt
+    - --tls_key_file={{ $tlsDir }}/tls.key
+    - --tls_client_ca_file={{ $tlsDir }}/ca.crt
+    {{- end }}
+    {{- with .Values.guard.extraArgs }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  {{- with .Values.guard.env }}
+  env:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  ports:
+    - name: guard-metrics
+      containerPort: {{ .Values.guard.metricsPort }}
+      protocol: TCP
+  {{- range $kind := list "startup" "readiness" "liveness" }}
+  {{ $kind }}Probe:
+    httpGet:
+      path: /metrics
+      port: guard-metrics
+    {{- toYaml (get $.Values.guard.probes $kind) | nindent 4 }}
+  {{- end }}
+  {{- if not .Values.guard.nativeSidecar }}
+  lifecycle:
+    preStop:
+      exec:
+        command: ["sleep", "{{ include "kvguard.guardPreStopSeconds" . }}"]
+  {{- end }}
+  resources:
+    {{- toYaml .Values.guard.resources | nindent 4 }}
+  securityContext:
+    {{- toYaml .Values.securityContext | nindent 4 }}
+  volumeMounts:
+    - name: tmp
+      mountPath: /tmp
+    - name: controller-config
+      mountPath: /etc/kvguard
+      readOnly: true
+    {{- if has .Values.guard.model.source (list "configMap" "secret" "pvc") }}
+    - name: guard-model
+      mountPath: {{ .Values.guard.model.mountPath }}
+      readOnly: true
+    {{- end }}
+    {{- if .Values.guard.tls.secretName }}
+    - name: guard-tls
+      mountPath: {{ $tlsDir }}
+      readOnly: true
+    {{- end }}
+{{- end -}}
