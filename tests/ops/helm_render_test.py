@@ -278,9 +278,10 @@ def check_threads(root, rendered):
 
 def check_tls_auth(root, rendered, render):
     """server.tls / server.auth / guard.tls mount their Secrets read-only and pass the files to the
-    flags; off (default) nothing of it renders. Probes: gRPC on a plaintext server port, tcpSocket
-    once TLS or tokens guard it (Kubernetes' gRPC probe does neither); the guard's probes use its
-    /metrics port (its gRPC port is on 127.0.0.1); server.probes.type=grpc with TLS fails rendering."""
+    flags; off (default) nothing of it renders. Probes: gRPC on a plaintext server port (token auth
+    does not cover grpc.health.v1), tcpSocket once TLS guards it (Kubernetes' gRPC probe cannot do
+    TLS); the guard's probes use its /metrics port (its gRPC port is on 127.0.0.1);
+    server.probes.type=grpc with TLS fails rendering, tcpSocket forces tcpSocket."""
     problems = []
     tls_flags = {"tls_cert_file", "tls_key_file", "tls_client_ca_file", "auth_tokens_file", "guard_tls_ca_file",
                  "guard_tls_cert_file", "guard_tls_key_file", "guard_tls_server_name"}
@@ -331,12 +332,12 @@ def check_tls_auth(root, rendered, render):
         extra = {v for v in vols if v in ("server-tls", "server-auth", "guard-tls")} - set(want_vols)
         if extra:
             problems.append(f"{name}: volumes {sorted(extra)} rendered although their values are off")
-        secured = bool(srv["tls"]["secretName"] or srv["auth"]["secretName"])
+        secured = bool(srv["tls"]["secretName"])
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             p = server.get(probe, {})
             ok = (p.get("tcpSocket") == {"port": "grpc"} and "grpc" not in p) if secured else                 (p.get("grpc") == {"port": srv["port"]})
             if not ok:
-                problems.append(f"{name}: server {probe} {p} (TLS/auth {'on' if secured else 'off'})")
+                problems.append(f"{name}: server {probe} {p} (TLS {'on' if secured else 'off'})")
             if guard is not None and guard.get(probe, {}).get("httpGet") != {"path": "/metrics", "port": "guard-metrics"}:
                 problems.append(f"{name}: guard {probe} {guard.get(probe)} is not an HTTP probe of its /metrics")
     if not seen:
@@ -344,9 +345,12 @@ def check_tls_auth(root, rendered, render):
     rc, out, _ = render({"server": {"tls": {"secretName": "x"}, "probes": {"type": "grpc"}}})
     if rc == 0:
         problems.append("server.probes.type=grpc with server.tls renders (a gRPC probe cannot do TLS)")
-    rc, out, docs = render({"server": {"auth": {"secretName": "x"}, "probes": {"type": "grpc"}}})
+    rc, out, docs = render({"server": {"auth": {"secretName": "x"}}})
     if rc != 0 or "grpc" not in all_containers(pod_spec(docs))["server"]["readinessProbe"]:
-        problems.append(f"server.probes.type=grpc with token auth does not keep gRPC probes: {out}")
+        problems.append(f"token auth alone does not keep gRPC probes: {out}")
+    rc, out, docs = render({"server": {"probes": {"type": "tcpSocket"}}})
+    if rc != 0 or all_containers(pod_spec(docs))["server"]["livenessProbe"].get("tcpSocket") != {"port": "grpc"}:
+        problems.append(f"server.probes.type=tcpSocket does not give tcpSocket probes: {out}")
     return problems
 
 

@@ -107,13 +107,13 @@ drain. terminationGracePeriodSeconds must be at least that. */}}
 {{- end -}}
 {{- end -}}
 
-{{/* Whether the server's gRPC port speaks TLS or needs a token: Kubernetes' gRPC probes can do
-neither, so server.probes.type auto picks tcpSocket then. */}}
+{{/* Kubernetes' gRPC probe cannot do TLS, so server.probes.type auto picks tcpSocket when the
+server's gRPC port serves TLS. Token auth guards GenerationService only, not grpc.health.v1: the gRPC
+probe still works with server.auth. */}}
 {{- define "kvguard.serverProbeType" -}}
 {{- $t := default "auto" .Values.server.probes.type -}}
-{{- $secured := or .Values.server.tls.secretName .Values.server.auth.secretName -}}
 {{- if eq $t "auto" -}}
-{{- if $secured }}tcpSocket{{ else }}grpc{{ end -}}
+{{- if .Values.server.tls.secretName }}tcpSocket{{ else }}grpc{{ end -}}
 {{- else if eq $t "grpc" -}}
 {{- if .Values.server.tls.secretName -}}
 {{- fail "server.probes.type=grpc cannot probe a TLS port (server.tls.secretName): use auto or tcpSocket" -}}
