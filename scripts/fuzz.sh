@@ -2,7 +2,7 @@
 # libFuzzer runs of the parsers the service exposes (tests/fuzz): builds the
 # fuzz targets with clang, AddressSanitizer and UndefinedBehaviorSanitizer in
 # build-fuzz/, runs each from its seed corpus for a time or a number of
-# executions, and writes reports/fuzz/README.md (executions, crashes, time).
+# executions, and writes reports/fuzz/latest.md (executions, crashes, time).
 #   scripts/fuzz.sh [--seconds S] [--runs N] [TARGET...]
 #   targets: safetensors model_config tokenizer llama2c guard_batch (default: all)
 # Crashing inputs are kept in build-fuzz/crashes/<target>/ (none means none).
@@ -25,16 +25,10 @@ cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_C_CO
   -DCMAKE_EXE_LINKER_FLAGS="-fsanitize=address,undefined" >/dev/null
 cmake --build build-fuzz -j2 --target "${TARGETS[@]/#/fuzz_}"
 mkdir -p reports/fuzz
-OUT=reports/fuzz/README.md
-{
-  echo "# Fuzzing the parsers (libFuzzer, clang, ASan + UBSan)"
-  echo
-  echo "\`scripts/fuzz.sh --seconds $SECONDS_EACH --runs $RUNS\` on $(date -u +%Y-%m-%d), $(nproc) cores, commit $(git rev-parse --short HEAD)."
-  echo "Seeds: \`tests/fuzz/corpus/<target>/\`; every build also replays them with mutations (ctest \`fuzz_smoke_*\`)."
-  echo
-  echo "| target | executions | exec/s | crashes | seconds |"
-  echo "| --- | --- | --- | --- | --- |"
-} >"$OUT"
+# One row per target in reports/fuzz/runs.tsv (a target's newest run replaces its
+# row, so targets can be run separately); reports/fuzz/latest.md is drawn from it.
+ROWS=reports/fuzz/runs.tsv
+touch "$ROWS"
 for t in "${TARGETS[@]}"; do
   work=build-fuzz/corpus/$t crashes=build-fuzz/crashes/$t
   mkdir -p "$work" "$crashes"
@@ -48,7 +42,18 @@ for t in "${TARGETS[@]}"; do
   runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | awk '{print $2}' | tail -1 || true)
   rate=$(grep -o 'stat::average_exec_per_sec: *[0-9]*' "$log" | awk '{print $2}' | tail -1 || true)
   found=$(find "$crashes" -type f | wc -l)
-  echo "| $t | ${runs:-?} | ${rate:-?} | $found | $(( $(date +%s) - start )) |" >>"$OUT"
+  grep -v "^$t	" "$ROWS" >"$ROWS.tmp" || true
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$t" "${runs:-?}" "${rate:-?}" "$found" \
+    "$(( $(date +%s) - start ))" "$(date -u +%Y-%m-%d)" "$(git rev-parse --short HEAD)" >>"$ROWS.tmp"
+  sort "$ROWS.tmp" >"$ROWS" && rm -f "$ROWS.tmp"
   echo "fuzz $t: exit $rc, ${runs:-?} executions, $found crashing inputs (log $log)"
 done
+OUT=reports/fuzz/latest.md
+{
+  echo "# Newest libFuzzer run per target (scripts/fuzz.sh, $(nproc) cores)"
+  echo
+  echo "| target | executions | exec/s | crashes | seconds | date | commit |"
+  echo "| --- | --- | --- | --- | --- | --- | --- |"
+  awk -F'\t' '{printf "| %s | %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6, $7}' "$ROWS"
+} >"$OUT"
 echo "wrote $OUT"
