@@ -332,4 +332,26 @@ absl::Status LoadCompressorPlugin(const std::string& path, Registry& registry) {
   return absl::OkStatus();
 }
 
+absl::Status LoadCompressorPluginFromDir(const std::string& dir, const std::string& name,
+                                         Registry& registry) {
+  namespace fs = std::filesystem;
+  if (dir.empty())
+    return absl::PermissionDeniedError("compressor plugins load only from --plugin_dir; none set");
+  std::error_code ec;
+  const fs::path root = fs::canonical(dir, ec);
+  if (ec || !fs::is_directory(root))
+    return absl::NotFoundError(absl::StrCat("plugin directory '", dir, "' does not exist"));
+  const fs::path wanted = fs::path(name).is_absolute() ? fs::path(name) : root / name;
+  const fs::path file = fs::canonical(wanted, ec);
+  if (ec)
+    return absl::NotFoundError(absl::StrCat("plugin '", name, "' not found in ", root.string()));
+  const auto [root_end, file_it] =
+      std::mismatch(root.begin(), root.end(), file.begin(), file.end());
+  if (root_end != root.end() || file_it == file.end() || !fs::is_regular_file(file)) {
+    return absl::PermissionDeniedError(absl::StrCat("plugin '", name, "' resolves to ",
+                                                    file.string(), ", outside ", root.string()));
+  }
+  return LoadCompressorPlugin(file.string(), registry);
+}
+
 }  // namespace kvguard::compress

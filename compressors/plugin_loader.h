@@ -29,6 +29,12 @@ namespace kvguard::compress {
 // compressor's name is taken in `registry` (e.g. the same plugin twice).
 absl::Status LoadCompressorPlugin(const std::string& path, Registry& registry);
 
+// The server's way in: `name` (a file name, or a path) must resolve, after
+// symlinks, to a file inside `dir`; anything else is PERMISSION_DENIED, so
+// a flag or config can never make the server dlopen code from elsewhere.
+absl::Status LoadCompressorPluginFromDir(const std::string& dir, const std::string& name,
+                                         Registry& registry);
+
 // Parses a plugin's options_json (a JSON array of {name, type, default, min,
 // max, help}). Exposed for tests.
 absl::StatusOr<std::vector<OptionSpec>> ParsePluginOptionsJson(std::string_view text);

@@ -4,8 +4,9 @@
 //       [--config guard_sidecar/config/controller.json] [--metrics_listen 127.0.0.1:9092]
 //
 // flags -> config -> hazard model (or the fallback rule) -> metrics -> serve
-// (health SERVING once the model is loaded) -> SIGTERM/SIGINT -> shut down, exit 0.
-#include <grpcpp/ext/proto_server_reflection_plugin.h>
+// (health SERVING once the model is loaded; TLS/mTLS from watched files) ->
+// SIGTERM/SIGINT -> NOT_SERVING, keep answering the open streams until the
+// server closes them (it is draining) or --drain_wait_ms passes -> exit 0.
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <semaphore.h>
@@ -13,6 +14,7 @@
 #include <csignal>
 #include <iostream>
 #include <nlohmann/json.hpp>
+#include <thread>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
@@ -20,6 +22,8 @@
 #include "absl/flags/usage_config.h"
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
+#include "common/grpc_reflection.h"
+#include "common/grpc_tls.h"
 #include "common/status_macros.h"
 #include "guard_sidecar/guard_service.h"
 
@@ -40,6 +44,15 @@ ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9092",
 ABSL_FLAG(
     int, threads, 1,
     "XGBoost threads per batched prediction (1 is fastest for per-step batches, guard.md 6.2)");
+ABSL_FLAG(std::string, tls_cert_file, "", "PEM certificate chain: serve over TLS");
+ABSL_FLAG(std::string, tls_key_file, "", "PEM private key of --tls_cert_file");
+ABSL_FLAG(std::string, tls_client_ca_file, "",
+          "PEM roots: require client (server) certificates signed by them (mutual TLS)");
+ABSL_FLAG(int, tls_reload_s, 10, "how often TLS files are re-read (rotation without restart)");
+ABSL_FLAG(bool, enable_reflection, false, "serve gRPC server reflection");
+ABSL_FLAG(int, drain_wait_ms, 15000,
+          "after SIGTERM, keep serving open streams until they close or this long passes (the "
+          "server drains its own streams first and still needs its guard)");
 
 namespace {
 
@@ -107,6 +120,45 @@ absl::StatusOr<Setup> Prepare() {
 
 std::string Host(const std::string& address) { return address.substr(0, address.rfind(':')); }
 
+absl::StatusOr<std::unique_ptr<grpc::Server>> Listen(grpc::Service& service, int* port) {
+  auto credentials = MakeServerCredentials({.cert_file = absl::GetFlag(FLAGS_tls_cert_file),
+                                            .key_file = absl::GetFlag(FLAGS_tls_key_file),
+                                            .ca_file = absl::GetFlag(FLAGS_tls_client_ca_file),
+                                            .reload_s = absl::GetFlag(FLAGS_tls_reload_s)});
+  if (!credentials.ok()) return credentials.status();
+  grpc::EnableDefaultHealthCheckService(true);
+  if (absl::GetFlag(FLAGS_enable_reflection)) {
+    if (absl::Status st = EnableServerReflection(); !st.ok()) return st;
+  }
+  grpc::ServerBuilder builder;
+  const std::string listen = absl::GetFlag(FLAGS_listen);
+  builder.AddListeningPort(listen, *credentials, port);
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (!server || *port == 0) return absl::UnavailableError("cannot listen on " + listen);
+  return server;
+}
+
+// The server's link is the guard's only client: while it is open, the server
+// is still draining its streams and asking for directives. Serve until it
+// closes (the server exited) or --drain_wait_ms passes, then stop.
+void Drain(grpc::Server& server, const guard::GuardEngine& engine) {
+  server.GetHealthCheckService()->SetServingStatus(false);
+  const auto until = std::chrono::steady_clock::now() +
+                     std::chrono::milliseconds(absl::GetFlag(FLAGS_drain_wait_ms));
+  int64_t open = engine.stats().streams_active;
+  std::cout << "kvguard-guard: draining (" << open << " open stream(s))" << std::endl;
+  while (open > 0 && std::chrono::steady_clock::now() < until) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    open = engine.stats().streams_active;
+  }
+  if (open > 0)
+    std::cout << "kvguard-guard: " << open << " stream(s) still open at the drain limit"
+              << std::endl;
+  server.Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
+  server.Wait();
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -129,31 +181,25 @@ int main(int argc, char** argv) {
   metrics.ModelInfo(setup->hazard_name, setup->controller_name);
   guard::GuardEngine engine(*setup->hazard, setup->controller, &metrics);
   guard::GuardServiceImpl service(engine);
-  grpc::EnableDefaultHealthCheckService(true);
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  grpc::ServerBuilder builder;
   int port = 0;
-  const std::string listen = absl::GetFlag(FLAGS_listen);
-  builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
-  builder.RegisterService(&service);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (!server || port == 0) return Fail(absl::UnavailableError("cannot listen on " + listen));
+  auto server = Listen(service, &port);
+  if (!server.ok()) return Fail(server.status());
   // The model is loaded and warmed up: ready.
-  server->GetHealthCheckService()->SetServingStatus(true);
-  std::cout << "kvguard-guard listening on " << Host(listen) << ":" << port << " (metrics "
-            << metrics_where << ", hazard " << setup->hazard->Describe() << " from "
-            << setup->hazard_name << ", controller " << setup->controller_name << ")" << std::endl;
+  (*server)->GetHealthCheckService()->SetServingStatus(true);
+  std::cout << "kvguard-guard listening on " << Host(absl::GetFlag(FLAGS_listen)) << ":" << port
+            << " (metrics " << metrics_where << ", "
+            << (absl::GetFlag(FLAGS_tls_cert_file).empty()
+                    ? "plaintext"
+                    : (absl::GetFlag(FLAGS_tls_client_ca_file).empty() ? "TLS" : "mTLS"))
+            << ", hazard " << setup->hazard->Describe() << " from " << setup->hazard_name
+            << ", controller " << setup->controller_name << ")" << std::endl;
 
   sem_init(&g_shutdown, 0, 0);
   std::signal(SIGTERM, OnSignal);
   std::signal(SIGINT, OnSignal);
   while (sem_wait(&g_shutdown) != 0) {
   }
-  // Open streams are the server's long-lived links: give them a moment, then
-  // cancel (the server reconnects to the next guard with fresh sessions).
-  server->GetHealthCheckService()->SetServingStatus(false);
-  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
-  server->Wait();
+  Drain(**server, engine);
   std::cout << "kvguard-guard: stopped" << std::endl;
   return 0;
 }

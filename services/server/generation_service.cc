@@ -54,6 +54,8 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
  public:
   GenerateReactor() : sink_(std::make_shared<StreamSink>(this)) {}
   std::shared_ptr<StreamSink> sink() { return sink_; }
+  // Held for the stream's life: the client's slot under --max_streams_per_client.
+  void Hold(std::unique_ptr<StreamQuota::Slot> slot) { slot_ = std::move(slot); }
   void Write(const v1::GenerateResponse* r) { StartWrite(r); }
   void End(const grpc::Status& s) { Finish(s); }
 
@@ -67,6 +69,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
 
  private:
   std::shared_ptr<StreamSink> sink_;
+  std::unique_ptr<StreamQuota::Slot> slot_;
 };
 
 void StreamSink::Send(v1::GenerateResponse response) {
@@ -123,17 +126,47 @@ GenerationServiceImpl::GenerationServiceImpl(Scheduler& scheduler,
                                              const engine::ModelConfig& config,
                                              const engine::Tokenizer* tokenizer,
                                              ServerDefaults defaults, ServiceInfo info,
-                                             ServerMetrics* metrics)
+                                             ServerMetrics* metrics, ServiceAccess access)
     : scheduler_(scheduler),
       config_(config),
       tokenizer_(tokenizer),
       defaults_(std::move(defaults)),
       info_(std::move(info)),
-      metrics_(metrics) {}
+      metrics_(metrics),
+      access_(access) {}
+
+absl::StatusOr<std::string> GenerationServiceImpl::Authorize(
+    const grpc::CallbackServerContext& context) {
+  if (access_.auth == nullptr) return PeerIdentity(context);
+  std::string header;
+  const auto& md = context.client_metadata();
+  if (auto it = md.find("authorization"); it != md.end())
+    header.assign(it->second.data(), it->second.size());
+  auto who = access_.auth->Authenticate(header);
+  if (!who.ok() && metrics_)
+    metrics_->RequestRejected(who.status().code() == absl::StatusCode::kUnauthenticated
+                                  ? "unauthenticated"
+                                  : "permission_denied");
+  return who;
+}
 
 grpc::ServerWriteReactor<v1::GenerateResponse>* GenerationServiceImpl::Generate(
-    grpc::CallbackServerContext* /*context*/, const v1::GenerateRequest* request) {
+    grpc::CallbackServerContext* context, const v1::GenerateRequest* request) {
   auto* reactor = new GenerateReactor();
+  auto who = Authorize(*context);
+  if (!who.ok()) {
+    reactor->sink()->Finish(who.status());
+    return reactor;
+  }
+  if (access_.quota != nullptr) {
+    auto slot = access_.quota->Acquire(*who);
+    if (!slot.ok()) {
+      if (metrics_) metrics_->RequestRejected("client_streams");
+      reactor->sink()->Finish(slot.status());
+      return reactor;
+    }
+    reactor->Hold(std::move(*slot));
+  }
   auto validated = ValidateGenerateRequest(*request, config_, tokenizer_, defaults_);
   if (!validated.ok()) {
     if (metrics_) metrics_->RequestRejected("invalid_argument");
@@ -155,6 +188,11 @@ grpc::ServerWriteReactor<v1::GenerateResponse>* GenerationServiceImpl::Generate(
 grpc::ServerUnaryReactor* GenerationServiceImpl::GetModelInfo(grpc::CallbackServerContext* context,
                                                               const v1::GetModelInfoRequest*,
                                                               v1::ModelInfo* out) {
+  auto* reactor = context->DefaultReactor();
+  if (auto who = Authorize(*context); !who.ok()) {
+    reactor->Finish(ToGrpcStatus(who.status()));
+    return reactor;
+  }
   out->set_model_path(info_.model_path);
   out->set_family(config_.family);
   out->set_vocab_size(config_.vocab_size);
@@ -170,7 +208,6 @@ grpc::ServerUnaryReactor* GenerationServiceImpl::GetModelInfo(grpc::CallbackServ
   out->set_default_compressor(defaults_.compressor);
   out->set_default_ratio(defaults_.ratio);
   out->set_guarded(defaults_.guard_available);
-  auto* reactor = context->DefaultReactor();
   reactor->Finish(grpc::Status::OK);
   return reactor;
 }
@@ -178,6 +215,11 @@ grpc::ServerUnaryReactor* GenerationServiceImpl::GetModelInfo(grpc::CallbackServ
 grpc::ServerUnaryReactor* GenerationServiceImpl::ListCompressors(
     grpc::CallbackServerContext* context, const v1::ListCompressorsRequest*,
     v1::ListCompressorsResponse* out) {
+  auto* reactor = context->DefaultReactor();
+  if (auto who = Authorize(*context); !who.ok()) {
+    reactor->Finish(ToGrpcStatus(who.status()));
+    return reactor;
+  }
   for (const auto& info : compress::Registry::Global().List()) {
     v1::CompressorDescription* d = out->add_compressors();
     d->set_name(info.name);
@@ -192,7 +234,6 @@ grpc::ServerUnaryReactor* GenerationServiceImpl::ListCompressors(
       opt->set_help(o.help);
     }
   }
-  auto* reactor = context->DefaultReactor();
   reactor->Finish(grpc::Status::OK);
   return reactor;
 }

@@ -13,12 +13,15 @@ struct GrpcGuardLink::Call {
   bool finished = false;  // under write_mu: no Write after Finish
 };
 
-GrpcGuardLink::GrpcGuardLink(const std::string& address) : address_(address) {
-  grpc::ChannelArguments args;
+GrpcGuardLink::GrpcGuardLink(const std::string& address,
+                             std::shared_ptr<grpc::ChannelCredentials> credentials,
+                             grpc::ChannelArguments args)
+    : address_(address) {
+  if (!credentials) credentials = grpc::InsecureChannelCredentials();
   // Reconnect quickly after a guard restart; the stream is re-opened by ConnectLoop.
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
-  channel_ = grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+  channel_ = grpc::CreateCustomChannel(address, credentials, args);
   stub_ = v1::GuardService::NewStub(channel_);
   connector_ = std::thread([this] { ConnectLoop(); });
   writer_ = std::thread([this] { WriteLoop(); });

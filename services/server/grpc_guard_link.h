@@ -42,7 +42,11 @@ class GrpcGuardLink final : public GuardLink {
  public:
   static constexpr size_t kMaxQueued = 8;
 
-  explicit GrpcGuardLink(const std::string& address);
+  // `credentials`: plaintext when null (common/grpc_tls.h makes TLS ones);
+  // `args` may carry e.g. the TLS target-name override.
+  explicit GrpcGuardLink(const std::string& address,
+                         std::shared_ptr<grpc::ChannelCredentials> credentials = nullptr,
+                         grpc::ChannelArguments args = {});
   ~GrpcGuardLink() override;
 
   void Send(const v1::StepBatch& batch) override;

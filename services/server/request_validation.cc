@@ -17,7 +17,8 @@ absl::Status Bad(absl::string_view field, absl::string_view what) {
 
 absl::StatusOr<std::vector<int32_t>> PromptIds(const v1::GenerateRequest& in,
                                                const engine::ModelConfig& c,
-                                               const engine::Tokenizer* tokenizer) {
+                                               const engine::Tokenizer* tokenizer,
+                                               int64_t max_prompt_tokens) {
   std::vector<int32_t> ids;
   switch (in.prompt_case()) {
     case v1::GenerateRequest::kText: {
@@ -36,6 +37,10 @@ absl::StatusOr<std::vector<int32_t>> PromptIds(const v1::GenerateRequest& in,
       return Bad("prompt", "set prompt.text or prompt.token_ids");
   }
   if (ids.empty()) return Bad("prompt", "is empty");
+  if (max_prompt_tokens > 0 && static_cast<int64_t>(ids.size()) > max_prompt_tokens) {
+    return Bad("prompt", absl::StrCat(ids.size(), " tokens; this server accepts at most ",
+                                      max_prompt_tokens, " (--max_prompt_tokens)"));
+  }
   for (size_t i = 0; i < ids.size(); ++i) {
     if (ids[i] < 0 || ids[i] >= c.vocab_size) {
       return Bad(absl::StrCat("prompt.token_ids[", i, "]"),
@@ -72,10 +77,16 @@ absl::Status Sampling(const v1::GenerateRequest& in, engine::SamplingParams& s) 
 }
 
 absl::Status Stopping(const v1::GenerateRequest& in, const engine::ModelConfig& c,
-                      const engine::Tokenizer* tokenizer, engine::GenerateRequest& r) {
+                      const engine::Tokenizer* tokenizer, int64_t max_new_tokens,
+                      engine::GenerateRequest& r) {
   const v1::StoppingParams& p = in.stopping();
   if (p.max_new_tokens() < 1) return Bad("stopping.max_new_tokens", "must be >= 1");
   if (p.max_new_tokens() > 1u << 20) return Bad("stopping.max_new_tokens", "must be <= 1048576");
+  if (max_new_tokens > 0 && p.max_new_tokens() > max_new_tokens) {
+    return Bad("stopping.max_new_tokens",
+               absl::StrCat(p.max_new_tokens(), " is over this server's limit of ", max_new_tokens,
+                            " (--max_new_tokens)"));
+  }
   r.max_new_tokens = static_cast<int32_t>(p.max_new_tokens());
   for (int i = 0; i < p.stop_size(); ++i) {
     if (p.stop(i).empty()) return Bad(absl::StrCat("stopping.stop[", i, "]"), "must not be empty");
@@ -137,9 +148,10 @@ absl::StatusOr<ValidatedRequest> ValidateGenerateRequest(const v1::GenerateReque
                                                          const ServerDefaults& defaults) {
   if (in.request_id().size() > 256) return Bad("request_id", "at most 256 bytes");
   ValidatedRequest out;
-  KVG_ASSIGN_OR_RETURN(out.request.prompt_ids, PromptIds(in, config, tokenizer));
+  KVG_ASSIGN_OR_RETURN(out.request.prompt_ids,
+                       PromptIds(in, config, tokenizer, defaults.max_prompt_tokens));
   KVG_RETURN_IF_ERROR(Sampling(in, out.request.sampling));
-  KVG_RETURN_IF_ERROR(Stopping(in, config, tokenizer, out.request));
+  KVG_RETURN_IF_ERROR(Stopping(in, config, tokenizer, defaults.max_new_tokens, out.request));
   KVG_RETURN_IF_ERROR(
       Compression(in, defaults, static_cast<int64_t>(out.request.prompt_ids.size()), out.request));
   if (in.compression().has_guard() && in.compression().guard().value() &&

@@ -22,6 +22,11 @@ struct ServerDefaults {
   // chunks every N decode steps (1 = whenever over budget, every step).
   int64_t compress_every = 0;
   bool guard_available = false;
+  // Operator limits (--max_prompt_tokens, --max_new_tokens); 0 = only the
+  // model's context and the protocol's 2^20 bound. Over a limit: INVALID_ARGUMENT
+  // naming the flag.
+  int64_t max_prompt_tokens = 0;
+  int64_t max_new_tokens = 0;
 };
 
 struct ValidatedRequest {

@@ -3,9 +3,11 @@
 //   build/bin/kvguard-server --model models/stories260K/stories260K.bin
 //       --listen 127.0.0.1:50051 [--guard 127.0.0.1:50052] [--metrics_listen 127.0.0.1:9091]
 //
-// flags -> load model -> RunServer -> wait for SIGTERM/SIGINT -> drain.
+// flags -> plugins -> load model -> guard link -> scheduler -> serve (TLS,
+// auth, limits) -> SIGTERM/SIGINT -> drain: NOT_SERVING and GOAWAY at once
+// (clients move to other replicas), in-flight streams finish within
+// --drain_grace_ms, then the rest are cancelled.
 #include <ATen/Parallel.h>
-#include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <semaphore.h>
@@ -21,10 +23,14 @@
 #include "absl/flags/usage_config.h"
 #include "absl/strings/str_cat.h"
 #include "common/blas.h"
+#include "common/grpc_reflection.h"
+#include "common/grpc_tls.h"
+#include "compressors/plugin_loader.h"
 #include "services/engine/checkpoint.h"
 #include "services/engine/kv_layer_store.h"
 #include "services/engine/llama_model.h"
 #include "services/engine/tokenizer.h"
+#include "services/server/access_control.h"
 #include "services/server/generation_service.h"
 #include "services/server/grpc_guard_link.h"
 #include "services/server/metrics.h"
@@ -67,7 +73,32 @@ ABSL_FLAG(
     "guarded requests: hold the first N tokens back so the guard can restart a request at a lower "
     "ratio when prefill compression damaged it (admission); 0 = stream at once");
 
+ABSL_FLAG(std::string, tls_cert_file, "", "PEM certificate chain: serve Generate over TLS");
+ABSL_FLAG(std::string, tls_key_file, "", "PEM private key of --tls_cert_file");
+ABSL_FLAG(std::string, tls_client_ca_file, "",
+          "PEM roots: require client certificates signed by them (mutual TLS)");
+ABSL_FLAG(int, tls_reload_s, 10, "how often TLS files are re-read (rotation without restart)");
+ABSL_FLAG(std::string, guard_tls_ca_file, "", "PEM roots that verify the guard (TLS to the guard)");
+ABSL_FLAG(std::string, guard_tls_cert_file, "", "client certificate for the guard (mutual TLS)");
+ABSL_FLAG(std::string, guard_tls_key_file, "", "private key of --guard_tls_cert_file");
+ABSL_FLAG(std::string, guard_tls_server_name, "", "name expected in the guard's certificate");
+ABSL_FLAG(std::string, auth_tokens_file, "",
+          "bearer tokens, one \"NAME TOKEN\" per line, re-read on change; empty = no auth");
+ABSL_FLAG(int, max_streams_per_client, 0,
+          "open Generate streams one client (token name, mTLS name or IP) may hold; 0 = no limit");
+ABSL_FLAG(int64_t, max_prompt_tokens, 0, "longest prompt accepted; 0 = the model's context");
+ABSL_FLAG(int64_t, max_new_tokens, 0, "largest stopping.max_new_tokens accepted; 0 = 2^20");
+ABSL_FLAG(int, max_request_bytes, 4 << 20, "largest request message (gRPC RESOURCE_EXHAUSTED)");
+ABSL_FLAG(int, max_connection_age_ms, 300000,
+          "close client connections (GOAWAY) after this long so clients rebalance; 0 = never");
+ABSL_FLAG(bool, enable_reflection, false, "serve gRPC server reflection");
+ABSL_FLAG(std::string, plugin_dir, "", "the only directory compressor plugins load from");
+ABSL_FLAG(std::vector<std::string>, plugins, {},
+          "compressor plugins to load (file names in --plugin_dir), comma separated");
+
 namespace {
+
+using namespace kvguard;  // NOLINT: a binary's main file
 
 sem_t g_shutdown;
 void OnSignal(int) { sem_post(&g_shutdown); }
@@ -77,6 +108,143 @@ int Fail(const std::string& message) {
   return 1;
 }
 
+absl::Status LoadPlugins() {
+  for (const std::string& name : absl::GetFlag(FLAGS_plugins)) {
+    absl::Status st = compress::LoadCompressorPluginFromDir(absl::GetFlag(FLAGS_plugin_dir), name,
+                                                            compress::Registry::Global());
+    if (!st.ok()) return st;
+    std::cout << "kvguard-server: loaded compressor plugin " << name << std::endl;
+  }
+  return absl::OkStatus();
+}
+
+// The guard link, once its stream is open (or after --guard_connect_wait_ms):
+// a guarded request that arrived first would otherwise run its first steps
+// fail-safe. A guard that is down only delays startup by that much; the link
+// keeps reconnecting in the background.
+absl::StatusOr<std::unique_ptr<server::GrpcGuardLink>> ConnectGuard() {
+  const std::string address = absl::GetFlag(FLAGS_guard);
+  if (address.empty()) return nullptr;
+  grpc::ChannelArguments args;
+  auto credentials =
+      MakeChannelCredentials({.cert_file = absl::GetFlag(FLAGS_guard_tls_cert_file),
+                              .key_file = absl::GetFlag(FLAGS_guard_tls_key_file),
+                              .ca_file = absl::GetFlag(FLAGS_guard_tls_ca_file),
+                              .server_name = absl::GetFlag(FLAGS_guard_tls_server_name),
+                              .reload_s = absl::GetFlag(FLAGS_tls_reload_s)},
+                             args);
+  if (!credentials.ok()) return credentials.status();
+  auto guard = std::make_unique<server::GrpcGuardLink>(address, *credentials, std::move(args));
+  const auto until = std::chrono::steady_clock::now() +
+                     std::chrono::milliseconds(absl::GetFlag(FLAGS_guard_connect_wait_ms));
+  while (!guard->connected() && std::chrono::steady_clock::now() < until)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  if (!guard->connected())
+    std::cout << "kvguard-server: guard " << address
+              << " not reachable yet; guarded requests run fail-safe until it is" << std::endl;
+  return guard;
+}
+
+absl::StatusOr<server::SchedulerOptions> MakeSchedulerOptions(const engine::LlamaModel& model) {
+  server::SchedulerOptions so;
+  so.max_concurrent = absl::GetFlag(FLAGS_max_concurrent);
+  so.max_queue = absl::GetFlag(FLAGS_max_queue);
+  so.guard_deadline = std::chrono::milliseconds(absl::GetFlag(FLAGS_guard_deadline_ms));
+  so.guard_lag = absl::GetFlag(FLAGS_guard_lag);
+  so.fail_safe = absl::GetFlag(FLAGS_fail_safe) == "hold" ? server::FailSafePolicy::kHold
+                                                          : server::FailSafePolicy::kSafe;
+  so.r_safe = absl::GetFlag(FLAGS_r_safe);
+  so.research_logits = absl::GetFlag(FLAGS_research_logits);
+  so.guard_probe_tokens = std::max(0, absl::GetFlag(FLAGS_guard_probe_tokens));
+  if (const int64_t pool_bytes = absl::GetFlag(FLAGS_kv_cache_bytes); pool_bytes > 0) {
+    const engine::KvCacheOptions cache = model.CacheOptions();
+    auto arena = engine::NewKvArena({.kv_heads = cache.num_kv_heads,
+                                     .head_dim = cache.head_dim,
+                                     .dtype = cache.dtype,
+                                     .device = cache.device},
+                                    pool_bytes, absl::GetFlag(FLAGS_kv_block_tokens));
+    if (!arena.ok()) return arena.status();
+    so.kv_arena = std::move(*arena);
+  }
+  return so;
+}
+
+// Who may call, and how many streams each caller may hold.
+struct Access {
+  std::unique_ptr<server::TokenAuthenticator> auth;
+  std::unique_ptr<server::StreamQuota> quota;
+};
+
+absl::StatusOr<Access> MakeAccess() {
+  Access access;
+  if (const std::string path = absl::GetFlag(FLAGS_auth_tokens_file); !path.empty()) {
+    auto auth = server::TokenAuthenticator::Load(path);
+    if (!auth.ok()) return auth.status();
+    access.auth = std::move(*auth);
+  }
+  access.quota = std::make_unique<server::StreamQuota>(absl::GetFlag(FLAGS_max_streams_per_client));
+  return access;
+}
+
+// Listens on --listen with the TLS, size and connection-age settings; the
+// bound port (port 0 picks one) is written to *port.
+absl::StatusOr<std::unique_ptr<grpc::Server>> Listen(grpc::Service& service, int* port) {
+  auto credentials = MakeServerCredentials({.cert_file = absl::GetFlag(FLAGS_tls_cert_file),
+                                            .key_file = absl::GetFlag(FLAGS_tls_key_file),
+                                            .ca_file = absl::GetFlag(FLAGS_tls_client_ca_file),
+                                            .reload_s = absl::GetFlag(FLAGS_tls_reload_s)});
+  if (!credentials.ok()) return credentials.status();
+  grpc::EnableDefaultHealthCheckService(true);
+  if (absl::GetFlag(FLAGS_enable_reflection)) {
+    if (absl::Status st = EnableServerReflection(); !st.ok()) return st;
+  }
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(absl::GetFlag(FLAGS_listen), *credentials, port);
+  builder.SetMaxReceiveMessageSize(absl::GetFlag(FLAGS_max_request_bytes));
+  if (const int age = absl::GetFlag(FLAGS_max_connection_age_ms); age > 0) {
+    // Streams open when the age is reached finish on the old connection (no grace limit).
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_MS, age);
+  }
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (!server || *port == 0)
+    return absl::UnavailableError("cannot listen on " + absl::GetFlag(FLAGS_listen));
+  server->GetHealthCheckService()->SetServingStatus(true);
+  return server;
+}
+
+// SIGTERM: NOT_SERVING for the probes, and Shutdown at once, which sends
+// GOAWAY so clients open their next streams elsewhere while the streams in
+// flight finish here; those get --drain_grace_ms, then are cancelled.
+void Drain(grpc::Server& server, server::Scheduler& scheduler) {
+  std::cout << "kvguard-server: draining" << std::endl;
+  server.GetHealthCheckService()->SetServingStatus(false);
+  const auto grace = std::chrono::milliseconds(absl::GetFlag(FLAGS_drain_grace_ms));
+  std::thread goaway([&server, grace] {
+    server.Shutdown(std::chrono::system_clock::now() + grace + std::chrono::seconds(2));
+  });
+  scheduler.Drain(grace);
+  goaway.join();
+}
+
+std::string Describe(const std::string& listen, int port, const std::string& metrics_addr,
+                     const server::GrpcGuardLink* guard, const engine::LlamaModel& model,
+                     const std::string& blas_text, const server::SchedulerOptions& so) {
+  const bool tls = !absl::GetFlag(FLAGS_tls_cert_file).empty();
+  return absl::StrCat(
+      "kvguard-server listening on ", listen.substr(0, listen.rfind(':')), ":", port, " (metrics ",
+      metrics_addr.empty() ? "off" : metrics_addr, ", ",
+      tls ? (absl::GetFlag(FLAGS_tls_client_ca_file).empty() ? "TLS" : "mTLS") : "plaintext",
+      absl::GetFlag(FLAGS_auth_tokens_file).empty() ? "" : " + bearer tokens", ", guard ",
+      guard ? absl::GetFlag(FLAGS_guard) : "none", ", ", model.device().str(), " ",
+      engine::DtypeName(model.dtype()), blas_text.empty() ? "" : ", BLAS " + blas_text,
+      ", KV pool ",
+      so.kv_arena ? absl::StrCat(so.kv_arena->pool->total_bytes(), " bytes in ",
+                                 so.kv_arena->pool->total_blocks(), " blocks")
+                  : std::string("off"),
+      ")");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -84,7 +252,6 @@ int main(int argc, char** argv) {
   // --help lists this binary's flags (absl matches only files named after the program).
   absl::SetFlagsUsageConfig({.contains_help_flags = [](absl::string_view) { return true; }});
   absl::ParseCommandLine(argc, argv);
-  using namespace kvguard;
   const std::string model_path = absl::GetFlag(FLAGS_model);
   if (model_path.empty()) return Fail("--model is required");
   const std::string fail_safe = absl::GetFlag(FLAGS_fail_safe);
@@ -95,6 +262,9 @@ int main(int argc, char** argv) {
     at::set_num_threads(absl::GetFlag(FLAGS_threads));
     SetBlasThreads(absl::GetFlag(FLAGS_threads));
   }
+  if (absl::Status st = LoadPlugins(); !st.ok()) return Fail(std::string(st.message()));
+  auto access = MakeAccess();
+  if (!access.ok()) return Fail(std::string(access.status().message()));
 
   // The metrics endpoint starts first: a bad address fails before the model loads.
   server::ServerMetrics metrics;
@@ -119,87 +289,38 @@ int main(int argc, char** argv) {
                              blas.path.empty() ? "" : " (" + blas.path + ")");
   }
 
-  std::unique_ptr<server::GrpcGuardLink> guard;
-  if (!absl::GetFlag(FLAGS_guard).empty()) {
-    guard = std::make_unique<server::GrpcGuardLink>(absl::GetFlag(FLAGS_guard));
-    // Serve once the guard stream is open (or after --guard_connect_wait_ms): a guarded request
-    // that arrived first would otherwise run its first steps fail-safe. A guard that is down
-    // only delays startup by that much; the link keeps reconnecting in the background.
-    const auto until = std::chrono::steady_clock::now() +
-                       std::chrono::milliseconds(absl::GetFlag(FLAGS_guard_connect_wait_ms));
-    while (!guard->connected() && std::chrono::steady_clock::now() < until)
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    if (!guard->connected())
-      std::cout << "kvguard-server: guard " << absl::GetFlag(FLAGS_guard)
-                << " not reachable yet; guarded requests run fail-safe until it is" << std::endl;
-  }
-
-  server::SchedulerOptions so;
-  so.max_concurrent = absl::GetFlag(FLAGS_max_concurrent);
-  so.max_queue = absl::GetFlag(FLAGS_max_queue);
-  so.guard_deadline = std::chrono::milliseconds(absl::GetFlag(FLAGS_guard_deadline_ms));
-  so.guard_lag = absl::GetFlag(FLAGS_guard_lag);
-  so.fail_safe =
-      fail_safe == "hold" ? server::FailSafePolicy::kHold : server::FailSafePolicy::kSafe;
-  so.r_safe = absl::GetFlag(FLAGS_r_safe);
-  so.research_logits = absl::GetFlag(FLAGS_research_logits);
-  so.guard_probe_tokens = std::max(0, absl::GetFlag(FLAGS_guard_probe_tokens));
-  if (const int64_t pool_bytes = absl::GetFlag(FLAGS_kv_cache_bytes); pool_bytes > 0) {
-    const engine::KvCacheOptions cache = (*model)->CacheOptions();
-    auto arena = engine::NewKvArena({.kv_heads = cache.num_kv_heads,
-                                     .head_dim = cache.head_dim,
-                                     .dtype = cache.dtype,
-                                     .device = cache.device},
-                                    pool_bytes, absl::GetFlag(FLAGS_kv_block_tokens));
-    if (!arena.ok()) return Fail(std::string(arena.status().message()));
-    so.kv_arena = std::move(*arena);
-  }
-  server::Scheduler scheduler(**model, tokenizer.get(), so, guard.get(), &metrics);
+  auto guard = ConnectGuard();
+  if (!guard.ok()) return Fail(std::string(guard.status().message()));
+  auto so = MakeSchedulerOptions(**model);
+  if (!so.ok()) return Fail(std::string(so.status().message()));
+  server::Scheduler scheduler(**model, tokenizer.get(), *so, guard->get(), &metrics);
 
   server::ServerDefaults defaults{
       .compressor = absl::GetFlag(FLAGS_default_compressor),
       .ratio = absl::GetFlag(FLAGS_default_ratio),
       .compress_every = std::max(0, absl::GetFlag(FLAGS_default_compress_every)),
-      .guard_available = guard != nullptr};
+      .guard_available = *guard != nullptr,
+      .max_prompt_tokens = absl::GetFlag(FLAGS_max_prompt_tokens),
+      .max_new_tokens = absl::GetFlag(FLAGS_max_new_tokens)};
   server::GenerationServiceImpl service(scheduler, (*model)->config(), tokenizer.get(), defaults,
                                         {.model_path = model_path,
                                          .device = absl::GetFlag(FLAGS_device),
                                          .dtype = engine::DtypeName((*model)->dtype()),
                                          .blas = blas_text},
-                                        &metrics);
-  grpc::EnableDefaultHealthCheckService(true);
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  grpc::ServerBuilder builder;
+                                        &metrics, {access->auth.get(), access->quota.get()});
   int port = 0;
-  builder.AddListeningPort(absl::GetFlag(FLAGS_listen), grpc::InsecureServerCredentials(), &port);
-  builder.RegisterService(&service);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (!server || port == 0) return Fail("cannot listen on " + absl::GetFlag(FLAGS_listen));
-  server->GetHealthCheckService()->SetServingStatus(true);
-  const std::string host =
-      absl::GetFlag(FLAGS_listen).substr(0, absl::GetFlag(FLAGS_listen).rfind(':'));
-  std::cout << "kvguard-server listening on " << host << ":" << port << " (metrics "
-            << (metrics_addr.empty() ? "off" : metrics_addr) << ", guard "
-            << (guard ? absl::GetFlag(FLAGS_guard) : "none") << ", " << (*model)->device().str()
-            << " " << engine::DtypeName((*model)->dtype())
-            << (blas_text.empty() ? "" : ", BLAS " + blas_text) << ", KV pool "
-            << (so.kv_arena ? absl::StrCat(so.kv_arena->pool->total_bytes(), " bytes in ",
-                                           so.kv_arena->pool->total_blocks(), " blocks")
-                            : std::string("off"))
-            << ")" << std::endl;
+  auto server = Listen(service, &port);
+  if (!server.ok()) return Fail(std::string(server.status().message()));
+  std::cout << Describe(absl::GetFlag(FLAGS_listen), port, metrics_addr, guard->get(), **model,
+                        blas_text, *so)
+            << std::endl;
 
   sem_init(&g_shutdown, 0, 0);
   std::signal(SIGTERM, OnSignal);
   std::signal(SIGINT, OnSignal);
   while (sem_wait(&g_shutdown) != 0) {
   }
-  // Drain: report NOT_SERVING, refuse new work, let in-flight streams finish
-  // within the grace period, then cancel the rest.
-  std::cout << "kvguard-server: draining" << std::endl;
-  server->GetHealthCheckService()->SetServingStatus(false);
-  const auto grace = std::chrono::milliseconds(absl::GetFlag(FLAGS_drain_grace_ms));
-  scheduler.Drain(grace);
-  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  Drain(**server, scheduler);
   std::cout << "kvguard-server: stopped" << std::endl;
   return 0;
 }

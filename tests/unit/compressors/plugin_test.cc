@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <nlohmann/json.hpp>
 
 #include "compressors/plugin_loader.h"
@@ -24,7 +25,7 @@ namespace {
 using nlohmann::json;
 using ::testing::HasSubstr;
 
-constexpr char kRecentPlugin[] = KVG_EXAMPLE_RECENT_PLUGIN;
+const std::string kRecentPlugin = KVG_EXAMPLE_RECENT_PLUGIN;
 constexpr char kBadAbiPlugin[] = KVG_EXAMPLE_BAD_ABI_PLUGIN;
 
 const CompressorInfo* FindInfo(const std::vector<CompressorInfo>& infos, const std::string& name) {
@@ -175,6 +176,31 @@ TEST(PluginLoaderTest, LoadingTwiceIsAlreadyExistsAndTheFirstStillWorks) {
   EXPECT_EQ(KeptPositions(**compressor, *cache, 0.5)[0], (std::vector<int32_t>{0, 1, 7, 8, 9}));
 }
 
+// The server loads plugins only from --plugin_dir: a name inside it loads; a
+// path or symlink that leads outside, or no directory at all, is refused.
+TEST(PluginLoaderTest, FromDirLoadsOnlyFilesInsideTheDirectory) {
+  const std::string plugin_dir = kRecentPlugin.substr(0, kRecentPlugin.rfind('/'));
+  const std::string file = kRecentPlugin.substr(kRecentPlugin.rfind('/') + 1);
+  kvguard::testing::TempDir tmp;
+  std::filesystem::create_symlink(kRecentPlugin, tmp.File("escape.so"));
+  Registry outside;
+  absl::Status s = LoadCompressorPluginFromDir(tmp.path(), "escape.so", outside);
+  EXPECT_EQ(s.code(), absl::StatusCode::kPermissionDenied) << s;
+  EXPECT_THAT(s.message(), HasSubstr("outside"));
+  s = LoadCompressorPluginFromDir(tmp.path(), kRecentPlugin, outside);
+  EXPECT_EQ(s.code(), absl::StatusCode::kPermissionDenied) << s;
+  s = LoadCompressorPluginFromDir(tmp.path(), "../" + file, outside);
+  EXPECT_NE(s.code(), absl::StatusCode::kOk);
+  s = LoadCompressorPluginFromDir("", file, outside);
+  EXPECT_EQ(s.code(), absl::StatusCode::kPermissionDenied) << s;
+  EXPECT_EQ(LoadCompressorPluginFromDir(tmp.File("nope"), file, outside).code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(FindInfo(outside.List(), "example_recent"), nullptr);
+  Registry inside;
+  ASSERT_TRUE(LoadCompressorPluginFromDir(plugin_dir, file, inside).ok());
+  EXPECT_NE(FindInfo(inside.List(), "example_recent"), nullptr);
+}
+
 TEST(PluginOptionsJsonTest, ParsesEveryType) {
   auto specs = ParsePluginOptionsJson(R"([
     {"name": "n", "type": "int", "default": 3, "min": 1, "max": 8, "help": "count"},
@@ -216,7 +242,7 @@ TEST(PluginOptionsJsonTest, RejectsMalformedSpecs) {
 // The plugin side of the ABI, driven directly: errors come back as return
 // codes with a thread-local message, never as exceptions.
 TEST(PluginAbiTest, CreateReportsBadConfigThroughLastError) {
-  void* library = dlopen(kRecentPlugin, RTLD_NOW | RTLD_LOCAL);
+  void* library = dlopen(kRecentPlugin.c_str(), RTLD_NOW | RTLD_LOCAL);
   ASSERT_NE(library, nullptr) << dlerror();
   auto get = reinterpret_cast<kvg_plugin_get_compressor_v1_fn>(
       dlsym(library, KVG_PLUGIN_GET_COMPRESSOR_V1_SYMBOL));
