@@ -22,6 +22,7 @@
 
 #include "absl/status/statusor.h"
 #include "kvguard/v1/generation.pb.h"
+#include "services/client/generation_client.h"
 
 namespace kvguard::loadtest {
 
@@ -33,24 +34,26 @@ struct PromptItem {
 
 struct LoadSpec {
   std::string name;
-  std::string target;            // host:port, loopback only
-  std::string mode = "closed";   // "closed" | "open"
-  int concurrency = 1;           // closed loop
-  double rate = 1.0;             // open loop, requests per second
-  int requests = 16;             // bound on requests sent
-  double max_seconds = 60;       // bound on wall time
+  // host:port, "ipv4:h1:p1,h2:p2" or "dns:///host:port"; loopback hosts only
+  std::string target;
+  client::ChannelOptions channel;  // lb_policy, TLS, bearer token
+  std::string mode = "closed";     // "closed" | "open"
+  int concurrency = 1;             // closed loop
+  double rate = 1.0;               // open loop, requests per second
+  int requests = 16;               // bound on requests sent
+  double max_seconds = 60;         // bound on wall time
   int max_new_tokens = 128;
   double temperature = 0;
-  std::string compressor;        // "" = server default
-  double ratio = -1;             // < 0 = server default
-  std::string guard;             // "" = server default, "true" / "false"
+  std::string compressor;  // "" = server default
+  double ratio = -1;       // < 0 = server default
+  std::string guard;       // "" = server default, "true" / "false"
   uint64_t seed = 1;
 };
 
 struct RequestRecord {
   std::string prompt_id;
-  std::string status = "OK";     // gRPC status code name
-  double start_s = 0;            // since the run started
+  std::string status = "OK";  // gRPC status code name
+  double start_s = 0;         // since the run started
   double ttft_s = 0, e2e_s = 0;
   std::vector<double> itl_s;
   int64_t output_tokens = 0;
@@ -69,7 +72,8 @@ struct LoadResult {
 absl::Status ValidateSpec(const LoadSpec& spec);
 bool IsLoopbackTarget(const std::string& target);
 
-absl::StatusOr<LoadResult> RunLoad(const LoadSpec& spec, const std::vector<PromptItem>& prompts,
-                                   const std::function<void(int done, int total)>& progress = nullptr);
+absl::StatusOr<LoadResult> RunLoad(
+    const LoadSpec& spec, const std::vector<PromptItem>& prompts,
+    const std::function<void(int done, int total)>& progress = nullptr);
 
 }  // namespace kvguard::loadtest

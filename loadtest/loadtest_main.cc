@@ -11,7 +11,9 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage_config.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_format.h"
+#include "common/file_util.h"
 #include "loadtest/campaign.h"
 #include "loadtest/report.h"
 
@@ -21,6 +23,11 @@ ABSL_FLAG(std::string, out, "reports/loadtest", "report directory");
 ABSL_FLAG(int, server_metrics_port, 0,
           "the server's /metrics port on loopback: report its KV pool, concurrency, admissions, "
           "preemptions and queue time per run (0 = off)");
+ABSL_FLAG(std::string, lb_policy, "",
+          "round_robin: spread calls over every address of the target (ipv4:a,b or dns:///)");
+ABSL_FLAG(std::string, tls_ca_file, "", "PEM roots that verify the server (TLS)");
+ABSL_FLAG(std::string, tls_server_name, "", "name expected in the server's certificate");
+ABSL_FLAG(std::string, auth_token_file, "", "file holding the bearer token to send");
 
 int main(int argc, char** argv) {
   // --help lists this binary's flags (absl matches only files named after the program).
@@ -32,6 +39,19 @@ int main(int argc, char** argv) {
     std::cerr << "kvguard-loadtest: " << campaign.status().message() << "\n";
     return 1;
   }
+  kvguard::client::ChannelOptions channel{
+      .lb_policy = absl::GetFlag(FLAGS_lb_policy),
+      .tls_files = {.ca_file = absl::GetFlag(FLAGS_tls_ca_file),
+                    .server_name = absl::GetFlag(FLAGS_tls_server_name)}};
+  if (const std::string path = absl::GetFlag(FLAGS_auth_token_file); !path.empty()) {
+    auto text = kvguard::ReadFileToString(path);
+    if (!text.ok()) {
+      std::cerr << "kvguard-loadtest: " << text.status().message() << "\n";
+      return 1;
+    }
+    channel.auth_token = std::string(absl::StripAsciiWhitespace(*text));
+  }
+  for (LoadSpec& spec : campaign->runs) spec.channel = channel;
   std::vector<Summary> summaries;
   std::vector<LoadResult> results;
   const size_t total = campaign->runs.size();

@@ -8,8 +8,10 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage_config.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
+#include "common/file_util.h"
 #include "proto/kvguard/v1/mode_name.h"
 #include "services/client/generation_client.h"
 
@@ -29,6 +31,14 @@ ABSL_FLAG(int, deadline_ms, 0, "call deadline (0 = none)");
 ABSL_FLAG(int, connect_timeout_ms, 5000,
           "wait this long for the connection before sending (0 = send at once, fail fast if not "
           "connected)");
+ABSL_FLAG(std::string, lb_policy, "",
+          "round_robin: spread calls over every address of a dns:/// target (headless Service)");
+ABSL_FLAG(bool, tls, false, "TLS (implied by any --tls_* file; the system roots verify otherwise)");
+ABSL_FLAG(std::string, tls_ca_file, "", "PEM roots that verify the server");
+ABSL_FLAG(std::string, tls_cert_file, "", "client certificate (mutual TLS)");
+ABSL_FLAG(std::string, tls_key_file, "", "private key of --tls_cert_file");
+ABSL_FLAG(std::string, tls_server_name, "", "name expected in the server's certificate");
+ABSL_FLAG(std::string, auth_token_file, "", "file holding the bearer token to send");
 ABSL_FLAG(bool, json, false, "print the token ids and the final message as JSON");
 ABSL_FLAG(bool, info, false, "print the model info and exit");
 
@@ -37,7 +47,28 @@ int main(int argc, char** argv) {
   absl::SetFlagsUsageConfig({.contains_help_flags = [](absl::string_view) { return true; }});
   absl::ParseCommandLine(argc, argv);
   using namespace kvguard;
-  client::GenerationClient client(absl::GetFlag(FLAGS_server));
+  std::string token;
+  if (const std::string path = absl::GetFlag(FLAGS_auth_token_file); !path.empty()) {
+    auto text = ReadFileToString(path);
+    if (!text.ok()) {
+      std::cerr << "kvguard-client: " << text.status().message() << "\n";
+      return 2;
+    }
+    token = std::string(absl::StripAsciiWhitespace(*text));
+  }
+  auto channel =
+      client::OpenChannel(absl::GetFlag(FLAGS_server),
+                          {.lb_policy = absl::GetFlag(FLAGS_lb_policy),
+                           .tls = absl::GetFlag(FLAGS_tls),
+                           .tls_files = {.cert_file = absl::GetFlag(FLAGS_tls_cert_file),
+                                         .key_file = absl::GetFlag(FLAGS_tls_key_file),
+                                         .ca_file = absl::GetFlag(FLAGS_tls_ca_file),
+                                         .server_name = absl::GetFlag(FLAGS_tls_server_name)}});
+  if (!channel.ok()) {
+    std::cerr << "kvguard-client: " << channel.status().message() << "\n";
+    return 2;
+  }
+  client::GenerationClient client(*channel, absl::GetFlag(FLAGS_server), token);
   if (absl::GetFlag(FLAGS_info)) {
     auto info = client.GetModelInfo();
     if (!info.ok()) {

@@ -49,6 +49,23 @@ std::shared_ptr<grpc::Channel> MakeChannel(const std::string& address) {
 
 }  // namespace
 
+absl::StatusOr<std::shared_ptr<grpc::Channel>> OpenChannel(const std::string& target,
+                                                           const ChannelOptions& options) {
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
+  if (!options.lb_policy.empty()) {
+    if (options.lb_policy != "round_robin" && options.lb_policy != "pick_first")
+      return absl::InvalidArgumentError(
+          absl::StrCat("lb_policy must be round_robin or pick_first, not ", options.lb_policy));
+    args.SetLoadBalancingPolicyName(options.lb_policy);
+  }
+  KVG_ASSIGN_OR_RETURN(auto credentials,
+                       MakeChannelCredentials(options.tls_files, options.tls, args));
+  return grpc::CreateCustomChannel(target, credentials, args);
+}
+
 GenerationClient::GenerationClient(const std::string& address)
     : GenerationClient(MakeChannel(address)) {
   target_ = address;
@@ -56,6 +73,17 @@ GenerationClient::GenerationClient(const std::string& address)
 
 GenerationClient::GenerationClient(std::shared_ptr<grpc::Channel> channel)
     : channel_(std::move(channel)), stub_(v1::GenerationService::NewStub(channel_)) {}
+
+GenerationClient::GenerationClient(std::shared_ptr<grpc::Channel> channel, std::string target,
+                                   std::string auth_token)
+    : GenerationClient(std::move(channel)) {
+  target_ = std::move(target);
+  auth_token_ = std::move(auth_token);
+}
+
+void GenerationClient::Prepare(grpc::ClientContext& context) const {
+  if (!auth_token_.empty()) context.AddMetadata("authorization", "Bearer " + auth_token_);
+}
 
 absl::Status GenerationClient::Connect(std::chrono::milliseconds timeout) {
   if (channel_->GetState(/*try_to_connect=*/true) == GRPC_CHANNEL_READY) return absl::OkStatus();
@@ -74,6 +102,7 @@ absl::StatusOr<GenerateOutcome> GenerationClient::Generate(
   if (options.deadline) connect_timeout = std::min(connect_timeout, *options.deadline);
   if (connect_timeout.count() > 0) KVG_RETURN_IF_ERROR(Connect(connect_timeout));
   grpc::ClientContext context;
+  Prepare(context);
   if (options.deadline) context.set_deadline(std::chrono::system_clock::now() + *options.deadline);
   GenerateOutcome out;
   auto last = start;
@@ -108,6 +137,7 @@ absl::StatusOr<GenerateOutcome> GenerationClient::Generate(
 absl::StatusOr<v1::ModelInfo> GenerationClient::GetModelInfo() {
   KVG_RETURN_IF_ERROR(Connect(std::chrono::seconds(5)));
   grpc::ClientContext context;
+  Prepare(context);
   context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
   v1::ModelInfo info;
   grpc::Status s = stub_->GetModelInfo(&context, v1::GetModelInfoRequest(), &info);
@@ -118,6 +148,7 @@ absl::StatusOr<v1::ModelInfo> GenerationClient::GetModelInfo() {
 absl::StatusOr<v1::ListCompressorsResponse> GenerationClient::ListCompressors() {
   KVG_RETURN_IF_ERROR(Connect(std::chrono::seconds(5)));
   grpc::ClientContext context;
+  Prepare(context);
   context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
   v1::ListCompressorsResponse out;
   grpc::Status s = stub_->ListCompressors(&context, v1::ListCompressorsRequest(), &out);

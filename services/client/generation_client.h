@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "common/grpc_tls.h"
 #include "kvguard/v1/generation.grpc.pb.h"
 
 namespace kvguard::client {
@@ -41,11 +42,32 @@ struct CallOptions {
   std::optional<int> cancel_after_chunks;
 };
 
+// How a client reaches the server (kvguard-client, the load generator).
+struct ChannelOptions {
+  // "" = gRPC's default (pick_first: one connection). "round_robin" keeps a
+  // connection to every address the target resolves to and spreads calls
+  // over them: with "dns:///kvguard-headless.NS.svc.cluster.local:50051"
+  // (the chart's headless Service) every replica, HPA-added ones included,
+  // gets traffic. The server's max_connection_age re-resolves periodically.
+  std::string lb_policy;
+  bool tls = false;        // TLS even without files (the system roots verify the server)
+  TlsFiles tls_files;      // ca_file / client cert+key / server_name
+  std::string auth_token;  // sent as "authorization: Bearer <token>"
+};
+
+// The channel for `target`; INVALID_ARGUMENT / NOT_FOUND for bad TLS files or
+// an unknown lb_policy.
+absl::StatusOr<std::shared_ptr<grpc::Channel>> OpenChannel(const std::string& target,
+                                                           const ChannelOptions& options);
+
 class GenerationClient {
  public:
   // The channel reconnects 100 ms after a failed attempt (gRPC's default is 1 s).
   explicit GenerationClient(const std::string& address);
   explicit GenerationClient(std::shared_ptr<grpc::Channel> channel);
+  // A channel from OpenChannel(); every call carries `auth_token` when it is set.
+  GenerationClient(std::shared_ptr<grpc::Channel> channel, std::string target,
+                   std::string auth_token);
 
   // Waits until the channel is connected, at most `timeout`; UNAVAILABLE naming the address
   // otherwise. Every call does this first, so a connection attempt that fails transiently is
@@ -68,7 +90,11 @@ class GenerationClient {
 
  private:
   std::shared_ptr<grpc::Channel> channel_;
+  // A call's context with the deadline and the bearer token.
+  void Prepare(grpc::ClientContext& context) const;
+
   std::string target_;
+  std::string auth_token_;
   std::unique_ptr<v1::GenerationService::Stub> stub_;
 };
 

@@ -227,8 +227,8 @@ TEST(GuardServerTest, BrokenStreamDropsItsSessions) {
   StopCleanly(g);
 }
 
-TEST(GuardServerTest, SigtermWithAnOpenStreamExitsCleanly) {
-  Guard g = StartGuard();
+TEST(GuardServerTest, SigtermKeepsServingAnOpenStreamUntilTheDrainLimit) {
+  Guard g = StartGuard({"--drain_wait_ms", "1500"});
   ASSERT_FALSE(g.address.empty()) << g.process->output();
   ASSERT_TRUE(WaitServing(g.address));
   auto stub =
@@ -238,7 +238,17 @@ TEST(GuardServerTest, SigtermWithAnOpenStreamExitsCleanly) {
   ASSERT_TRUE(stream->Write(StepBatch(1, 0)));
   v1::DirectiveBatch answer;
   ASSERT_TRUE(stream->Read(&answer));
-  StopCleanly(g);  // the stream is still open: the guard cancels it and exits 0
+  const auto sigterm = std::chrono::steady_clock::now();
+  g.process->Signal(SIGTERM);
+  // Draining: the server on the other end still gets its directives...
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  ASSERT_TRUE(stream->Write(StepBatch(2, 1)));
+  ASSERT_TRUE(stream->Read(&answer));
+  EXPECT_EQ(answer.batch_id(), 2u);
+  // ... until the stream stays open past --drain_wait_ms: then it is cancelled and the guard exits
+  // 0.
+  EXPECT_EQ(g.process->Wait(std::chrono::seconds(10)), 0) << g.process->output();
+  EXPECT_GE(std::chrono::steady_clock::now() - sigterm, std::chrono::milliseconds(1400));
   EXPECT_FALSE(stream->Read(&answer));
   EXPECT_FALSE(stream->Finish().ok());
 }

@@ -1,0 +1,198 @@
+// What a rollout does to real processes: the guard outlives the server's
+// drain (its streams stay guarded to the end), a draining server sends
+// GOAWAY at once so round_robin clients move their next calls to another
+// replica, round_robin spreads calls over replicas, and max_connection_age
+// recycles connections without breaking a stream.
+#include <gtest/gtest.h>
+
+#include <csignal>
+#include <future>
+#include <set>
+#include <thread>
+
+#include "services/client/generation_client.h"
+#include "tests/integration/process.h"
+#include "tests/unit/engine/test_util.h"
+
+namespace kvguard {
+namespace {
+
+using client::GenerationClient;
+using testing::ChildProcess;
+using Clock = std::chrono::steady_clock;
+
+struct Proc {
+  std::unique_ptr<ChildProcess> process;
+  std::string address;
+  int port = 0;
+};
+
+Proc Start(const std::string& binary, std::vector<std::string> extra) {
+  Proc s;
+  std::vector<std::string> args = {"--listen", "127.0.0.1:0", "--metrics_listen", ""};
+  if (binary == "kvguard-server")
+    args.insert(args.end(), {"--model", testing::ModelsPath("stories260K/stories260K.bin")});
+  args.insert(args.end(), extra.begin(), extra.end());
+  s.process = std::make_unique<ChildProcess>(std::string(KVG_BIN_DIR) + "/" + binary, args);
+  auto port = s.process->WaitFor("listening on 127\\.0\\.0\\.1:([0-9]+)", std::chrono::seconds(30));
+  EXPECT_TRUE(port.has_value()) << s.process->output();
+  s.port = std::stoi(port.value_or("0"));
+  s.address = "127.0.0.1:" + port.value_or("0");
+  return s;
+}
+
+v1::GenerateRequest Request(int max_new, bool guarded = false) {
+  v1::GenerateRequest r;
+  r.mutable_token_ids()->add_ids(1);
+  r.mutable_stopping()->set_max_new_tokens(max_new);
+  r.mutable_stopping()->set_ignore_eos(true);
+  if (guarded) r.mutable_compression()->mutable_guard()->set_value(true);
+  return r;
+}
+
+// Exit codes and exit times of two processes, polled together.
+struct Exits {
+  int first_code = -2, second_code = -2;
+  Clock::time_point first_at{}, second_at{};
+  Clock::time_point streams_done_at{};
+};
+Exits WaitBoth(ChildProcess& a, ChildProcess& b, std::chrono::seconds limit) {
+  Exits e;
+  const auto end = Clock::now() + limit;
+  while (Clock::now() < end && (e.first_code == -2 || e.second_code == -2)) {
+    if (e.first_code == -2) {
+      const int c = a.Wait(std::chrono::milliseconds(10));
+      if (c != -1) e.first_code = c, e.first_at = Clock::now();
+    }
+    if (e.second_code == -2) {
+      const int c = b.Wait(std::chrono::milliseconds(10));
+      if (c != -1) e.second_code = c, e.second_at = Clock::now();
+    }
+  }
+  return e;
+}
+
+// SIGTERM reaches server and guard together (as when a pod is deleted and
+// both lack a preStop); `guard_drain_ms` is the guard's --drain_wait_ms.
+// Returns the fail-safe events of eight guarded streams in flight (~2.5 s of
+// work: longer than the 1 s a guard gives open streams once it stops).
+uint32_t TerminateStackMidStream(int guard_drain_ms, Exits* exits) {
+  Proc guard = Start("kvguard-guard", {"--model", "none", "--config", "none", "--drain_wait_ms",
+                                       std::to_string(guard_drain_ms)});
+  Proc server = Start("kvguard-server", {"--guard", guard.address, "--guard_deadline_ms", "500",
+                                         "--drain_grace_ms", "30000"});
+  std::vector<std::future<absl::StatusOr<client::GenerateOutcome>>> calls;
+  for (int i = 0; i < 8; ++i) {
+    calls.push_back(std::async(std::launch::async, [&] {
+      return GenerationClient(server.address).Generate(Request(500, /*guarded=*/true));
+    }));
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(150));
+  server.process->Signal(SIGTERM);
+  guard.process->Signal(SIGTERM);
+  uint32_t fail_safe = 0;
+  for (auto& f : calls) {
+    auto out = f.get();
+    EXPECT_TRUE(out.ok()) << out.status();  // a drain never fails a stream
+    if (!out.ok()) continue;
+    EXPECT_EQ(out->token_ids.size(), 500u);
+    fail_safe += out->complete.fail_safe_events();
+  }
+  exits->streams_done_at = Clock::now();
+  const Exits e = WaitBoth(*server.process, *guard.process, std::chrono::seconds(40));
+  exits->first_code = e.first_code, exits->second_code = e.second_code;
+  exits->first_at = e.first_at, exits->second_at = e.second_at;
+  return fail_safe;
+}
+
+TEST(RolloutTest, GuardOutlivesTheServersDrain) {
+  Exits e;
+  EXPECT_EQ(TerminateStackMidStream(20000, &e), 0u);  // every step of every stream guarded
+  EXPECT_EQ(e.first_code, 0);
+  EXPECT_EQ(e.second_code, 0);
+  EXPECT_GE(e.second_at, e.streams_done_at) << "the guard exited before the server's streams ended";
+  // ... and follows the server out once its link closes, not after its own drain limit.
+  EXPECT_LT(e.second_at - e.streams_done_at, std::chrono::seconds(5)) << "the guard lingered";
+  // The old behaviour, for contrast: a guard that stops at once leaves the streams fail-safe.
+  EXPECT_GT(TerminateStackMidStream(0, &e), 0u);
+}
+
+TEST(RolloutTest, RoundRobinSpreadsCallsOverReplicas) {
+  Proc a = Start("kvguard-server", {"--default_compressor", "knorm", "--default_ratio", "0.25"});
+  Proc b = Start("kvguard-server", {"--default_compressor", "knorm", "--default_ratio", "0.5"});
+  const std::string both = "ipv4:" + a.address + "," + b.address;
+  for (const std::string policy : {"round_robin", "pick_first"}) {
+    auto channel = client::OpenChannel(both, {.lb_policy = policy});
+    ASSERT_TRUE(channel.ok()) << channel.status();
+    GenerationClient c(*channel, both, "");
+    std::set<double> seen;
+    for (int i = 0; i < 8; ++i) {
+      auto info = c.GetModelInfo();
+      ASSERT_TRUE(info.ok()) << info.status();
+      seen.insert(info->default_ratio());
+    }
+    EXPECT_EQ(seen.size(), policy == "round_robin" ? 2u : 1u) << policy;
+  }
+  EXPECT_EQ(client::OpenChannel(both, {.lb_policy = "random"}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST(RolloutTest, DrainSendsGoawayAtOnceAndClientsMoveToAnotherReplica) {
+  Proc a = Start("kvguard-server", {"--drain_grace_ms", "30000"});
+  Proc b = Start("kvguard-server", {});
+  // Eight streams keep A busy for seconds (~2.5 s on two cores).
+  std::vector<std::future<std::pair<absl::StatusOr<client::GenerateOutcome>, Clock::time_point>>>
+      in_flight;
+  for (int i = 0; i < 8; ++i) {
+    in_flight.push_back(std::async(std::launch::async, [&] {
+      auto out = GenerationClient(a.address).Generate(Request(500));
+      return std::pair{std::move(out), Clock::now()};
+    }));
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  const std::string both = "ipv4:" + a.address + "," + b.address;
+  GenerationClient rr(*client::OpenChannel(both, {.lb_policy = "round_robin"}), both, "");
+  ASSERT_TRUE(rr.GetModelInfo().ok());
+  a.process->Signal(SIGTERM);
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  // A is still streaming, but new calls are no longer its: every one lands on B.
+  GenerationClient direct(a.address);
+  auto refused =
+      direct.Generate(Request(2), nullptr, {.connect_timeout = std::chrono::milliseconds(500)});
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kUnavailable) << refused.status();
+  for (int i = 0; i < 6; ++i) {
+    auto out = rr.Generate(Request(4));
+    EXPECT_TRUE(out.ok()) << i << ": " << out.status();
+  }
+  const auto moved_at = Clock::now();
+  bool drained_later = false;
+  for (auto& f : in_flight) {
+    auto [out, at] = f.get();
+    ASSERT_TRUE(out.ok()) << out.status();
+    EXPECT_EQ(out->token_ids.size(), 500u);
+    drained_later |= at > moved_at;
+  }
+  EXPECT_TRUE(drained_later) << "A finished its streams before the calls were made: no evidence";
+  EXPECT_EQ(a.process->Wait(std::chrono::seconds(30)), 0);
+}
+
+TEST(RolloutTest, MaxConnectionAgeNeverBreaksAStream) {
+  Proc s = Start("kvguard-server", {"--max_connection_age_ms", "200"});
+  GenerationClient c(s.address);
+  auto long_stream = std::async(std::launch::async, [&] { return c.Generate(Request(500)); });
+  const auto until = Clock::now() + std::chrono::milliseconds(1000);
+  int calls = 0;
+  while (Clock::now() < until) {
+    auto out = c.Generate(Request(2));
+    EXPECT_TRUE(out.ok()) << out.status();
+    ++calls;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  auto done = long_stream.get();
+  ASSERT_TRUE(done.ok()) << done.status();
+  EXPECT_EQ(done->token_ids.size(), 500u);
+  EXPECT_GT(calls, 5);
+}
+
+}  // namespace
+}  // namespace kvguard
