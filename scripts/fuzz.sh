@@ -4,7 +4,7 @@
 # build-fuzz/, runs each from its seed corpus for a time or a number of
 # executions, and writes reports/fuzz/latest.md (executions, crashes, time).
 #   scripts/fuzz.sh [--seconds S] [--runs N] [TARGET...]
-#   targets: safetensors model_config tokenizer llama2c guard_batch (default: all)
+#   targets: safetensors model_config tokenizer llama2c guard_batch generate_request (default: all)
 # Crashing inputs are kept in build-fuzz/crashes/<target>/ (none means none).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,7 +17,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 TARGETS=("$@")
-[ ${#TARGETS[@]} -eq 0 ] && TARGETS=(safetensors model_config tokenizer llama2c guard_batch)
+[ ${#TARGETS[@]} -eq 0 ] && TARGETS=(safetensors model_config tokenizer llama2c guard_batch generate_request)
 command -v clang++ >/dev/null || { echo "fuzz: needs clang (apt-get install clang)" >&2; exit 2; }
 SAN="-fsanitize=address,undefined,fuzzer-no-link -fno-sanitize-recover=undefined -g -O1"
 cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_C_COMPILER=clang \
