@@ -109,6 +109,9 @@ absl::StatusOr<LoadResult> RunLoad(const LoadSpec& spec, const std::vector<Promp
   const auto start = Clock::now();
   const auto deadline = start + std::chrono::duration_cast<Clock::duration>(
                                     std::chrono::duration<double>(spec.max_seconds));
+  // No new request after `deadline`; requests in flight are cut at `hard_deadline`.
+  const auto hard_deadline = deadline + std::chrono::duration_cast<Clock::duration>(
+                                            std::chrono::duration<double>(spec.drain_seconds));
   std::mutex mu;
   std::atomic<int> next{0}, done{0};
   auto record = [&](RequestRecord rec) {
@@ -121,7 +124,8 @@ absl::StatusOr<LoadResult> RunLoad(const LoadSpec& spec, const std::vector<Promp
     for (int w = 0; w < spec.concurrency; ++w) {
       threads.emplace_back([&] {
         for (int i = next++; i < spec.requests && Clock::now() < deadline; i = next++) {
-          record(Call(client, spec, prompts[i % prompts.size()], spec.seed + i, start, deadline));
+          record(
+              Call(client, spec, prompts[i % prompts.size()], spec.seed + i, start, hard_deadline));
         }
       });
     }
@@ -134,7 +138,8 @@ absl::StatusOr<LoadResult> RunLoad(const LoadSpec& spec, const std::vector<Promp
       if (t >= deadline) break;
       std::this_thread::sleep_until(t);
       threads.emplace_back([&, i] {
-        record(Call(client, spec, prompts[i % prompts.size()], spec.seed + i, start, deadline));
+        record(
+            Call(client, spec, prompts[i % prompts.size()], spec.seed + i, start, hard_deadline));
       });
     }
   }

@@ -42,6 +42,7 @@ struct LoadSpec {
   double rate = 1.0;               // open loop, requests per second
   int requests = 16;               // bound on requests sent
   double max_seconds = 60;         // bound on wall time
+  double drain_seconds = 0;        // after max_seconds, in-flight requests get this long to finish
   int max_new_tokens = 128;
   double temperature = 0;
   std::string compressor;  // "" = server default
