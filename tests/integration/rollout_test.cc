@@ -5,7 +5,9 @@
 // recycles connections without breaking a stream.
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <csignal>
+#include <functional>
 #include <future>
 #include <set>
 #include <thread>
@@ -50,6 +52,24 @@ v1::GenerateRequest Request(int max_new, bool guarded = false) {
   return r;
 }
 
+// Counts streams that have delivered their first chunk: SIGTERM comes only
+// once every stream is running (a drain's GOAWAY refuses calls not yet started).
+struct Started {
+  std::atomic<int> n{0};
+  std::function<void(const v1::TokenChunk&)> Counter() {
+    auto first = std::make_shared<bool>(true);
+    return [this, first](const v1::TokenChunk&) {
+      if (*first) ++n;
+      *first = false;
+    };
+  }
+  bool WaitFor(int count) {
+    for (int i = 0; i < 3000 && n.load() < count; ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    return n.load() >= count;
+  }
+};
+
 // Exit codes and exit times of two processes, polled together.
 struct Exits {
   int first_code = -2, second_code = -2;
@@ -82,12 +102,14 @@ uint32_t TerminateStackMidStream(int guard_drain_ms, Exits* exits) {
   Proc server = Start("kvguard-server", {"--guard", guard.address, "--guard_deadline_ms", "500",
                                          "--drain_grace_ms", "30000"});
   std::vector<std::future<absl::StatusOr<client::GenerateOutcome>>> calls;
+  Started started;
   for (int i = 0; i < 8; ++i) {
     calls.push_back(std::async(std::launch::async, [&] {
-      return GenerationClient(server.address).Generate(Request(500, /*guarded=*/true));
+      return GenerationClient(server.address)
+          .Generate(Request(500, /*guarded=*/true), started.Counter());
     }));
   }
-  std::this_thread::sleep_for(std::chrono::milliseconds(150));
+  EXPECT_TRUE(started.WaitFor(8));
   server.process->Signal(SIGTERM);
   guard.process->Signal(SIGTERM);
   uint32_t fail_safe = 0;
@@ -143,13 +165,14 @@ TEST(RolloutTest, DrainSendsGoawayAtOnceAndClientsMoveToAnotherReplica) {
   // Eight streams keep A busy for seconds (~2.5 s on two cores).
   std::vector<std::future<std::pair<absl::StatusOr<client::GenerateOutcome>, Clock::time_point>>>
       in_flight;
+  Started started;
   for (int i = 0; i < 8; ++i) {
     in_flight.push_back(std::async(std::launch::async, [&] {
-      auto out = GenerationClient(a.address).Generate(Request(500));
+      auto out = GenerationClient(a.address).Generate(Request(500), started.Counter());
       return std::pair{std::move(out), Clock::now()};
     }));
   }
-  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  ASSERT_TRUE(started.WaitFor(8));
   const std::string both = "ipv4:" + a.address + "," + b.address;
   GenerationClient rr(*client::OpenChannel(both, {.lb_policy = "round_robin"}), both, "");
   ASSERT_TRUE(rr.GetModelInfo().ok());

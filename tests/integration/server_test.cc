@@ -25,8 +25,10 @@ struct Server {
 Server StartServer(const std::string& model, std::vector<std::string> extra = {}) {
   Server s;
   s.metrics_port = testing::FreePort();
-  std::vector<std::string> args = {"--model", model, "--listen", "127.0.0.1:0", "--metrics_listen",
-                                   "127.0.0.1:" + std::to_string(s.metrics_port)};
+  std::vector<std::string> args = {
+      "--model",          model,
+      "--listen",         "127.0.0.1:0",
+      "--metrics_listen", "127.0.0.1:" + std::to_string(s.metrics_port)};
   args.insert(args.end(), extra.begin(), extra.end());
   s.process = std::make_unique<ChildProcess>(std::string(KVG_BIN_DIR) + "/kvguard-server", args);
   auto port = s.process->WaitFor("listening on 127\\.0\\.0\\.1:([0-9]+)", std::chrono::seconds(30));
@@ -35,7 +37,8 @@ Server StartServer(const std::string& model, std::vector<std::string> extra = {}
   return s;
 }
 
-v1::GenerateRequest Request(const std::string& text, int max_new, double temperature = 0, uint64_t seed = 0) {
+v1::GenerateRequest Request(const std::string& text, int max_new, double temperature = 0,
+                            uint64_t seed = 0) {
   v1::GenerateRequest r;
   r.set_text(text);
   r.mutable_stopping()->set_max_new_tokens(max_new);
@@ -53,10 +56,12 @@ v1::GenerateRequest IdsRequest(std::vector<int32_t> ids, int max_new) {
   return r;
 }
 
-std::vector<int32_t> CliGenerate(const std::string& model, const std::string& prompt, int n, double t, int seed) {
-  const std::string cmd = std::string(KVG_BIN_DIR) + "/kvguard generate --model " + model + " --prompt '" + prompt +
-                          "' --max-new-tokens " + std::to_string(n) + " --ignore-eos --temperature " +
-                          std::to_string(t) + " --seed " + std::to_string(seed) + " --json";
+std::vector<int32_t> CliGenerate(const std::string& model, const std::string& prompt, int n,
+                                 double t, int seed) {
+  const std::string cmd = std::string(KVG_BIN_DIR) + "/kvguard generate --model " + model +
+                          " --prompt '" + prompt + "' --max-new-tokens " + std::to_string(n) +
+                          " --ignore-eos --temperature " + std::to_string(t) + " --seed " +
+                          std::to_string(seed) + " --json";
   FILE* p = popen(cmd.c_str(), "r");
   std::string out;
   char buf[4096];
@@ -69,7 +74,8 @@ std::vector<int32_t> CliGenerate(const std::string& model, const std::string& pr
 class ServerTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    server_ = new Server(StartServer(testing::DataPath("models/tiny-qwen2"), {"--max_concurrent", "16"}));
+    server_ =
+        new Server(StartServer(testing::DataPath("models/tiny-qwen2"), {"--max_concurrent", "16"}));
   }
   static void TearDownTestSuite() { delete server_; }
   static Server* server_;
@@ -97,7 +103,8 @@ TEST_F(ServerTest, RunsOnOpenBlasAndServesMetrics) {
   ASSERT_TRUE(info.ok()) << info.status();
   EXPECT_EQ(info->dtype(), "f32");
   EXPECT_EQ(info->blas().rfind("OpenBLAS", 0), 0u)
-      << "kvguard-server runs on '" << info->blas() << "'; scripts/install_deps.sh selects OpenBLAS as libblas.so.3";
+      << "kvguard-server runs on '" << info->blas()
+      << "'; scripts/install_deps.sh selects OpenBLAS as libblas.so.3";
   const std::string text = testing::HttpGet(server_->metrics_port, "/metrics");
   EXPECT_NE(text.find("kvguard_queue_depth"), std::string::npos) << text.substr(0, 300);
 }
@@ -117,12 +124,14 @@ TEST_F(ServerTest, SameIdsAsTheCliWithTheSameSeed) {
 TEST_F(ServerTest, SixteenConcurrentStreamsAreIndependent) {
   GenerationClient c(server_->address);
   std::vector<v1::GenerateRequest> reqs;
-  for (int i = 0; i < 16; ++i) reqs.push_back(Request("Lily has " + std::to_string(i) + " eggs.", 16 + i, 0.7, 100 + i));
+  for (int i = 0; i < 16; ++i)
+    reqs.push_back(Request("Lily has " + std::to_string(i) + " eggs.", 16 + i, 0.7, 100 + i));
   std::vector<std::vector<int32_t>> alone;
   for (const auto& r : reqs) alone.push_back(c.Generate(r).value().token_ids);
   std::vector<std::future<absl::StatusOr<client::GenerateOutcome>>> futures;
   for (const auto& r : reqs) {
-    futures.push_back(std::async(std::launch::async, [&, r] { return GenerationClient(server_->address).Generate(r); }));
+    futures.push_back(std::async(
+        std::launch::async, [&, r] { return GenerationClient(server_->address).Generate(r); }));
   }
   for (int i = 0; i < 16; ++i) {
     auto out = futures[i].get();
@@ -136,12 +145,14 @@ TEST_F(ServerTest, CancellationFreesKvAndDeadlinesExpireCleanly) {
   GenerationClient c(server_->address);
   auto out = c.Generate(Request("Tom has 3 apples.", 400), nullptr, {.cancel_after_chunks = 5});
   EXPECT_EQ(out.status().code(), absl::StatusCode::kCancelled);
-  auto deadline = c.Generate(Request("Tom has 3 apples.", 400), nullptr, {.deadline = std::chrono::milliseconds(30)});
+  auto deadline = c.Generate(Request("Tom has 3 apples.", 400), nullptr,
+                             {.deadline = std::chrono::milliseconds(30)});
   EXPECT_EQ(deadline.status().code(), absl::StatusCode::kDeadlineExceeded);
   // KV held by active sequences returns to zero.
   std::optional<double> held;
   for (int i = 0; i < 100; ++i) {
-    held = testing::MetricValue(testing::HttpGet(server_->metrics_port, "/metrics"), "kvguard_kv_bytes");
+    held = testing::MetricValue(testing::HttpGet(server_->metrics_port, "/metrics"),
+                                "kvguard_kv_bytes");
     if (held && *held == 0) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
@@ -163,24 +174,51 @@ TEST_F(ServerTest, BadRequestsNameTheFieldAndTheServerKeepsServing) {
       {[](auto& r) { r.mutable_token_ids()->add_ids(-1); }, "prompt.token_ids[0]"},
       {[](auto& r) { r.mutable_token_ids()->mutable_ids()->Resize(600, 5); }, "context"},
       {[](auto& r) { r.mutable_stopping()->set_max_new_tokens(0); }, "stopping.max_new_tokens"},
-      {[](auto& r) { r.mutable_stopping()->set_max_new_tokens(1u << 21); }, "stopping.max_new_tokens"},
+      {[](auto& r) { r.mutable_stopping()->set_max_new_tokens(1u << 21); },
+       "stopping.max_new_tokens"},
       {[](auto& r) { r.mutable_stopping()->add_stop(""); }, "stopping.stop[0]"},
-      {[](auto& r) { r.mutable_stopping()->add_stop_token_ids(9999); }, "stopping.stop_token_ids[0]"},
+      {[](auto& r) { r.mutable_stopping()->add_stop_token_ids(9999); },
+       "stopping.stop_token_ids[0]"},
       {[](auto& r) { r.mutable_sampling()->set_temperature(-0.5f); }, "sampling.temperature"},
       {[](auto& r) { r.mutable_sampling()->set_top_k(-3); }, "sampling.top_k"},
       {[](auto& r) { r.mutable_sampling()->mutable_top_p()->set_value(0); }, "sampling.top_p"},
       {[](auto& r) { r.mutable_sampling()->mutable_top_p()->set_value(1.5f); }, "sampling.top_p"},
-      {[](auto& r) { r.mutable_sampling()->mutable_repetition_penalty()->set_value(-1); }, "sampling.repetition_penalty"},
+      {[](auto& r) { r.mutable_sampling()->mutable_repetition_penalty()->set_value(-1); },
+       "sampling.repetition_penalty"},
       {[](auto& r) { r.set_logprobs(50); }, "logprobs"},
-      {[](auto& r) { r.mutable_compression()->set_compressor("nope"); }, "unknown compressor 'nope'"},
-      {[](auto& r) { r.mutable_compression()->set_compressor("snapkv"); r.mutable_compression()->mutable_ratio()->set_value(1.0); }, "compression.ratio"},
-      {[](auto& r) { r.mutable_compression()->set_compressor("snapkv"); r.mutable_compression()->mutable_ratio()->set_value(-0.1); }, "compression.ratio"},
-      {[](auto& r) { r.mutable_compression()->set_compressor("snapkv"); (*r.mutable_compression()->mutable_options())["window"] = "4"; }, "no option 'window'"},
-      {[](auto& r) { r.mutable_compression()->set_compressor("snapkv"); (*r.mutable_compression()->mutable_options())["window_size"] = "x"; }, "window_size"},
+      {[](auto& r) { r.mutable_compression()->set_compressor("nope"); },
+       "unknown compressor 'nope'"},
+      {[](auto& r) {
+         r.mutable_compression()->set_compressor("snapkv");
+         r.mutable_compression()->mutable_ratio()->set_value(1.0);
+       },
+       "compression.ratio"},
+      {[](auto& r) {
+         r.mutable_compression()->set_compressor("snapkv");
+         r.mutable_compression()->mutable_ratio()->set_value(-0.1);
+       },
+       "compression.ratio"},
+      {[](auto& r) {
+         r.mutable_compression()->set_compressor("snapkv");
+         (*r.mutable_compression()->mutable_options())["window"] = "4";
+       },
+       "no option 'window'"},
+      {[](auto& r) {
+         r.mutable_compression()->set_compressor("snapkv");
+         (*r.mutable_compression()->mutable_options())["window_size"] = "x";
+       },
+       "window_size"},
       {[](auto& r) { r.mutable_compression()->set_compressor("q2c"); }, "question span"},
-      {[](auto& r) { r.mutable_compression()->set_compressor("q2c"); r.mutable_compression()->mutable_question_begin()->set_value(5); r.mutable_compression()->mutable_question_end()->set_value(2); }, "question_begin"},
-      {[](auto& r) { r.mutable_compression()->mutable_ratio()->set_value(0.5); }, "needs compression.compressor"},
-      {[](auto& r) { r.mutable_compression()->mutable_guard()->set_value(true); }, "compression.guard"},
+      {[](auto& r) {
+         r.mutable_compression()->set_compressor("q2c");
+         r.mutable_compression()->mutable_question_begin()->set_value(5);
+         r.mutable_compression()->mutable_question_end()->set_value(2);
+       },
+       "question_begin"},
+      {[](auto& r) { r.mutable_compression()->mutable_ratio()->set_value(0.5); },
+       "needs compression.compressor"},
+      {[](auto& r) { r.mutable_compression()->mutable_guard()->set_value(true); },
+       "compression.guard"},
       {[](auto& r) { r.set_gold_answer("seven"); }, "gold_answer"},
       {[](auto& r) { r.set_request_id(std::string(300, 'x')); }, "request_id"},
   };
@@ -206,9 +244,10 @@ TEST_F(ServerTest, MetricsExposeTheDocumentedFamilies) {
   for (const char* name :
        {"kvguard_requests_total", "kvguard_generated_tokens_total", "kvguard_prompt_tokens_total",
         "kvguard_time_to_first_token_seconds_bucket", "kvguard_inter_token_latency_seconds_bucket",
-        "kvguard_request_duration_seconds_bucket", "kvguard_decode_step_seconds_bucket", "kvguard_batch_size_bucket",
-        "kvguard_queue_depth", "kvguard_active_sequences", "kvguard_kv_bytes", "kvguard_kv_retained_fraction_bucket",
-        "kvguard_mode_steps_total", "kvguard_generations_total", "kvguard_kv_bytes_saved_total",
+        "kvguard_request_duration_seconds_bucket", "kvguard_decode_step_seconds_bucket",
+        "kvguard_batch_size_bucket", "kvguard_queue_depth", "kvguard_active_sequences",
+        "kvguard_kv_bytes", "kvguard_kv_retained_fraction_bucket", "kvguard_mode_steps_total",
+        "kvguard_generations_total", "kvguard_kv_bytes_saved_total",
         "kvguard_guard_fail_safe_total", "kvguard_requests_rejected_total"}) {
     EXPECT_NE(text.find(name), std::string::npos) << name;
   }
@@ -231,18 +270,26 @@ TEST(ServerProcessTest, QueueLimitGivesResourceExhausted) {
     exhausted += code == absl::StatusCode::kResourceExhausted;
     ok += code == absl::StatusCode::kOk;
   }
-  // One running + one queued at a time: most of eight simultaneous calls are refused, none fail otherwise.
+  // One running + one queued at a time: most of eight simultaneous calls are refused, none fail
+  // otherwise.
   EXPECT_GE(exhausted, 1) << codes;
   EXPECT_GE(ok, 1) << codes;
   EXPECT_EQ(exhausted + ok, 8) << codes;
 }
 
 TEST(ServerProcessTest, SigtermDrainsInFlightStreams) {
-  Server s = StartServer(testing::ModelsPath("stories260K/stories260K.bin"), {"--drain_grace_ms", "20000"});
+  Server s = StartServer(testing::ModelsPath("stories260K/stories260K.bin"),
+                         {"--drain_grace_ms", "20000"});
+  // SIGTERM once the stream is running: the drain's GOAWAY refuses calls that have not started.
+  std::promise<void> started;
   auto call = std::async(std::launch::async, [&] {
-    return GenerationClient(s.address).Generate(IdsRequest({1}, 480));
+    bool first = true;
+    return GenerationClient(s.address).Generate(IdsRequest({1}, 480), [&](const v1::TokenChunk&) {
+      if (first) started.set_value();
+      first = false;
+    });
   });
-  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  ASSERT_EQ(started.get_future().wait_for(std::chrono::seconds(30)), std::future_status::ready);
   s.process->Signal(SIGTERM);
   auto out = call.get();
   ASSERT_TRUE(out.ok()) << out.status();
