@@ -182,7 +182,11 @@ TEST(RolloutTest, DrainSendsGoawayAtOnceAndClientsMoveToAnotherReplica) {
   GenerationClient direct(a.address);
   auto refused =
       direct.Generate(Request(2), nullptr, {.connect_timeout = std::chrono::milliseconds(500)});
-  EXPECT_EQ(refused.status().code(), absl::StatusCode::kUnavailable) << refused.status();
+  // Refused without running: UNAVAILABLE, or CANCELLED when the call reached the server as its
+  // shutdown began (seen under TSan's slowdown).
+  EXPECT_TRUE(refused.status().code() == absl::StatusCode::kUnavailable ||
+              refused.status().code() == absl::StatusCode::kCancelled)
+      << refused.status();
   for (int i = 0; i < 6; ++i) {
     auto out = rr.Generate(Request(4));
     EXPECT_TRUE(out.ok()) << i << ": " << out.status();

@@ -188,7 +188,15 @@ TEST_F(SecurityTest, BearerTokensAndPerClientStreamLimit) {
             absl::StatusCode::kUnauthenticated);
 
   // Alice holds one long stream: her second is refused, Bob's is not.
-  auto first = std::async(std::launch::async, [&] { return alice().Generate(IdsRequest(1, 500)); });
+  std::promise<void> started;
+  auto first = std::async(std::launch::async, [&] {
+    bool once = true;
+    return alice().Generate(IdsRequest(1, 500), [&](const v1::TokenChunk&) {
+      if (once) started.set_value();
+      once = false;
+    });
+  });
+  ASSERT_EQ(started.get_future().wait_for(std::chrono::seconds(30)), std::future_status::ready);
   bool refused = false;
   for (int i = 0; i < 100 && !refused; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
