@@ -77,6 +77,13 @@ if ls /etc/apt/sources.list.d/*.sources >/dev/null 2>&1; then
   cp /etc/apt/sources.list.d/*.sources "$ROOT/etc/apt/sources.list.d/"
   : >"$ROOT/etc/apt/sources.list"
 fi
+# This machine's extra CA certificates (e.g. a TLS-inspecting egress proxy's), trusted in the root
+# as they are here; on a user's machine the system store already reaches the registries.
+if ls /usr/local/share/ca-certificates/*.crt >/dev/null 2>&1; then
+  mkdir -p "$ROOT/usr/local/share/ca-certificates"
+  cp /usr/local/share/ca-certificates/*.crt "$ROOT/usr/local/share/ca-certificates/"
+  chroot "$ROOT" update-ca-certificates >/dev/null 2>&1 || true
+fi
 git clone -q --no-local "$REPO" "$ROOT/work/kvguard"
 echo "fresh_check: cloned $(git -C "$REPO" rev-parse --short HEAD) into $ROOT/work/kvguard" >&2
 
@@ -101,7 +108,7 @@ mount_in tmpfs tmpfs "$ROOT/dev/shm"
 echo "fresh_check: running '${COMMAND[*]}' in $ROOT/work/kvguard (log: $LOG)" >&2
 set +e
 chroot "$ROOT" /usr/bin/env -i HOME=/root PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-  LANG=C.UTF-8 TERM=dumb /bin/bash -c 'cd /work/kvguard && exec "$@"' fresh_check "${COMMAND[@]}" >"$LOG" 2>&1
+  LANG=C.UTF-8 TERM=dumb NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt /bin/bash -c 'cd /work/kvguard && exec "$@"' fresh_check "${COMMAND[@]}" >"$LOG" 2>&1
 rc=$?
 set -e
 cleanup
