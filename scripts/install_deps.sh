@@ -4,6 +4,7 @@
 # for f32 matmuls: the reference BLAS is ~30-60x slower on prefill, and BLIS 0.9.0 reads past its
 # operands in sgemm (a segfault in batched decode); reports/bench/blas.md has the measurements.
 # OpenBLAS's static TLS needs the thread-stack floor in common/thread_stack_floor.cc for /metrics.
+# openssl: security_test makes its certificates with the openssl CLI.
 # Also installs the npm packages of tests/ops/k8s-schema (the Kubernetes and prometheus-operator
 # schema validator of the Helm chart test ops_k8s_schema) with `npm ci` from its package-lock.json.
 # Idempotent: prints nothing and touches nothing when all is in place.
@@ -18,6 +19,7 @@ PACKAGES=(
   prometheus-cpp-dev libxgboost-dev
   python3-grpcio python3-grpc-tools python3-protobuf python3-pkg-resources
   prometheus golang-go golang-github-masterminds-sprig-dev golang-gopkg-yaml.v3-dev python3-yaml python3-jsonschema
+  openssl
 )
 
 missing=()
