@@ -57,7 +57,12 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
   // Held for the stream's life: the client's slot under --max_streams_per_client.
   void Hold(std::unique_ptr<StreamQuota::Slot> slot) { slot_ = std::move(slot); }
   void Write(const v1::GenerateResponse* r) { StartWrite(r); }
-  void End(const grpc::Status& s) { Finish(s); }
+  // The client's stream slot is free before it can see the stream end, so its next call
+  // right after never finds the slot still held.
+  void End(const grpc::Status& s) {
+    slot_.reset();
+    Finish(s);
+  }
 
   void OnWriteDone(bool ok) override { sink_->OnWriteDone(ok); }
   void OnCancel() override { sink_->MarkCancelled(); }
