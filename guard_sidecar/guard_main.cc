@@ -22,8 +22,7 @@
 #include "absl/flags/usage_config.h"
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
-#include "common/grpc_reflection.h"
-#include "common/grpc_tls.h"
+#include "common/grpc_serve.h"
 #include "common/status_macros.h"
 #include "guard_sidecar/guard_service.h"
 
@@ -121,22 +120,14 @@ absl::StatusOr<Setup> Prepare() {
 std::string Host(const std::string& address) { return address.substr(0, address.rfind(':')); }
 
 absl::StatusOr<std::unique_ptr<grpc::Server>> Listen(grpc::Service& service, int* port) {
-  auto credentials = MakeServerCredentials({.cert_file = absl::GetFlag(FLAGS_tls_cert_file),
-                                            .key_file = absl::GetFlag(FLAGS_tls_key_file),
-                                            .ca_file = absl::GetFlag(FLAGS_tls_client_ca_file),
-                                            .reload_s = absl::GetFlag(FLAGS_tls_reload_s)});
-  if (!credentials.ok()) return credentials.status();
-  grpc::EnableDefaultHealthCheckService(true);
-  if (absl::GetFlag(FLAGS_enable_reflection)) {
-    if (absl::Status st = EnableServerReflection(); !st.ok()) return st;
-  }
-  grpc::ServerBuilder builder;
-  const std::string listen = absl::GetFlag(FLAGS_listen);
-  builder.AddListeningPort(listen, *credentials, port);
-  builder.RegisterService(&service);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (!server || *port == 0) return absl::UnavailableError("cannot listen on " + listen);
-  return server;
+  return StartGrpcServer(service,
+                         {.listen = absl::GetFlag(FLAGS_listen),
+                          .tls = {.cert_file = absl::GetFlag(FLAGS_tls_cert_file),
+                                  .key_file = absl::GetFlag(FLAGS_tls_key_file),
+                                  .ca_file = absl::GetFlag(FLAGS_tls_client_ca_file),
+                                  .reload_s = absl::GetFlag(FLAGS_tls_reload_s)},
+                          .reflection = absl::GetFlag(FLAGS_enable_reflection)},
+                         port);
 }
 
 // The server's link is the guard's only client: while it is open, the server

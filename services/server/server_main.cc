@@ -23,7 +23,7 @@
 #include "absl/flags/usage_config.h"
 #include "absl/strings/str_cat.h"
 #include "common/blas.h"
-#include "common/grpc_reflection.h"
+#include "common/grpc_serve.h"
 #include "common/grpc_tls.h"
 #include "compressors/plugin_loader.h"
 #include "services/engine/checkpoint.h"
@@ -189,27 +189,23 @@ absl::StatusOr<Access> MakeAccess() {
 // Listens on --listen with the TLS, size and connection-age settings; the
 // bound port (port 0 picks one) is written to *port.
 absl::StatusOr<std::unique_ptr<grpc::Server>> Listen(grpc::Service& service, int* port) {
-  auto credentials = MakeServerCredentials({.cert_file = absl::GetFlag(FLAGS_tls_cert_file),
-                                            .key_file = absl::GetFlag(FLAGS_tls_key_file),
-                                            .ca_file = absl::GetFlag(FLAGS_tls_client_ca_file),
-                                            .reload_s = absl::GetFlag(FLAGS_tls_reload_s)});
-  if (!credentials.ok()) return credentials.status();
-  grpc::EnableDefaultHealthCheckService(true);
-  if (absl::GetFlag(FLAGS_enable_reflection)) {
-    if (absl::Status st = EnableServerReflection(); !st.ok()) return st;
-  }
-  grpc::ServerBuilder builder;
-  builder.AddListeningPort(absl::GetFlag(FLAGS_listen), *credentials, port);
-  builder.SetMaxReceiveMessageSize(absl::GetFlag(FLAGS_max_request_bytes));
-  if (const int age = absl::GetFlag(FLAGS_max_connection_age_ms); age > 0) {
-    // Streams open when the age is reached finish on the old connection (no grace limit).
-    builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_MS, age);
-  }
-  builder.RegisterService(&service);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (!server || *port == 0)
-    return absl::UnavailableError("cannot listen on " + absl::GetFlag(FLAGS_listen));
-  server->GetHealthCheckService()->SetServingStatus(true);
+  auto server = StartGrpcServer(
+      service,
+      {.listen = absl::GetFlag(FLAGS_listen),
+       .tls = {.cert_file = absl::GetFlag(FLAGS_tls_cert_file),
+               .key_file = absl::GetFlag(FLAGS_tls_key_file),
+               .ca_file = absl::GetFlag(FLAGS_tls_client_ca_file),
+               .reload_s = absl::GetFlag(FLAGS_tls_reload_s)},
+       .reflection = absl::GetFlag(FLAGS_enable_reflection),
+       .configure =
+           [](grpc::ServerBuilder& builder) {
+             builder.SetMaxReceiveMessageSize(absl::GetFlag(FLAGS_max_request_bytes));
+             // Streams open when the age is reached finish on the old connection (no grace limit).
+             if (const int age = absl::GetFlag(FLAGS_max_connection_age_ms); age > 0)
+               builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_MS, age);
+           }},
+      port);
+  if (server.ok()) (*server)->GetHealthCheckService()->SetServingStatus(true);
   return server;
 }
 
