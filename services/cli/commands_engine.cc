@@ -15,9 +15,9 @@
 namespace kvguard::cli {
 namespace {
 
-using nlohmann::json;
 using engine::Engine;
 using engine::EngineOptions;
+using nlohmann::json;
 
 std::string Dump(const json& j) {
   // Replace invalid UTF-8 rather than throw: a model may emit partial bytes.
@@ -28,6 +28,7 @@ absl::StatusOr<EngineOptions> EngineOptionsFrom(const CliArgs& args) {
   EngineOptions options;
   options.device = args.Get("device", "cpu");
   options.dtype = args.Get("dtype", "auto");
+  options.weights = args.Get("weights", "native");
   KVG_ASSIGN_OR_RETURN(int64_t threads, args.GetInt("threads", 0));
   options.num_threads = static_cast<int>(threads);
   return options;
@@ -54,7 +55,8 @@ absl::StatusOr<engine::GenerateRequest> RequestFrom(const CliArgs& args, const E
     KVG_ASSIGN_OR_RETURN(req.prompt_ids, ParseIdList(args.Get("ids")));
   } else {
     if (eng.tokenizer() == nullptr) {
-      return absl::InvalidArgumentError("this model has no tokenizer.json: use --ids instead of --prompt");
+      return absl::InvalidArgumentError(
+          "this model has no tokenizer.json: use --ids instead of --prompt");
     }
     KVG_ASSIGN_OR_RETURN(req.prompt_ids, eng.tokenizer()->Encode(args.Get("prompt")));
   }
@@ -119,8 +121,8 @@ absl::Status RunTokenize(int argc, char** argv) {
   KVG_ASSIGN_OR_RETURN(std::vector<int32_t> ids, ParseIdList(args.Get("ids")));
   for (int32_t id : ids) {
     if (id < 0 || id >= tokenizer->vocab_size()) {
-      return absl::InvalidArgumentError(absl::StrCat("token id ", id, " is outside the vocabulary [0, ",
-                                                     tokenizer->vocab_size(), ")"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "token id ", id, " is outside the vocabulary [0, ", tokenizer->vocab_size(), ")"));
     }
   }
   std::cout << Dump(json{{"text", tokenizer->Decode(ids)}}) << "\n";
@@ -129,7 +131,8 @@ absl::Status RunTokenize(int argc, char** argv) {
 
 absl::Status RunLogits(int argc, char** argv) {
   CliArgs args;
-  KVG_RETURN_IF_ERROR(args.Parse(argc, argv, {"model", "ids", "device", "dtype", "threads"}, {}));
+  KVG_RETURN_IF_ERROR(
+      args.Parse(argc, argv, {"model", "ids", "device", "dtype", "weights", "threads"}, {}));
   KVG_ASSIGN_OR_RETURN(std::string model, args.Require("model"));
   KVG_ASSIGN_OR_RETURN(std::string ids_text, args.Require("ids"));
   KVG_ASSIGN_OR_RETURN(std::vector<int32_t> ids, ParseIdList(ids_text));
@@ -154,12 +157,15 @@ absl::Status RunLogits(int argc, char** argv) {
 
 absl::Status RunGenerate(int argc, char** argv) {
   CliArgs args;
-  KVG_RETURN_IF_ERROR(args.Parse(
-      argc, argv,
-      {"model", "prompt", "ids", "max-new-tokens", "temperature", "top-k", "top-p", "seed",
-       "repetition-penalty", "stop", "stop-id", "logprobs", "device", "dtype", "threads",
-       "compressor", "ratio", "compressor-opt", "compress-every", "plugin"},
-      {"ignore-eos", "json"}));
+  KVG_RETURN_IF_ERROR(args.Parse(argc, argv,
+                                 {"model",          "prompt",         "ids",
+                                  "max-new-tokens", "temperature",    "top-k",
+                                  "top-p",          "seed",           "repetition-penalty",
+                                  "stop",           "stop-id",        "logprobs",
+                                  "device",         "dtype",          "weights",
+                                  "threads",        "compressor",     "ratio",
+                                  "compressor-opt", "compress-every", "plugin"},
+                                 {"ignore-eos", "json"}));
   for (const std::string& path : args.GetAll("plugin")) {
     KVG_RETURN_IF_ERROR(compress::LoadCompressorPlugin(path, compress::Registry::Global()));
   }
@@ -177,9 +183,11 @@ absl::Status RunGenerate(int argc, char** argv) {
   } else {
     std::cout << Dump(json(result.output_ids)) << "\n";
   }
-  const double tps = result.decode_seconds > 0 ? (result.output_ids.size() - 1) / result.decode_seconds : 0;
-  std::cerr << "[" << result.output_ids.size() << " tokens, finish=" << engine::FinishReasonName(result.finish_reason)
-            << ", prefill " << result.prefill_seconds * 1000 << " ms, decode " << tps << " tok/s]\n";
+  const double tps =
+      result.decode_seconds > 0 ? (result.output_ids.size() - 1) / result.decode_seconds : 0;
+  std::cerr << "[" << result.output_ids.size()
+            << " tokens, finish=" << engine::FinishReasonName(result.finish_reason) << ", prefill "
+            << result.prefill_seconds * 1000 << " ms, decode " << tps << " tok/s]\n";
   return absl::OkStatus();
 }
 
@@ -212,8 +220,8 @@ absl::Status RunKept(int argc, char** argv) {
 absl::Status RunBench(int argc, char** argv) {
   CliArgs args;
   KVG_RETURN_IF_ERROR(args.Parse(argc, argv,
-                                 {"model", "device", "dtype", "threads", "batch", "prompt-tokens",
-                                  "decode-tokens", "warmup"},
+                                 {"model", "device", "dtype", "weights", "threads", "batch",
+                                  "prompt-tokens", "decode-tokens", "warmup"},
                                  {"json"}));
   KVG_ASSIGN_OR_RETURN(std::string model, args.Require("model"));
   KVG_ASSIGN_OR_RETURN(EngineOptions options, EngineOptionsFrom(args));
@@ -229,6 +237,9 @@ absl::Status RunBench(int argc, char** argv) {
               {"threads", options.num_threads},
               {"blas", r.blas},
               {"matmul", r.matmul},
+              {"weights", r.weights},
+              {"logit_rel_rms_error", r.logit_rel_rms_error},
+              {"top1_agreement", r.top1_agreement},
               {"batch", bench.batch},
               {"prompt_tokens", bench.prompt_tokens},
               {"decode_tokens", bench.decode_tokens},

@@ -37,7 +37,8 @@ research::ProblemOptions DefaultProblems() {
   return o;
 }
 
-absl::StatusOr<int64_t> PositiveInt(const CliArgs& args, const std::string& name, int64_t fallback) {
+absl::StatusOr<int64_t> PositiveInt(const CliArgs& args, const std::string& name,
+                                    int64_t fallback) {
   KVG_ASSIGN_OR_RETURN(int64_t v, args.GetInt(name, fallback));
   if (v < 1) return absl::InvalidArgumentError(absl::StrCat("--", name, " must be >= 1"));
   return v;
@@ -59,15 +60,16 @@ absl::StatusOr<trainer::TrainOptions> TrainOptionsFrom(const CliArgs& args) {
   trainer::TrainOptions o;
   KVG_ASSIGN_OR_RETURN(o.steps, PositiveInt(args, "steps", o.steps));
   KVG_ASSIGN_OR_RETURN(o.batch, PositiveInt(args, "batch", o.batch));
-  KVG_ASSIGN_OR_RETURN(o.warmup_steps, PositiveInt(args, "warmup", std::min<int64_t>(100, o.steps)));
+  KVG_ASSIGN_OR_RETURN(o.warmup_steps,
+                       PositiveInt(args, "warmup", std::min<int64_t>(100, o.steps)));
   KVG_ASSIGN_OR_RETURN(o.lr, args.GetDouble("lr", o.lr));
   KVG_ASSIGN_OR_RETURN(o.time_budget_s, args.GetDouble("time-budget", 0.0));
   KVG_ASSIGN_OR_RETURN(int64_t seed, args.GetInt("seed", 1));
   o.seed = static_cast<uint64_t>(seed);
   KVG_ASSIGN_OR_RETURN(int64_t threads, PositiveInt(args, "threads", 1));
   o.threads = static_cast<int>(threads);
-  KVG_ASSIGN_OR_RETURN(o.problems, trainer::ApplyProblemOpts(DefaultProblems(),
-                                                             args.GetAll("problem-opt")));
+  KVG_ASSIGN_OR_RETURN(o.problems,
+                       trainer::ApplyProblemOpts(DefaultProblems(), args.GetAll("problem-opt")));
   if (!(o.lr > 0)) return absl::InvalidArgumentError("--lr must be > 0");
   return o;
 }
@@ -96,7 +98,7 @@ void PrintEvalProgress(int64_t done, int64_t total) {
 }
 
 json EvalJson(const trainer::EvalResult& ev) {
-  return {{"split", "test"},       {"problems", ev.total},   {"correct", ev.correct},
+  return {{"split", "test"},         {"problems", ev.total},  {"correct", ev.correct},
           {"accuracy", ev.accuracy}, {"seconds", ev.seconds}, {"decoding", "greedy, uncompressed"}};
 }
 
@@ -104,18 +106,20 @@ json EvalJson(const trainer::EvalResult& ev) {
 
 absl::Status RunTrainLm(int argc, char** argv) {
   CliArgs args;
-  KVG_RETURN_IF_ERROR(args.Parse(argc, argv,
-                                 {"out", "steps", "batch", "dim", "layers", "heads", "kv-heads",
-                                  "ffn", "max-positions", "lr", "warmup", "seed", "threads",
-                                  "train-problems", "eval-problems", "problem-opt", "time-budget", "init"},
-                                 {}));
+  KVG_RETURN_IF_ERROR(
+      args.Parse(argc, argv,
+                 {"out", "steps", "batch", "dim", "layers", "heads", "kv-heads", "ffn",
+                  "max-positions", "lr", "warmup", "seed", "threads", "train-problems",
+                  "eval-problems", "problem-opt", "time-budget", "init"},
+                 {}));
   KVG_ASSIGN_OR_RETURN(std::string out, args.Require("out"));
   // --init DIR continues from an earlier checkpoint (its shape wins).
   KVG_ASSIGN_OR_RETURN(trainer::LmShape shape,
                        args.Has("init") ? trainer::ReadShape(args.Get("init")) : ShapeFrom(args));
   // RoPE has no learned positions, so a continued model may take a longer context.
   if (args.Has("init") && args.Has("max-positions")) {
-    KVG_ASSIGN_OR_RETURN(shape.max_positions, PositiveInt(args, "max-positions", shape.max_positions));
+    KVG_ASSIGN_OR_RETURN(shape.max_positions,
+                         PositiveInt(args, "max-positions", shape.max_positions));
   }
   KVG_ASSIGN_OR_RETURN(trainer::TrainOptions options, TrainOptionsFrom(args));
   KVG_ASSIGN_OR_RETURN(int64_t eval_problems, args.GetInt("eval-problems", 200));
@@ -136,14 +140,21 @@ absl::Status RunTrainLm(int argc, char** argv) {
                  {"init", args.Get("init")},
                  {"threads", options.threads},
                  {"parameters", model->num_parameters()},
-                 {"model", {{"dim", shape.dim}, {"layers", shape.layers}, {"heads", shape.heads},
-                            {"kv_heads", shape.kv_heads}, {"ffn", shape.ffn},
-                            {"max_positions", shape.max_positions}}},
-                 {"optimizer", {{"name", "AdamW"}, {"lr", options.lr}, {"betas", {0.9, 0.95}},
-                                {"weight_decay", options.weight_decay},
-                                {"warmup_steps", options.warmup_steps},
-                                {"schedule", "linear warmup, cosine to lr*0.1"},
-                                {"grad_clip", options.grad_clip}}},
+                 {"model",
+                  {{"dim", shape.dim},
+                   {"layers", shape.layers},
+                   {"heads", shape.heads},
+                   {"kv_heads", shape.kv_heads},
+                   {"ffn", shape.ffn},
+                   {"max_positions", shape.max_positions}}},
+                 {"optimizer",
+                  {{"name", "AdamW"},
+                   {"lr", options.lr},
+                   {"betas", {0.9, 0.95}},
+                   {"weight_decay", options.weight_decay},
+                   {"warmup_steps", options.warmup_steps},
+                   {"schedule", "linear warmup, cosine to lr*0.1"},
+                   {"grad_clip", options.grad_clip}}},
                  {"steps", options.steps},
                  {"steps_done", static_cast<int64_t>(report.steps.size())},
                  {"time_budget_s", options.time_budget_s},
@@ -154,8 +165,8 @@ absl::Status RunTrainLm(int argc, char** argv) {
                          trainer::EvaluateGreedy(out, options.problems, eval_problems,
                                                  options.threads, PrintEvalProgress));
     record["eval"] = EvalJson(ev);
-    std::cout << absl::StrFormat("held-out greedy accuracy: %d/%d = %.1f%%\n", ev.correct,
-                                 ev.total, 100.0 * ev.accuracy);
+    std::cout << absl::StrFormat("held-out greedy accuracy: %d/%d = %.1f%%\n", ev.correct, ev.total,
+                                 100.0 * ev.accuracy);
   }
   KVG_RETURN_IF_ERROR(trainer::WriteTrainingRecord(out, report, record));
   std::cout << absl::StrFormat("wrote %s (train %.0fs, final loss %.4f)\n", out, report.wall_s,
@@ -165,8 +176,8 @@ absl::Status RunTrainLm(int argc, char** argv) {
 
 absl::Status RunEvalLm(int argc, char** argv) {
   CliArgs args;
-  KVG_RETURN_IF_ERROR(args.Parse(argc, argv, {"model", "problems", "threads", "problem-opt"},
-                                 {"json", "show"}));
+  KVG_RETURN_IF_ERROR(args.Parse(
+      argc, argv, {"model", "problems", "threads", "problem-opt", "weights"}, {"json", "show"}));
   KVG_ASSIGN_OR_RETURN(std::string model, args.Require("model"));
   KVG_ASSIGN_OR_RETURN(int64_t count, PositiveInt(args, "problems", 200));
   KVG_ASSIGN_OR_RETURN(int64_t threads, PositiveInt(args, "threads", 1));
@@ -184,7 +195,7 @@ absl::Status RunEvalLm(int argc, char** argv) {
                        trainer::ApplyProblemOpts(base, args.GetAll("problem-opt")));
   KVG_ASSIGN_OR_RETURN(trainer::EvalResult ev,
                        trainer::EvaluateGreedy(model, problems, count, static_cast<int>(threads),
-                                               PrintEvalProgress));
+                                               PrintEvalProgress, args.Get("weights", "native")));
   if (args.Has("show")) {
     for (const auto& s : ev.samples) {
       std::cout << s.id << (s.correct ? " OK " : " WRONG ") << "gold=" << s.gold << "\n"

@@ -18,7 +18,7 @@ commands:
   generate  --model PATH (--prompt TEXT | --ids 1,2,3) --max-new-tokens N
             [--temperature T] [--top-k K] [--top-p P] [--seed S] [--repetition-penalty R]
             [--stop STR]... [--stop-id ID]... [--ignore-eos] [--logprobs K]
-            [--device D] [--dtype T] [--threads N] [--json]
+            [--device D] [--dtype T] [--weights native|int8] [--threads N] [--json]
             [--compressor NAME --ratio R [--compressor-opt key=value]... [--compress-every N]]
   kept      --model PATH --ids 1,2,3 --compressor NAME --ratio R [--compressor-opt key=value]...
             [--scores]
@@ -38,8 +38,9 @@ commands:
   problems  [--split train|val|test] [--count N] [--start K] [--problem-opt key=value]... [--json]
   bench-compressors --model PATH [--compressors a,b] [--ratios 0.5,0.9] [--prompt-tokens N]
             [--decode-tokens N] [--compress-every N] [--batch B] [--repeats N] [--threads N] [--out DIR]
-  bench     --model PATH [--device D] [--dtype T] [--batch B] [--prompt-tokens N]
-            [--decode-tokens N] [--threads N] [--json]   (reports the dtype and BLAS it ran on)
+  bench     --model PATH [--device D] [--dtype T] [--weights native|int8] [--batch B]
+            [--prompt-tokens N] [--decode-tokens N] [--threads N] [--json]
+            (reports the dtype, BLAS and product paths; int8: logit error against native)
   random-checkpoint --out DIR [--shape qwen2.5-0.5b|qwen2.5-1.5b|qwen2.5-7b|llama-tiny110m]
             [--dtype bf16|f32] [--seed S]   (random weights of a published shape, for speed tests)
   train-lm  --out DIR [--steps N] [--batch B] [--dim D] [--layers L] [--heads H] [--kv-heads K]
@@ -47,6 +48,7 @@ commands:
             [--eval-problems N] [--problem-opt key=value]... [--time-budget SECONDS]
             [--init DIR]
   eval-lm   --model DIR [--problems N] [--threads T] [--problem-opt key=value]... [--json] [--show]
+            [--weights native|int8]
 )";
 
 }  // namespace

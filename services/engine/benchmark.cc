@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/blas.h"
 #include "common/status_macros.h"
+#include "services/engine/cpu_matvec.h"
 #include "services/engine/llama_model.h"
 
 namespace kvguard::engine {
@@ -20,6 +21,46 @@ using Clock = std::chrono::steady_clock;
 void Synchronize(const LlamaModel& model, const at::Tensor& t) {
   // A host copy waits for the device; cheap for a handful of ids.
   if (model.device().is_cuda()) (void)t.to(at::kCPU);
+}
+
+// Runs the native and the quantized model side by side on one sequence: the
+// native model's greedy choices are fed to both, and their logits compared.
+absl::Status CompareToNativeWeights(const std::string& model_path, const EngineOptions& eo,
+                                    const BenchmarkOptions& options, BenchmarkResult& result) {
+  std::vector<std::unique_ptr<LlamaModel>> models;
+  for (const std::string& weights : {std::string("native"), eo.weights}) {
+    KVG_ASSIGN_OR_RETURN(Checkpoint ckpt, OpenCheckpoint(model_path));
+    KVG_ASSIGN_OR_RETURN(
+        auto m, LlamaModel::Load(std::move(ckpt),
+                                 {.device = eo.device, .dtype = eo.dtype, .weights = weights}));
+    models.push_back(std::move(m));
+  }
+  std::mt19937 rng(1234);
+  std::uniform_int_distribution<int32_t> pick(
+      0, static_cast<int32_t>(models[0]->config().vocab_size - 1));
+  const int64_t total = options.prompt_tokens + options.warmup_steps + options.decode_tokens;
+  std::vector<int32_t> tokens;
+  for (int64_t i = 0; i < options.prompt_tokens; ++i) tokens.push_back(pick(rng));
+  SequenceKvCache native_cache(models[0]->CacheOptions(total));
+  SequenceKvCache quant_cache(models[1]->CacheOptions(total));
+  double error_sum = 0;
+  int64_t agree = 0, steps = 0;
+  for (int64_t s = 0; s <= options.warmup_steps + options.decode_tokens; ++s) {
+    ForwardItem a{.cache = &native_cache, .tokens = tokens};
+    ForwardItem b{.cache = &quant_cache, .tokens = tokens};
+    KVG_ASSIGN_OR_RETURN(at::Tensor want, models[0]->Forward({&a, 1}));
+    KVG_ASSIGN_OR_RETURN(at::Tensor got, models[1]->Forward({&b, 1}));
+    want = want.to(at::kCPU).to(at::kDouble);
+    got = got.to(at::kCPU).to(at::kDouble);
+    error_sum += (got - want).norm().item<double>() / want.norm().item<double>();
+    const int64_t choice = want.argmax(-1).item<int64_t>();
+    agree += got.argmax(-1).item<int64_t>() == choice;
+    ++steps;
+    tokens = {static_cast<int32_t>(choice)};
+  }
+  result.logit_rel_rms_error = error_sum / static_cast<double>(steps);
+  result.top1_agreement = static_cast<double>(agree) / static_cast<double>(steps);
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -45,18 +86,24 @@ absl::StatusOr<BenchmarkResult> RunBenchmark(const std::string& model_path,
   BenchmarkResult result;
   KVG_ASSIGN_OR_RETURN(auto model,
                        LlamaModel::Load(std::move(ckpt), {.device = engine_options.device,
-                                                          .dtype = engine_options.dtype}));
+                                                          .dtype = engine_options.dtype,
+                                                          .weights = engine_options.weights}));
   result.dtype = DtypeName(model->dtype());
   const BlasInfo blas = DescribeBlas();
   result.blas = blas.path.empty() ? blas.name : absl::StrCat(blas.name, " (", blas.path, ")");
   // libtorch's CPU linear: f32 calls the BLAS's sgemm; bf16/f16 go to oneDNN when built with it.
   if (model->device().is_cuda()) {
     result.matmul = "CUDA (cuBLAS)";
-  } else if (model->dtype() == at::kFloat) {
-    result.matmul = absl::StrCat("BLAS sgemm (", blas.name, ")");
   } else {
-    result.matmul = at::hasMKLDNN() ? "oneDNN" : "ATen reference kernels";
+    const std::string gemm = model->weights() == "int8" ? "int8 dequantized to " : "";
+    result.matmul = absl::StrCat(
+        "decode (<= ", cpu::kMaxMatVecRows, " rows): kvguard MatVec (", cpu::MatVecIsa(), ", ",
+        model->weights() == "int8" ? "int8" : DtypeName(model->dtype()),
+        " weights); prefill: ", gemm,
+        model->dtype() == at::kFloat ? absl::StrCat("BLAS sgemm (", blas.name, ")")
+                                     : (at::hasMKLDNN() ? "oneDNN" : "ATen reference kernels"));
   }
+  result.weights = model->weights();
   std::mt19937 rng(1234);
   std::uniform_int_distribution<int32_t> pick(0, static_cast<int32_t>(vocab - 1));
   std::vector<std::unique_ptr<SequenceKvCache>> caches;
@@ -89,6 +136,10 @@ absl::StatusOr<BenchmarkResult> RunBenchmark(const std::string& model_path,
   result.decode_ms_per_step = 1000.0 * decode_s / static_cast<double>(options.decode_tokens);
   result.decode_tokens_per_s =
       static_cast<double>(options.batch * options.decode_tokens) / decode_s;
+  if (model->weights() != "native") {
+    model.reset();  // one model in memory at a time
+    KVG_RETURN_IF_ERROR(CompareToNativeWeights(model_path, engine_options, options, result));
+  }
   return result;
 }
 

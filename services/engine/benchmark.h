@@ -28,9 +28,15 @@ struct BenchmarkResult {
   double decode_tokens_per_s = 0;  // summed over the batch
   double decode_ms_per_step = 0;
   int64_t steps = 0;
-  std::string dtype;   // the compute dtype measured ("auto" resolved)
-  std::string blas;    // CPU: the BLAS library libtorch's f32 matmuls ran on (name and path)
-  std::string matmul;  // the GEMM path the measured dtype takes: BLAS sgemm, oneDNN, or CUDA
+  std::string dtype;    // the compute dtype measured ("auto" resolved)
+  std::string blas;     // CPU: the BLAS library libtorch's f32 matmuls ran on (name and path)
+  std::string matmul;   // the product paths: decode MatVec (CPU) and the prefill GEMM
+  std::string weights;  // "native" or "int8"
+  // int8 weights only: their logits against the native-weight model's on the
+  // same greedy trajectory (the native model's choices fed to both), over the
+  // prefill's last position and every warm-up and timed decode step.
+  double logit_rel_rms_error = 0;  // mean over steps of ||int8 - native|| / ||native||
+  double top1_agreement = 1;       // share of steps whose argmax agrees
 };
 
 // Per compressor and ratio: final KV bytes and decode time per step relative

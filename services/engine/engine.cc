@@ -64,8 +64,10 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Load(const std::string& model_pa
   if (!ckpt.tokenizer_path.empty()) {
     KVG_ASSIGN_OR_RETURN(impl->tokenizer, Tokenizer::Load(ckpt.tokenizer_path));
   }
-  KVG_ASSIGN_OR_RETURN(impl->model, LlamaModel::Load(std::move(ckpt), {.device = options.device,
-                                                                       .dtype = options.dtype}));
+  KVG_ASSIGN_OR_RETURN(impl->model,
+                       LlamaModel::Load(std::move(ckpt), {.device = options.device,
+                                                          .dtype = options.dtype,
+                                                          .weights = options.weights}));
   return std::unique_ptr<Engine>(new Engine(std::move(impl)));
 }
 

@@ -26,8 +26,9 @@ namespace kvguard::engine {
 
 struct EngineOptions {
   std::string device = "cpu";
-  std::string dtype = "auto";  // see ModelOptions::dtype
-  int num_threads = 0;         // intra-op threads for CPU; 0 = libtorch's default
+  std::string dtype = "auto";      // see ModelOptions::dtype
+  std::string weights = "native";  // see ModelOptions::weights
+  int num_threads = 0;             // intra-op threads for CPU; 0 = libtorch's default
 };
 
 struct GenerateRequest {

@@ -1,6 +1,7 @@
 #include "services/engine/llama_model.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
 
 #include <algorithm>
@@ -9,18 +10,41 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/status_macros.h"
+#include "services/engine/cpu_matvec.h"
 
 namespace kvguard::engine {
 namespace {
 
+// One projection y = x W^T + b. On CPU, decode-sized inputs (a few rows) go
+// through cpu::MatVec, which streams W once at memory bandwidth; larger inputs
+// (prefill) through libtorch's GEMM. With int8 weights only the quantized
+// matrix is kept, and a GEMM dequantizes it on the fly.
+struct Linear {
+  at::Tensor weight;         // [out, in], compute dtype (undefined when int8)
+  at::Tensor bias;           // [out], compute dtype, optional
+  at::Tensor bias_f32;       // the bias for MatVec
+  at::Tensor q8, scales;     // int8 weights: [out, in] int8 and [out] f32 per-row scales
+  cpu::WeightMatrix matvec;  // views of weight or q8 (CPU f32/bf16/int8 only)
+  int64_t matvec_rows = 0;   // inputs of up to this many rows take MatVec
+};
+
 struct LayerWeights {
   at::Tensor input_norm, post_norm;  // [d]
-  at::Tensor qkv, qkv_bias;          // [(hq + 2 hkv) * hd, d], bias optional
-  at::Tensor o, o_bias;              // [d, hq * hd]
+  Linear qkv;                        // [(hq + 2 hkv) * hd, d], bias optional
+  Linear o;                          // [d, hq * hd]
   at::Tensor q_norm, k_norm;         // [hd], qwen3 only
-  at::Tensor gate_up;                // [2f, d]
-  at::Tensor down;                   // [d, f]
+  Linear gate_up;                    // [2f, d]
+  Linear down;                       // [d, f]
 };
+
+enum class WeightFormat { kNative, kInt8 };
+
+absl::StatusOr<WeightFormat> ParseWeightFormat(const std::string& name) {
+  if (name == "native") return WeightFormat::kNative;
+  if (name == "int8") return WeightFormat::kInt8;
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown weight format '", name, "' (expected native or int8)"));
+}
 
 absl::StatusOr<at::ScalarType> ParseDtype(const std::string& name) {
   if (name == "f32" || name == "float32") return at::kFloat;
@@ -150,15 +174,31 @@ struct LlamaModel::Impl {
   std::string tokenizer_path;
   at::ScalarType dtype = at::kFloat;
   at::Device device = at::kCPU;
+  WeightFormat weights = WeightFormat::kNative;
   at::Tensor embed;               // [vocab, d]
   at::Tensor final_norm;          // [d]
-  at::Tensor lm_head;             // [vocab, d] (the embedding when tied)
+  Linear lm_head;                 // [vocab, d] (the embedding when tied)
   at::Tensor rope_cos, rope_sin;  // [max_pos, hd] in compute dtype
   std::vector<LayerWeights> layers;
 
   absl::Status LoadWeights(const Checkpoint& ckpt);
   absl::Status LoadLayer(WeightLoader& loader, int64_t l, LayerWeights& w);
   void BuildRope();
+  Linear MakeLinear(at::Tensor weight, at::Tensor bias = {}) const;
+  // x [rows, in] -> [rows, out] in `out` dtype (the compute dtype unless asked otherwise).
+  at::Tensor Apply(const Linear& linear, const at::Tensor& x,
+                   at::ScalarType out = at::ScalarType::Undefined) const;
+  // The same products with the elementwise step before or after them fused
+  // into one pass on CPU decode rows (libtorch ops otherwise; equal results):
+  // Apply(linear, RmsNorm(x, norm)), residual + Apply(linear, a), and
+  // residual + Apply(down, silu(gate) * up).
+  at::Tensor NormThenApply(const Linear& linear, const at::Tensor& x, const at::Tensor& norm) const;
+  at::Tensor ApplyAdd(const Linear& linear, const at::Tensor& a, const at::Tensor& residual) const;
+  at::Tensor SwiGluApplyAdd(const Linear& down, const at::Tensor& gate_up,
+                            const at::Tensor& residual) const;
+  bool Fusable(const Linear& linear, const at::Tensor& x) const;
+  at::Tensor RunMatVec(const Linear& linear, const float* x32, int64_t rows, at::ScalarType out,
+                       const at::Tensor& residual = {}) const;
   at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight) const;
   at::Tensor Rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) const;
   at::Tensor Attention(const ForwardItem& item, int64_t layer, const at::Tensor& q,
@@ -182,6 +222,118 @@ struct LlamaModel::Impl {
   absl::Status Validate(std::span<ForwardItem> batch) const;
 };
 
+Linear LlamaModel::Impl::MakeLinear(at::Tensor weight, at::Tensor bias) const {
+  Linear linear;
+  linear.bias = bias;
+  const bool cpu = device.is_cpu();
+  if (cpu && bias.defined()) linear.bias_f32 = bias.to(at::kFloat).contiguous();
+  linear.matvec = {.bias = cpu && bias.defined() ? linear.bias_f32.data_ptr<float>() : nullptr,
+                   .rows = weight.size(0),
+                   .cols = weight.size(1)};
+  if (weights == WeightFormat::kInt8) {
+    at::Tensor w32 = weight.to(at::kFloat).contiguous();
+    linear.q8 = at::empty(w32.sizes(), at::kChar);
+    linear.scales = at::empty({w32.size(0)}, at::kFloat);
+    cpu::QuantizeRowsInt8(w32.data_ptr<float>(), w32.size(0), w32.size(1),
+                          linear.q8.data_ptr<int8_t>(), linear.scales.data_ptr<float>());
+    linear.matvec.type = cpu::WeightType::kInt8;
+    linear.matvec.data = linear.q8.data_ptr();
+    linear.matvec.scales = linear.scales.data_ptr<float>();
+    linear.matvec_rows = cpu::kMaxMatVecRows;  // a GEMM would first dequantize the matrix
+    return linear;
+  }
+  linear.weight = weight;
+  if (cpu && (dtype == at::kFloat || dtype == at::kBFloat16)) {
+    linear.matvec.type = dtype == at::kFloat ? cpu::WeightType::kF32 : cpu::WeightType::kBF16;
+    linear.matvec.data = weight.data_ptr();
+    // bf16: oneDNN's GEMM matches MatVec from 2 rows up and wins from 8
+    // (reports/bench/engine.md); f32 (tiny models): MatVec up to 16 rows, no slower than sgemm.
+    linear.matvec_rows = dtype == at::kFloat ? cpu::kMaxMatVecRows : 1;
+  }
+  return linear;
+}
+
+namespace {
+
+cpu::OutputType RowType(at::ScalarType t) {
+  return t == at::kFloat ? cpu::OutputType::kF32 : cpu::OutputType::kBF16;
+}
+
+// MatVec's f32 input rows; one buffer per thread (a forward runs on one thread).
+float* Scratch(int64_t count) {
+  thread_local std::vector<float> buffer;
+  if (static_cast<int64_t>(buffer.size()) < count) buffer.resize(count);
+  return buffer.data();
+}
+
+}  // namespace
+
+bool LlamaModel::Impl::Fusable(const Linear& linear, const at::Tensor& x) const {
+  return x.size(0) <= linear.matvec_rows && x.is_contiguous() &&
+         (dtype == at::kFloat || dtype == at::kBFloat16) && x.scalar_type() == dtype;
+}
+
+at::Tensor LlamaModel::Impl::RunMatVec(const Linear& linear, const float* x32, int64_t rows,
+                                       at::ScalarType out, const at::Tensor& residual) const {
+  at::Tensor y = at::empty({rows, linear.matvec.rows}, at::TensorOptions().dtype(out));
+  cpu::MatVec(linear.matvec, x32, rows, y.data_ptr(), RowType(out), at::get_num_threads(),
+              residual.defined() ? residual.data_ptr() : nullptr);
+  return y;
+}
+
+at::Tensor LlamaModel::Impl::NormThenApply(const Linear& linear, const at::Tensor& x,
+                                           const at::Tensor& norm) const {
+  if (!Fusable(linear, x)) return Apply(linear, RmsNorm(x, norm));
+  const int64_t rows = x.size(0), d = x.size(1);
+  float* x32 = Scratch(rows * d);
+  cpu::RmsNormRows(x.data_ptr(), RowType(dtype), rows, d, norm.data_ptr(),
+                   static_cast<float>(config.rms_norm_eps), x32);
+  return RunMatVec(linear, x32, rows, dtype);
+}
+
+at::Tensor LlamaModel::Impl::ApplyAdd(const Linear& linear, const at::Tensor& a,
+                                      const at::Tensor& residual) const {
+  if (!Fusable(linear, a) || !residual.is_contiguous()) return residual + Apply(linear, a);
+  const int64_t rows = a.size(0), cols = a.size(1);
+  float* x32 = Scratch(rows * cols);
+  if (dtype == at::kFloat)
+    std::copy_n(a.data_ptr<float>(), rows * cols, x32);
+  else
+    cpu::Bf16ToF32(reinterpret_cast<const uint16_t*>(a.data_ptr()), x32, rows * cols);
+  return RunMatVec(linear, x32, rows, dtype, residual);
+}
+
+at::Tensor LlamaModel::Impl::SwiGluApplyAdd(const Linear& down, const at::Tensor& gate_up,
+                                            const at::Tensor& residual) const {
+  const int64_t f = config.intermediate_size;
+  if (!Fusable(down, gate_up) || !residual.is_contiguous()) {
+    return residual + Apply(down, at::silu(gate_up.narrow(1, 0, f)) * gate_up.narrow(1, f, f));
+  }
+  const int64_t rows = gate_up.size(0);
+  float* x32 = Scratch(rows * f);
+  cpu::SiluMulRows(gate_up.data_ptr(), RowType(dtype), rows, f, x32);
+  return RunMatVec(down, x32, rows, dtype, residual);
+}
+
+at::Tensor LlamaModel::Impl::Apply(const Linear& linear, const at::Tensor& x,
+                                   at::ScalarType out) const {
+  if (out == at::ScalarType::Undefined) out = dtype;
+  const int64_t rows = x.size(0);
+  if (rows <= linear.matvec_rows && (out == at::kFloat || out == at::kBFloat16)) {
+    at::Tensor x32 = x.to(at::kFloat).contiguous();
+    return RunMatVec(linear, x32.data_ptr<float>(), rows, out);
+  }
+  if (linear.q8.defined()) {
+    // Prefill with int8 weights: dequantize this matrix for one GEMM.
+    at::Tensor w = at::empty(linear.q8.sizes(), at::TensorOptions().dtype(dtype));
+    cpu::DequantizeRowsInt8(linear.q8.data_ptr<int8_t>(), linear.scales.data_ptr<float>(),
+                            w.size(0), w.size(1), w.data_ptr(), RowType(dtype),
+                            at::get_num_threads());
+    return at::linear(x, w, linear.bias).to(out);
+  }
+  return at::linear(x, linear.weight, linear.bias).to(out);
+}
+
 absl::Status LlamaModel::Impl::LoadLayer(WeightLoader& loader, int64_t l, LayerWeights& w) {
   const ModelConfig& c = config;
   const int64_t d = c.hidden_size, hd = c.head_dim, f = c.intermediate_size;
@@ -196,25 +348,29 @@ absl::Status LlamaModel::Impl::LoadLayer(WeightLoader& loader, int64_t l, LayerW
     wq = InterleavedToHalves(wq, c.num_heads, hd);
     wk = InterleavedToHalves(wk, c.num_kv_heads, hd);
   }
-  w.qkv = at::cat({wq, wk, wv}, 0).contiguous();
+  at::Tensor qkv_bias;
   if (c.qkv_bias) {
     KVG_ASSIGN_OR_RETURN(at::Tensor bq, loader.Get(p + "self_attn.q_proj.bias", {q_rows}));
     KVG_ASSIGN_OR_RETURN(at::Tensor bk, loader.Get(p + "self_attn.k_proj.bias", {kv_rows}));
     KVG_ASSIGN_OR_RETURN(at::Tensor bv, loader.Get(p + "self_attn.v_proj.bias", {kv_rows}));
-    w.qkv_bias = at::cat({bq, bk, bv}, 0).contiguous();
+    qkv_bias = at::cat({bq, bk, bv}, 0).contiguous();
   }
-  KVG_ASSIGN_OR_RETURN(w.o, loader.Get(p + "self_attn.o_proj.weight", {d, q_rows}));
+  w.qkv = MakeLinear(at::cat({wq, wk, wv}, 0).contiguous(), qkv_bias);
+  KVG_ASSIGN_OR_RETURN(at::Tensor wo, loader.Get(p + "self_attn.o_proj.weight", {d, q_rows}));
+  at::Tensor o_bias;
   if (c.o_bias) {
-    KVG_ASSIGN_OR_RETURN(w.o_bias, loader.Get(p + "self_attn.o_proj.bias", {d}));
+    KVG_ASSIGN_OR_RETURN(o_bias, loader.Get(p + "self_attn.o_proj.bias", {d}));
   }
+  w.o = MakeLinear(wo, o_bias);
   if (c.qk_norm) {
     KVG_ASSIGN_OR_RETURN(w.q_norm, loader.Get(p + "self_attn.q_norm.weight", {hd}));
     KVG_ASSIGN_OR_RETURN(w.k_norm, loader.Get(p + "self_attn.k_norm.weight", {hd}));
   }
   KVG_ASSIGN_OR_RETURN(at::Tensor gate, loader.Get(p + "mlp.gate_proj.weight", {f, d}));
   KVG_ASSIGN_OR_RETURN(at::Tensor up, loader.Get(p + "mlp.up_proj.weight", {f, d}));
-  w.gate_up = at::cat({gate, up}, 0).contiguous();
-  KVG_ASSIGN_OR_RETURN(w.down, loader.Get(p + "mlp.down_proj.weight", {d, f}));
+  w.gate_up = MakeLinear(at::cat({gate, up}, 0).contiguous());
+  KVG_ASSIGN_OR_RETURN(at::Tensor down, loader.Get(p + "mlp.down_proj.weight", {d, f}));
+  w.down = MakeLinear(down);
   return absl::OkStatus();
 }
 
@@ -226,9 +382,11 @@ absl::Status LlamaModel::Impl::LoadWeights(const Checkpoint& ckpt) {
   KVG_ASSIGN_OR_RETURN(final_norm, loader.Get("model.norm.weight", {c.hidden_size}));
   // Tied checkpoints usually omit lm_head.weight; honour it when present.
   if (!c.tie_word_embeddings || loader.Has("lm_head.weight")) {
-    KVG_ASSIGN_OR_RETURN(lm_head, loader.Get("lm_head.weight", {c.vocab_size, c.hidden_size}));
+    KVG_ASSIGN_OR_RETURN(at::Tensor head,
+                         loader.Get("lm_head.weight", {c.vocab_size, c.hidden_size}));
+    lm_head = MakeLinear(head);
   } else {
-    lm_head = embed;
+    lm_head = MakeLinear(embed);
   }
   layers.resize(c.num_layers);
   for (int64_t l = 0; l < c.num_layers; ++l) KVG_RETURN_IF_ERROR(LoadLayer(loader, l, layers[l]));
@@ -357,7 +515,7 @@ LlamaModel::Impl::Projected LlamaModel::Impl::Project(int64_t l, const at::Tenso
   const LayerWeights& w = layers[l];
   const ModelConfig& c = config;
   const int64_t rows = x.size(0), hd = c.head_dim;
-  at::Tensor qkv = at::linear(RmsNorm(x, w.input_norm), w.qkv, w.qkv_bias);
+  at::Tensor qkv = NormThenApply(w.qkv, x, w.input_norm);
   Projected p;
   p.q_pre = qkv.narrow(1, 0, c.num_heads * hd).view({rows, c.num_heads, hd});
   p.k = qkv.narrow(1, c.num_heads * hd, c.num_kv_heads * hd).view({rows, c.num_kv_heads, hd});
@@ -374,11 +532,9 @@ LlamaModel::Impl::Projected LlamaModel::Impl::Project(int64_t l, const at::Tenso
 
 at::Tensor LlamaModel::Impl::Finish(int64_t l, const at::Tensor& x, const at::Tensor& attn) const {
   const LayerWeights& w = layers[l];
-  at::Tensor x1 = x + at::linear(attn, w.o, w.o_bias);
-  at::Tensor gu = at::linear(RmsNorm(x1, w.post_norm), w.gate_up);
-  const int64_t f = config.intermediate_size;
-  at::Tensor act = at::silu(gu.narrow(1, 0, f)) * gu.narrow(1, f, f);
-  return x1 + at::linear(act, w.down);
+  at::Tensor x1 = ApplyAdd(w.o, attn.contiguous(), x);
+  at::Tensor gu = NormThenApply(w.gate_up, x1, w.post_norm);
+  return SwiGluApplyAdd(w.down, gu, x1);
 }
 
 at::Tensor LlamaModel::Impl::DecodeAttention(std::span<ForwardItem> batch,
@@ -419,7 +575,8 @@ at::Tensor LlamaModel::Impl::DecodeAttention(std::span<ForwardItem> batch,
     SequenceKvCache& cache = *batch[items[j]].cache;
     if (!cache.options().needs.attention_sums) continue;
     // Each row's own columns: [hkv, group * 1, T].
-    AccumulateAttention(cache, layer, probs[static_cast<int64_t>(j)].narrow(-1, 0, keys[j].size(1)), 1);
+    AccumulateAttention(cache, layer, probs[static_cast<int64_t>(j)].narrow(-1, 0, keys[j].size(1)),
+                        1);
   }
   return at::matmul(probs.to(dtype), vp).view({b, hkv * group * hd});  // [b, hq * hd]
 }
@@ -492,6 +649,11 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(Checkpoint checkpoi
   KVG_ASSIGN_OR_RETURN(impl->dtype,
                        ParseDtype(ResolveDtype(checkpoint, options.device, options.dtype)));
   KVG_ASSIGN_OR_RETURN(impl->device, ParseDevice(options.device));
+  KVG_ASSIGN_OR_RETURN(impl->weights, ParseWeightFormat(options.weights));
+  if (impl->weights == WeightFormat::kInt8 &&
+      (!impl->device.is_cpu() || (impl->dtype != at::kFloat && impl->dtype != at::kBFloat16))) {
+    return absl::InvalidArgumentError("int8 weights run on CPU with f32 or bf16 activations only");
+  }
   impl->config = checkpoint.config;
   impl->tokenizer_path = checkpoint.tokenizer_path;
   try {
@@ -534,7 +696,14 @@ absl::StatusOr<at::Tensor> LlamaModel::Forward(std::span<ForwardItem> batch) {
     if (static_cast<int64_t>(logit_rows.size()) != x.size(0)) {
       x = x.index_select(0, at::tensor(logit_rows, at::kLong).to(long_opts));
     }
-    return at::linear(m.RmsNorm(x, m.final_norm), m.lm_head).to(at::kFloat);
+    if (m.Fusable(m.lm_head, x)) {
+      const int64_t rows = x.size(0), d = x.size(1);
+      float* x32 = Scratch(rows * d);
+      cpu::RmsNormRows(x.data_ptr(), RowType(m.dtype), rows, d, m.final_norm.data_ptr(),
+                       static_cast<float>(m.config.rms_norm_eps), x32);
+      return m.RunMatVec(m.lm_head, x32, rows, at::kFloat);
+    }
+    return m.Apply(m.lm_head, m.RmsNorm(x, m.final_norm), at::kFloat);
   } catch (const std::exception& e) {
     return absl::InternalError(absl::StrCat("forward pass failed: ", e.what()));
   }
@@ -636,5 +805,8 @@ const ModelConfig& LlamaModel::config() const { return impl_->config; }
 const std::string& LlamaModel::tokenizer_path() const { return impl_->tokenizer_path; }
 at::Device LlamaModel::device() const { return impl_->device; }
 at::ScalarType LlamaModel::dtype() const { return impl_->dtype; }
+std::string LlamaModel::weights() const {
+  return impl_->weights == WeightFormat::kInt8 ? "int8" : "native";
+}
 
 }  // namespace kvguard::engine

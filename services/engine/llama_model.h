@@ -34,10 +34,14 @@ struct ModelOptions {
   // "f32", "bf16", "f16", or "auto": the dtype the checkpoint stores its weights in
   // (bf16 stays bf16 on CPU and CUDA; f16 is f16 on CUDA, f32 on CPU, where f16 GEMMs are slow).
   std::string dtype = "auto";
+  // "native": weights in the compute dtype; "int8": symmetric per-channel int8
+  // weights (CPU), dequantized on the fly for prefill GEMMs.
+  std::string weights = "native";
 };
 
 // The compute dtype "auto" resolves to for a checkpoint on a device ("cpu", "cuda[:N]").
-std::string ResolveDtype(const Checkpoint& checkpoint, const std::string& device, const std::string& dtype);
+std::string ResolveDtype(const Checkpoint& checkpoint, const std::string& device,
+                         const std::string& dtype);
 // "f32", "bf16", "f16" (other types: their libtorch name).
 std::string DtypeName(at::ScalarType dtype);
 
@@ -78,6 +82,7 @@ class LlamaModel {
   [[nodiscard]] const std::string& tokenizer_path() const;
   [[nodiscard]] at::Device device() const;
   [[nodiscard]] at::ScalarType dtype() const;
+  [[nodiscard]] std::string weights() const;  // "native" or "int8" (ModelOptions::weights)
 
  private:
   struct Impl;

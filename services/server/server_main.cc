@@ -65,6 +65,9 @@ ABSL_FLAG(int, default_compress_every, 0,
 ABSL_FLAG(std::string, device, "cpu", "cpu | cuda | cuda:N");
 ABSL_FLAG(std::string, dtype, "auto",
           "auto (the checkpoint's own: bf16 stays bf16) | f32 | bf16 | f16");
+ABSL_FLAG(std::string, weights, "native",
+          "native (weights in the compute dtype) | int8 (per-channel int8 weights, CPU; "
+          "reports/bench/engine.md has its speed and logit error)");
 ABSL_FLAG(int, threads, 0, "CPU intra-op threads (0 = libtorch default)");
 ABSL_FLAG(int, drain_grace_ms, 10000, "on SIGTERM: time in-flight streams get to finish");
 ABSL_FLAG(bool, research_logits, false, "stream full logits to the guard (research mode)");
@@ -276,7 +279,8 @@ int main(int argc, char** argv) {
     tokenizer = std::move(*t);
   }
   auto model = engine::LlamaModel::Load(std::move(*ckpt), {.device = absl::GetFlag(FLAGS_device),
-                                                           .dtype = absl::GetFlag(FLAGS_dtype)});
+                                                           .dtype = absl::GetFlag(FLAGS_dtype),
+                                                           .weights = absl::GetFlag(FLAGS_weights)});
   if (!model.ok()) return Fail(std::string(model.status().message()));
   std::string blas_text;
   if ((*model)->device().is_cpu()) {

@@ -1,10 +1,9 @@
-#include "common/blas.h"
 #include "services/trainer/lm_trainer.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <torch/optim.h>
 #include <torch/nn/utils/clip_grad.h>
+#include <torch/optim.h>
 
 #include <algorithm>
 #include <chrono>
@@ -16,11 +15,12 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "common/blas.h"
+#include "common/file_util.h"
 #include "common/status_macros.h"
 #include "common/svg_plot.h"
 #include "guard_sidecar/catastrophe.h"
 #include "services/engine/engine.h"
-#include "common/file_util.h"
 #include "services/engine/model_config.h"
 #include "services/engine/pretokenizer.h"
 #include "services/engine/safetensors.h"
@@ -37,8 +37,8 @@ double Seconds(Clock::time_point since) {
 }
 
 json AddedToken(int32_t id, const std::string& content) {
-  return {{"id", id},          {"content", content}, {"single_word", false}, {"lstrip", false},
-          {"rstrip", false},   {"normalized", false}, {"special", true}};
+  return {{"id", id},        {"content", content},  {"single_word", false}, {"lstrip", false},
+          {"rstrip", false}, {"normalized", false}, {"special", true}};
 }
 
 }  // namespace
@@ -51,22 +51,31 @@ std::string CharTokenizerJson() {
   for (int b = 0; b < 256; ++b) vocab[alphabet[b]] = b;
   vocab["<|endoftext|>"] = kEosId;
   vocab["<|im_start|>"] = kImStartId;
-  json byte_level = {{"type", "ByteLevel"}, {"add_prefix_space", false},
-                     {"trim_offsets", true}, {"use_regex", false}};
+  json byte_level = {{"type", "ByteLevel"},
+                     {"add_prefix_space", false},
+                     {"trim_offsets", true},
+                     {"use_regex", false}};
   json root = {
       {"version", "1.0"},
       {"truncation", nullptr},
       {"padding", nullptr},
-      {"added_tokens", {AddedToken(kEosId, "<|endoftext|>"), AddedToken(kImStartId, "<|im_start|>")}},
+      {"added_tokens",
+       {AddedToken(kEosId, "<|endoftext|>"), AddedToken(kImStartId, "<|im_start|>")}},
       {"normalizer", nullptr},
       {"pre_tokenizer", byte_level},
       {"post_processor", nullptr},
       {"decoder", byte_level},
       {"model",
-       {{"type", "BPE"}, {"dropout", nullptr}, {"unk_token", nullptr},
-        {"continuing_subword_prefix", nullptr}, {"end_of_word_suffix", nullptr},
-        {"fuse_unk", false}, {"byte_fallback", false}, {"ignore_merges", false},
-        {"vocab", vocab}, {"merges", json::array()}}},
+       {{"type", "BPE"},
+        {"dropout", nullptr},
+        {"unk_token", nullptr},
+        {"continuing_subword_prefix", nullptr},
+        {"end_of_word_suffix", nullptr},
+        {"fuse_unk", false},
+        {"byte_fallback", false},
+        {"ignore_merges", false},
+        {"vocab", vocab},
+        {"merges", json::array()}}},
   };
   return root.dump(2);
 }
@@ -188,8 +197,8 @@ at::Tensor LmModel::Impl::Attention(const LayerParams& p, const at::Tensor& h) c
   at::Tensor v = at::matmul(h, p.wv.t()).view({b, t, hkv, head_dim});
   // Query head j reads kv head j / group, as the engine's grouped view.
   const int64_t group = hq / hkv;
-  q = q.transpose(1, 2);                                  // [b, hq, t, hd]
-  k = k.transpose(1, 2).repeat_interleave(group, 1);      // [b, hq, t, hd]
+  q = q.transpose(1, 2);                              // [b, hq, t, hd]
+  k = k.transpose(1, 2).repeat_interleave(group, 1);  // [b, hq, t, hd]
   v = v.transpose(1, 2).repeat_interleave(group, 1);
   at::Tensor scores = at::matmul(q, k.transpose(-2, -1)) / std::sqrt(static_cast<double>(head_dim));
   at::Tensor future = at::ones({t, t}, at::kBool).triu(1);
@@ -279,7 +288,9 @@ absl::Status LmModel::Save(const std::string& dir) const {
   if (ec) return absl::InternalError(absl::StrCat("cannot create ", dir, ": ", ec.message()));
   const std::filesystem::path root(dir);
   KVG_RETURN_IF_ERROR(WriteText(root / "config.json", ConfigJson(impl_->shape).dump(2) + "\n"));
-  json gen = {{"bos_token_id", nullptr}, {"eos_token_id", kEosId}, {"pad_token_id", kEosId},
+  json gen = {{"bos_token_id", nullptr},
+              {"eos_token_id", kEosId},
+              {"pad_token_id", kEosId},
               {"do_sample", false}};
   KVG_RETURN_IF_ERROR(WriteText(root / "generation_config.json", gen.dump(2) + "\n"));
   KVG_RETURN_IF_ERROR(WriteText(root / "tokenizer.json", CharTokenizerJson() + "\n"));
@@ -316,9 +327,13 @@ absl::StatusOr<LmShape> ReadShape(const std::string& dir) {
   KVG_ASSIGN_OR_RETURN(std::string text,
                        ReadFileToString((std::filesystem::path(dir) / "config.json").string()));
   KVG_ASSIGN_OR_RETURN(engine::ModelConfig c, engine::ParseHfConfig(text));
-  LmShape s{.dim = c.hidden_size, .layers = c.num_layers, .heads = c.num_heads,
-            .kv_heads = c.num_kv_heads, .ffn = c.intermediate_size,
-            .max_positions = c.max_position_embeddings, .rope_theta = c.rope.theta,
+  LmShape s{.dim = c.hidden_size,
+            .layers = c.num_layers,
+            .heads = c.num_heads,
+            .kv_heads = c.num_kv_heads,
+            .ffn = c.intermediate_size,
+            .max_positions = c.max_position_embeddings,
+            .rope_theta = c.rope.theta,
             .rms_norm_eps = c.rms_norm_eps};
   if (c.vocab_size != kVocabSize || c.head_dim * c.num_heads != c.hidden_size) {
     return absl::InvalidArgumentError(absl::StrCat(dir, " is not a train-lm checkpoint"));
@@ -352,9 +367,9 @@ absl::StatusOr<Batch> MakeBatch(const research::ProblemOptions& opts, int64_t be
     ids.insert(ids.end(), sol.begin(), sol.end());
     ids.push_back(kEosId);
     if (static_cast<int64_t>(ids.size()) > max_positions) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "a training problem has ", ids.size(), " tokens, more than max_positions ",
-          max_positions, ": use shorter problems or a larger context"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("a training problem has ", ids.size(), " tokens, more than max_positions ",
+                       max_positions, ": use shorter problems or a larger context"));
     }
     longest = std::max<int64_t>(longest, ids.size());
     seqs.push_back(std::move(ids));
@@ -380,9 +395,9 @@ absl::StatusOr<Batch> MakeBatch(const research::ProblemOptions& opts, int64_t be
 // `step` is 0-based; `time_progress` is the spent fraction of the time budget.
 double LearningRate(const TrainOptions& o, int64_t step, double time_progress) {
   if (step < o.warmup_steps) return o.lr * (step + 1) / o.warmup_steps;
-  const double progress = std::max(
-      time_progress,
-      static_cast<double>(step - o.warmup_steps) / std::max<int64_t>(1, o.steps - o.warmup_steps));
+  const double progress =
+      std::max(time_progress, static_cast<double>(step - o.warmup_steps) /
+                                  std::max<int64_t>(1, o.steps - o.warmup_steps));
   const double cosine = 0.5 * (1.0 + std::cos(M_PI * std::min(1.0, progress)));
   return o.lr * (o.min_lr_ratio + (1.0 - o.min_lr_ratio) * cosine);
 }
@@ -425,7 +440,8 @@ absl::StatusOr<TrainReport> TrainLm(LmModel& model, const TrainOptions& o,
   // Fail fast rather than hours in: the first 4096 problems of the stream must
   // fit the context (each batch is checked again as it is built).
   for (int64_t begin = 0; begin < 4096; begin += 256) {
-    KVG_RETURN_IF_ERROR(MakeBatch(o.problems, stream_base + begin, 256, m.shape.max_positions).status());
+    KVG_RETURN_IF_ERROR(
+        MakeBatch(o.problems, stream_base + begin, 256, m.shape.max_positions).status());
   }
   for (int64_t step = 0; step < o.steps; ++step) {
     KVG_ASSIGN_OR_RETURN(Batch batch, MakeBatch(o.problems, stream_base + step * o.batch, o.batch,
@@ -454,8 +470,9 @@ absl::StatusOr<TrainReport> TrainLm(LmModel& model, const TrainOptions& o,
       int64_t total = o.steps;  // under a time budget: the steps the budget allows at this pace
       if (o.time_budget_s > 0) {
         const double per_step = elapsed / (step + 1);
-        total = std::min<int64_t>(total, step + 1 + static_cast<int64_t>(
-                                                        std::max(0.0, o.time_budget_s - elapsed) / per_step));
+        total = std::min<int64_t>(
+            total,
+            step + 1 + static_cast<int64_t>(std::max(0.0, o.time_budget_s - elapsed) / per_step));
       }
       on_step({step + 1, total, report.losses.back(), lr, report.tokens / elapsed, elapsed});
     }
@@ -463,18 +480,22 @@ absl::StatusOr<TrainReport> TrainLm(LmModel& model, const TrainOptions& o,
   report.wall_s = Seconds(start);
   const size_t tail = std::min<size_t>(50, report.losses.size());
   double sum = 0;
-  for (size_t i = report.losses.size() - tail; i < report.losses.size(); ++i) sum += report.losses[i];
+  for (size_t i = report.losses.size() - tail; i < report.losses.size(); ++i)
+    sum += report.losses[i];
   report.final_loss = sum / tail;
   return report;
 }
 
 // ---- evaluation -------------------------------------------------------------
 
-absl::StatusOr<EvalResult> EvaluateGreedy(
-    const std::string& model_dir, const research::ProblemOptions& problems, int64_t count,
-    int threads, const std::function<void(int64_t, int64_t)>& on_progress) {
+absl::StatusOr<EvalResult> EvaluateGreedy(const std::string& model_dir,
+                                          const research::ProblemOptions& problems, int64_t count,
+                                          int threads,
+                                          const std::function<void(int64_t, int64_t)>& on_progress,
+                                          const std::string& weights) {
   engine::EngineOptions eopts;
   eopts.num_threads = threads;
+  eopts.weights = weights;
   KVG_ASSIGN_OR_RETURN(auto eng, engine::Engine::Load(model_dir, eopts));
   if (eng->tokenizer() == nullptr) {
     return absl::FailedPreconditionError(absl::StrCat(model_dir, " has no tokenizer.json"));
@@ -490,7 +511,8 @@ absl::StatusOr<EvalResult> EvaluateGreedy(
     const int64_t room = eng->config().max_position_embeddings - req.prompt_ids.size();
     req.max_new_tokens = static_cast<int32_t>(
         std::min<int64_t>(room, 2 * static_cast<int64_t>(p.solution.size()) + 16));
-    if (req.max_new_tokens < 1) return absl::InvalidArgumentError("a test prompt fills the context");
+    if (req.max_new_tokens < 1)
+      return absl::InvalidArgumentError("a test prompt fills the context");
     KVG_ASSIGN_OR_RETURN(engine::GenerateResult out, eng->Generate(req));
     std::optional<int64_t> answer = guard::ExtractAnswer(out.text);
     const bool correct = out.finish_reason == engine::FinishReason::kEos && answer == p.answer;
@@ -513,7 +535,8 @@ absl::StatusOr<research::ProblemOptions> ApplyProblemOpts(
       return absl::InvalidArgumentError(absl::StrCat("--problem-opt '", kv, "' is not key=value"));
     }
     const std::string key = kv.substr(0, eq), value = kv.substr(eq + 1);
-    if (!j.contains(key)) return absl::InvalidArgumentError(absl::StrCat("unknown problem option '", key, "'"));
+    if (!j.contains(key))
+      return absl::InvalidArgumentError(absl::StrCat("unknown problem option '", key, "'"));
     int64_t number = 0;
     if (j[key].is_number() && absl::SimpleAtoi(value, &number)) {
       j[key] = number;

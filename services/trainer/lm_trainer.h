@@ -96,7 +96,7 @@ struct TrainOptions {
 struct StepStats {
   int64_t step = 0;  // 1-based, after the update
   int64_t total = 0;
-  double loss = 0;   // this batch's mean loss over solution tokens
+  double loss = 0;  // this batch's mean loss over solution tokens
   double lr = 0;
   double tokens_per_s = 0;  // all positions processed (prompt included)
   double elapsed_s = 0;
@@ -128,10 +128,12 @@ struct EvalResult {
 };
 
 // Uncompressed greedy accuracy on test-split problems [0, count) through the
-// real engine (Engine::Load on `model_dir`, Generate until EOS).
+// real engine (Engine::Load on `model_dir`, Generate until EOS), with `weights`
+// "native" or "int8" (ModelOptions::weights).
 absl::StatusOr<EvalResult> EvaluateGreedy(
     const std::string& model_dir, const research::ProblemOptions& problems, int64_t count,
-    int threads, const std::function<void(int64_t done, int64_t total)>& on_progress = nullptr);
+    int threads, const std::function<void(int64_t done, int64_t total)>& on_progress = nullptr,
+    const std::string& weights = "native");
 
 // Parses "key=value" problem options over `base` (values are ints or strings).
 absl::StatusOr<research::ProblemOptions> ApplyProblemOpts(

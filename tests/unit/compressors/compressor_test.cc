@@ -26,11 +26,14 @@ engine::ModelConfig SmallConfig(int64_t kv_heads = 1, int64_t heads = 1, int64_t
 }
 
 // A one-layer cache holding `keys` ([kv_heads, T, d], float) at positions 0..T-1.
-std::unique_ptr<SequenceKvCache> CacheWith(const at::Tensor& keys, engine::AttentionNeeds needs = {},
-                                           int64_t heads = 1) {
-  auto cache = std::make_unique<SequenceKvCache>(engine::KvCacheOptions{
-      .num_layers = 1, .num_kv_heads = keys.size(0), .head_dim = keys.size(2), .num_heads = heads,
-      .needs = needs});
+std::unique_ptr<SequenceKvCache> CacheWith(const at::Tensor& keys,
+                                           engine::AttentionNeeds needs = {}, int64_t heads = 1) {
+  auto cache =
+      std::make_unique<SequenceKvCache>(engine::KvCacheOptions{.num_layers = 1,
+                                                               .num_kv_heads = keys.size(0),
+                                                               .head_dim = keys.size(2),
+                                                               .num_heads = heads,
+                                                               .needs = needs});
   cache->AppendTokenIds(std::vector<int32_t>(keys.size(1), 5));
   cache->Append(0, keys, keys.clone(), 0);
   return cache;
@@ -40,15 +43,20 @@ std::vector<int64_t> KeptSlots(Compressor& c, const SequenceKvCache& cache, doub
                                std::set<int32_t> protect = {}) {
   engine::ModelConfig config = SmallConfig(cache.options().num_kv_heads, cache.options().num_heads,
                                            cache.options().head_dim);
-  CompressContext ctx{.config = &config, .cache = &cache, .ratio = ratio,
-                      .protected_positions = std::move(protect), .prefill = true, .rope = {}};
+  CompressContext ctx{.config = &config,
+                      .cache = &cache,
+                      .ratio = ratio,
+                      .protected_positions = std::move(protect),
+                      .prefill = true,
+                      .rope = {}};
   auto plan = c.Plan(ctx, 0);
   EXPECT_TRUE(plan.ok()) << plan.status();
   if (!plan.ok() || plan->keep_all) return {};
   return plan->keep[0];
 }
 
-std::unique_ptr<Compressor> Make(const std::string& name, const std::vector<std::string>& opts = {}) {
+std::unique_ptr<Compressor> Make(const std::string& name,
+                                 const std::vector<std::string>& opts = {}) {
   auto c = Registry::Global().Create(name, opts);
   EXPECT_TRUE(c.ok()) << c.status();
   return std::move(c).value();
@@ -56,7 +64,8 @@ std::unique_ptr<Compressor> Make(const std::string& name, const std::vector<std:
 
 TEST(KnormTest, KeepsSmallestNorms) {
   // Norms: 5, 1, 4, 2, 3, 6 -> keep the three smallest: slots 1, 3, 4.
-  at::Tensor keys = at::tensor({5.f, 0.f, 1.f, 0.f, 4.f, 0.f, 2.f, 0.f, 3.f, 0.f, 6.f, 0.f}).view({1, 6, 2});
+  at::Tensor keys =
+      at::tensor({5.f, 0.f, 1.f, 0.f, 4.f, 0.f, 2.f, 0.f, 3.f, 0.f, 6.f, 0.f}).view({1, 6, 2});
   auto cache = CacheWith(keys);
   EXPECT_EQ(KeptSlots(*Make("knorm"), *cache, 0.5), (std::vector<int64_t>{1, 3, 4}));
 }
@@ -70,7 +79,8 @@ TEST(StreamingLlmTest, KeepsSinksAndRecent) {
 TEST(KeyDiffTest, KeepsOutliers) {
   // Four keys along +x, two along +y: the mean direction is mostly +x, so the
   // +y keys are the most different and are kept at ratio 2/3.
-  at::Tensor keys = at::tensor({1.f, 0.f, 0.f, 1.f, 1.f, 0.f, 1.f, 0.f, 0.f, 2.f, 1.f, 0.f}).view({1, 6, 2});
+  at::Tensor keys =
+      at::tensor({1.f, 0.f, 0.f, 1.f, 1.f, 0.f, 1.f, 0.f, 0.f, 2.f, 1.f, 0.f}).view({1, 6, 2});
   auto cache = CacheWith(keys);
   EXPECT_EQ(KeptSlots(*Make("keydiff"), *cache, 2.0 / 3.0), (std::vector<int64_t>{1, 4}));
 }
@@ -78,8 +88,9 @@ TEST(KeyDiffTest, KeepsOutliers) {
 TEST(SnapKvTest, WindowVotesAndIsKept) {
   // Query [4, 0] attends to keys along +x (slots 1 and 4), not +y; window of 2
   // (slots 6, 7) is always kept. kernel 1 disables pooling.
-  at::Tensor keys = at::tensor({0.f, 1.f, 1.f, 0.f, 0.f, 1.f, 0.f, 1.f, 1.f, 0.f, 0.f, 1.f, 0.f, 1.f, 0.f, 1.f})
-                        .view({1, 8, 2});
+  at::Tensor keys =
+      at::tensor({0.f, 1.f, 1.f, 0.f, 0.f, 1.f, 0.f, 1.f, 1.f, 0.f, 0.f, 1.f, 0.f, 1.f, 0.f, 1.f})
+          .view({1, 8, 2});
   auto cache = CacheWith(keys, {.query_window = 2});
   auto& st = cache->MutableAttentionStats(0);
   st.recent_queries = at::tensor({4.f, 0.f, 4.f, 0.f}).view({1, 2, 2});
@@ -89,7 +100,8 @@ TEST(SnapKvTest, WindowVotesAndIsKept) {
 }
 
 TEST(TovaTest, LastQueryAttentionAndLastTokenKept) {
-  at::Tensor keys = at::tensor({0.f, 1.f, 3.f, 0.f, 0.f, 1.f, 2.f, 0.f, 0.f, 1.f, 0.f, 1.f}).view({1, 6, 2});
+  at::Tensor keys =
+      at::tensor({0.f, 1.f, 3.f, 0.f, 0.f, 1.f, 2.f, 0.f, 0.f, 1.f, 0.f, 1.f}).view({1, 6, 2});
   auto cache = CacheWith(keys, {.query_window = 1});
   auto& st = cache->MutableAttentionStats(0);
   st.recent_queries = at::tensor({2.f, 0.f}).view({1, 1, 2});
@@ -107,7 +119,8 @@ TEST(ObservedAttentionTest, MeanReceivedAttention) {
 
 TEST(Q2cTest, QuestionAttentionPicksContext) {
   // Question at positions 4..5 (queries [3, 0]) attends to +x keys (slot 2).
-  at::Tensor keys = at::tensor({0.f, 1.f, 0.f, 1.f, 1.f, 0.f, 0.f, 1.f, 0.f, 0.f, 0.f, 0.f}).view({1, 6, 2});
+  at::Tensor keys =
+      at::tensor({0.f, 1.f, 0.f, 1.f, 1.f, 0.f, 0.f, 1.f, 0.f, 0.f, 0.f, 0.f}).view({1, 6, 2});
   auto cache = CacheWith(keys, {.question_begin = 4, .question_end = 6});
   auto& st = cache->MutableAttentionStats(0);
   st.question_queries = at::tensor({3.f, 0.f, 3.f, 0.f}).view({1, 2, 2});
@@ -154,8 +167,11 @@ class ContractTest : public ::testing::TestWithParam<std::string> {
     ASSERT_TRUE(model_->Forward({&item, 1}).ok());
   }
   CompressContext Context(double ratio, std::set<int32_t> protect = {}) {
-    return {.config = &model_->config(), .cache = cache_.get(), .ratio = ratio,
-            .protected_positions = std::move(protect), .prefill = true,
+    return {.config = &model_->config(),
+            .cache = cache_.get(),
+            .ratio = ratio,
+            .protected_positions = std::move(protect),
+            .prefill = true,
             .rope = [this](int64_t f, int64_t n) { return model_->RopeCosSin(f, n); }};
   }
   std::unique_ptr<engine::LlamaModel> model_;
@@ -197,7 +213,8 @@ TEST_P(ContractTest, ExactCountSortedAndProtectedKept) {
 
 INSTANTIATE_TEST_SUITE_P(Builtins, ContractTest,
                          ::testing::Values("knorm", "streaming_llm", "snapkv", "pyramidkv", "tova",
-                                           "observed_attention", "expected_attention", "keydiff", "q2c"));
+                                           "observed_attention", "expected_attention", "keydiff",
+                                           "q2c"));
 
 // --- generation with compression ---
 
@@ -233,7 +250,10 @@ TEST(GenerationTest, RatioChangesTakeEffectAtNextStep) {
   for (int i = 0; i < 40; ++i) prompt[i] = 3 + (i * 7) % 600;
   auto req = Greedy(prompt, 30);
   // 0.5 at prefill; 0.75 from decode step 10; 0.25 from step 20.
-  req.compression = {.compressor = "knorm", .options = {}, .ratio = 0.5, .compress_every = 0,
+  req.compression = {.compressor = "knorm",
+                     .options = {},
+                     .ratio = 0.5,
+                     .compress_every = 0,
                      .ratio_schedule = {{10, 0.75}, {20, 0.25}}};
   auto out = (*eng)->Generate(req);
   ASSERT_TRUE(out.ok()) << out.status();
@@ -266,7 +286,9 @@ double DistinctFourGrams(const std::vector<int32_t>& ids) {
 
 // A real pretrained model under heavy compression: the greedy story diverges
 // from the uncompressed one and collapses into repetition (measured: distinct
-// 4-grams 0.89 uncompressed, 0.02 with TOVA / KeyDiff at ratio 0.9, 0.57 with Knorm).
+// 4-grams 0.89 uncompressed, 0.02 with TOVA / KeyDiff at ratio 0.9, 0.57 with
+// Knorm; with the decode MatVec's summation order instead of BLAS sgemm's the
+// greedy stories move: 0.93 uncompressed, 0.70 Knorm, so the bound is 0.8).
 TEST(GenerationTest, HeavyCompressionDegradesStories260K) {
   auto eng = engine::Engine::Load(testing::ModelsPath("stories260K/stories260K.bin"), {});
   ASSERT_TRUE(eng.ok());
@@ -280,7 +302,8 @@ TEST(GenerationTest, HeavyCompressionDegradesStories260K) {
     size_t diverge = 0;
     while (diverge < 200 && out->output_ids[diverge] == plain->output_ids[diverge]) ++diverge;
     EXPECT_LT(diverge, 50u) << name;
-    EXPECT_LT(DistinctFourGrams(out->output_ids), 0.75 * DistinctFourGrams(plain->output_ids)) << name;
+    EXPECT_LT(DistinctFourGrams(out->output_ids), 0.8 * DistinctFourGrams(plain->output_ids))
+        << name;
     EXPECT_LT(out->kv_bytes * 5, plain->kv_bytes) << name;
   }
 }
@@ -292,7 +315,8 @@ TEST(ProjectedRetainedTest, BudgetWindowAndSlack) {
   EXPECT_EQ(*ProjectedRetained({.compressor = "knorm"}, 0.75, 400), 101);
   EXPECT_EQ(*ProjectedRetained({.compressor = "knorm"}, 0.0, 400), 400);
   EXPECT_EQ(*ProjectedRetained({.compressor = "snapkv"}, 0.875, 400), 65);  // window 64 > 50
-  EXPECT_EQ(*ProjectedRetained({.compressor = "snapkv", .options = {"window_size=8"}}, 0.875, 400), 51);
+  EXPECT_EQ(*ProjectedRetained({.compressor = "snapkv", .options = {"window_size=8"}}, 0.875, 400),
+            51);
   EXPECT_EQ(*ProjectedRetained({.compressor = "knorm", .compress_every = 8}, 0.5, 100), 59);
   EXPECT_EQ(*ProjectedRetained({.compressor = "snapkv"}, 0.875, 40), 40);  // never above the total
   EXPECT_FALSE(ProjectedRetained({.compressor = "no_such"}, 0.5, 10).ok());

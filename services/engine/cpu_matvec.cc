@@ -1,0 +1,250 @@
+#include "services/engine/cpu_matvec.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "services/engine/cpu_matvec_simd.h"
+
+namespace kvguard::engine::cpu {
+
+void MatVecRangeAvx512(const WeightMatrix& m, const float* x, int64_t n, void* y, OutputType out,
+                       const void* residual, int64_t begin, int64_t end);
+void MatVecRangeAvx2(const WeightMatrix& m, const float* x, int64_t n, void* y, OutputType out,
+                     const void* residual, int64_t begin, int64_t end);
+void MatVecRangeAvx512Bf16(const WeightMatrix& m, const uint16_t* x, int64_t n, void* y,
+                           OutputType out, const void* residual, int64_t begin, int64_t end);
+
+namespace {
+
+struct Scalar {
+  using Reg = float;
+  static constexpr int kLanes = 1;
+  static constexpr int kUnroll = 1;
+  static Reg Zero() { return 0.0f; }
+  static Reg Add(Reg a, Reg b) { return a + b; }
+  static Reg Fma(Reg a, Reg b, Reg c) { return std::fma(a, b, c); }
+  static Reg LoadF32(const float* p) { return *p; }
+  template <class W>
+  static Reg Load(const W* p) {
+    return simd::ToFloat(*p);
+  }
+  static float Sum(Reg v) { return v; }
+};
+
+using RangeFn = void (*)(const WeightMatrix&, const float*, int64_t, void*, OutputType, const void*,
+                         int64_t, int64_t);
+
+void MatVecRangeScalar(const WeightMatrix& m, const float* x, int64_t n, void* y, OutputType out,
+                       const void* residual, int64_t begin, int64_t end) {
+  simd::MatVecRangeAny<Scalar>(m, x, n, y, out, residual, begin, end);
+}
+
+struct Dispatch {
+  RangeFn fn;
+  const char* name;
+  bool bf16_dot = false;  // bf16 weights take MatVecRangeAvx512Bf16
+};
+
+bool HasAvx512() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512dq");
+}
+
+bool HasAvx2() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+
+bool HasAvx512Bf16() { return HasAvx512() && __builtin_cpu_supports("avx512bf16"); }
+
+Dispatch Choose() {
+  const char* cap = std::getenv("KVG_MATVEC_ISA");
+  const std::string limit = cap != nullptr ? cap : "avx512bf16";
+  if (limit == "avx512bf16" && HasAvx512Bf16()) return {MatVecRangeAvx512, "avx512bf16", true};
+  if (limit.rfind("avx512", 0) == 0 && HasAvx512()) return {MatVecRangeAvx512, "avx512"};
+  if (limit != "scalar" && HasAvx2()) return {MatVecRangeAvx2, "avx2"};
+  return {MatVecRangeScalar, "scalar"};
+}
+
+const Dispatch& Chosen() {
+  static const Dispatch dispatch = Choose();
+  return dispatch;
+}
+
+// Below this many weight elements a thread team costs more than it saves.
+constexpr int64_t kParallelElements = int64_t{1} << 17;
+
+template <class T>
+T* ThreadBuffer(int64_t count) {
+  thread_local std::vector<T> buffer;
+  if (static_cast<int64_t>(buffer.size()) < count) buffer.resize(count);
+  return buffer.data();
+}
+
+// bf16 weights multiply bf16 activations (as a bf16 GEMM does): x rounded.
+const uint16_t* RoundedToBf16(const float* x, int64_t count) {
+  uint16_t* xb = ThreadBuffer<uint16_t>(count);
+  for (int64_t i = 0; i < count; ++i) xb[i] = simd::RoundToBf16(x[i]);
+  return xb;
+}
+
+const float* RoundedThroughBf16(const float* x, int64_t count) {
+  const uint16_t* xb = RoundedToBf16(x, count);
+  float* xf = ThreadBuffer<float>(count);
+  for (int64_t i = 0; i < count; ++i) xf[i] = simd::ToFloat(xb[i]);
+  return xf;
+}
+
+// Splits output rows over a team when the matrix is large enough.
+template <class Fn>
+void ForRowRanges(const WeightMatrix& w, int threads, const Fn& fn) {
+  const int team = static_cast<int>(
+      std::min<int64_t>(std::max(threads, 1), w.rows * w.cols < kParallelElements ? 1 : w.rows));
+  if (team <= 1) {
+    fn(int64_t{0}, w.rows);
+    return;
+  }
+#pragma omp parallel num_threads(team)
+  {
+    const int64_t t = omp_get_thread_num(), count = omp_get_num_threads();
+    const int64_t begin = w.rows * t / count, end = w.rows * (t + 1) / count;
+    if (begin < end) fn(begin, end);
+  }
+}
+
+}  // namespace
+
+void MatVec(const WeightMatrix& w, const float* x, int64_t n, void* y, OutputType out, int threads,
+            const void* residual) {
+  const Dispatch& d = Chosen();
+  if (w.type == WeightType::kBF16 && d.bf16_dot) {
+    const uint16_t* xb = RoundedToBf16(x, n * w.cols);
+    ForRowRanges(w, threads, [&](int64_t begin, int64_t end) {
+      MatVecRangeAvx512Bf16(w, xb, n, y, out, residual, begin, end);
+    });
+    return;
+  }
+  if (w.type == WeightType::kBF16) x = RoundedThroughBf16(x, n * w.cols);
+  ForRowRanges(w, threads,
+               [&](int64_t begin, int64_t end) { d.fn(w, x, n, y, out, residual, begin, end); });
+}
+
+void MatVecReference(const WeightMatrix& w, const float* x, int64_t n, void* y, OutputType out,
+                     const void* residual) {
+  for (int64_t r = 0; r < n; ++r) {
+    for (int64_t o = 0; o < w.rows; ++o) {
+      double s = 0;
+      for (int64_t i = 0; i < w.cols; ++i) {
+        const int64_t k = o * w.cols + i;
+        double wv = 0;
+        switch (w.type) {
+          case WeightType::kF32:
+            wv = static_cast<const float*>(w.data)[k];
+            break;
+          case WeightType::kBF16:
+            wv = simd::ToFloat(static_cast<const uint16_t*>(w.data)[k]);
+            break;
+          case WeightType::kInt8:
+            wv = static_cast<double>(static_cast<const int8_t*>(w.data)[k]) * w.scales[o];
+            break;
+        }
+        const float xv = x[r * w.cols + i];
+        s += wv * (w.type == WeightType::kBF16 ? simd::ToFloat(simd::RoundToBf16(xv)) : xv);
+      }
+      if (w.bias != nullptr) s += w.bias[o];
+      simd::Store(y, out, r * w.rows + o, static_cast<float>(s), residual);
+    }
+  }
+}
+
+std::string MatVecIsa() { return Chosen().name; }
+
+std::vector<std::string> SupportedMatVecIsas() {
+  std::vector<std::string> isas = {"scalar"};
+  if (HasAvx2()) isas.push_back("avx2");
+  if (HasAvx512()) isas.push_back("avx512");
+  if (HasAvx512Bf16()) isas.push_back("avx512bf16");
+  return isas;
+}
+
+void MatVecOn(const std::string& isa, const WeightMatrix& w, const float* x, int64_t n, void* y,
+              OutputType out) {
+  if (w.type == WeightType::kBF16 && isa == "avx512bf16") {
+    MatVecRangeAvx512Bf16(w, RoundedToBf16(x, n * w.cols), n, y, out, nullptr, 0, w.rows);
+    return;
+  }
+  if (w.type == WeightType::kBF16) x = RoundedThroughBf16(x, n * w.cols);
+  const RangeFn fn = isa.rfind("avx512", 0) == 0 ? MatVecRangeAvx512
+                     : isa == "avx2"             ? MatVecRangeAvx2
+                                                 : MatVecRangeScalar;
+  fn(w, x, n, y, out, nullptr, 0, w.rows);
+}
+
+void RmsNormRows(const void* x, OutputType type, int64_t n, int64_t d, const void* weight,
+                 float eps, float* out) {
+  for (int64_t r = 0; r < n; ++r) {
+    float sum = 0;
+    for (int64_t i = 0; i < d; ++i) {
+      const float v = simd::Load(x, type, r * d + i);
+      sum += v * v;
+    }
+    const float inv = 1.0f / std::sqrt(sum / static_cast<float>(d) + eps);
+    for (int64_t i = 0; i < d; ++i) {
+      const float normed = simd::Round(simd::Load(x, type, r * d + i) * inv, type);
+      out[r * d + i] = simd::Round(simd::Load(weight, type, i) * normed, type);
+    }
+  }
+}
+
+void SiluMulRows(const void* gate_up, OutputType type, int64_t n, int64_t f, float* out) {
+  for (int64_t r = 0; r < n; ++r) {
+    for (int64_t i = 0; i < f; ++i) {
+      const float g = simd::Load(gate_up, type, r * 2 * f + i);
+      const float u = simd::Load(gate_up, type, r * 2 * f + f + i);
+      const float silu = simd::Round(g / (1.0f + std::exp(-g)), type);
+      out[r * f + i] = simd::Round(silu * u, type);
+    }
+  }
+}
+
+void Bf16ToF32(const uint16_t* in, float* out, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) out[i] = simd::ToFloat(in[i]);
+}
+
+uint16_t F32ToBf16(float value) { return simd::RoundToBf16(value); }
+
+void DequantizeRowsInt8(const int8_t* q, const float* scales, int64_t rows, int64_t cols, void* out,
+                        OutputType type, int threads) {
+#pragma omp parallel for num_threads(std::max(threads, 1)) schedule(static)
+  for (int64_t o = 0; o < rows; ++o) {
+    for (int64_t i = 0; i < cols; ++i) {
+      const float v = scales[o] * static_cast<float>(q[o * cols + i]);
+      if (type == OutputType::kF32)
+        static_cast<float*>(out)[o * cols + i] = v;
+      else
+        static_cast<uint16_t*>(out)[o * cols + i] = simd::RoundToBf16(v);
+    }
+  }
+}
+
+void QuantizeRowsInt8(const float* w, int64_t rows, int64_t cols, int8_t* q, float* scales) {
+  for (int64_t o = 0; o < rows; ++o) {
+    const float* row = w + o * cols;
+    float peak = 0;
+    for (int64_t i = 0; i < cols; ++i) peak = std::max(peak, std::fabs(row[i]));
+    const float scale = peak > 0 ? peak / 127.0f : 1.0f;
+    scales[o] = scale;
+    for (int64_t i = 0; i < cols; ++i) {
+      const float v = std::nearbyint(row[i] / scale);
+      q[o * cols + i] = static_cast<int8_t>(std::clamp(v, -127.0f, 127.0f));
+    }
+  }
+}
+
+}  // namespace kvguard::engine::cpu

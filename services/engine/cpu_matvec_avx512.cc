@@ -1,0 +1,44 @@
+// File: services/engine/cpu_matvec_avx512.cc
+//
+// MatVec's loop nest on 16-lane AVX-512 registers. Compiled with
+// -mavx512f -mavx512bw -mavx512dq -mfma; only called when the CPU has AVX-512 (cpu_matvec.cc).
+// gcc 12's AVX-512 headers trip -Wuninitialized on their own masked builtins
+// once inlined at -O3 (GCC bug 105593); nothing in this file is uninitialized.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+
+#include "services/engine/cpu_matvec_simd.h"
+
+namespace kvguard::engine::cpu {
+namespace {
+
+struct Avx512 {
+  using Reg = __m512;
+  static constexpr int kLanes = 16;
+  static constexpr int kUnroll = 4;  // 4 x 4 accumulators of 32 registers
+  static Reg Zero() { return _mm512_setzero_ps(); }
+  static Reg Add(Reg a, Reg b) { return _mm512_add_ps(a, b); }
+  static Reg Fma(Reg a, Reg b, Reg c) { return _mm512_fmadd_ps(a, b, c); }
+  static Reg LoadF32(const float* p) { return _mm512_loadu_ps(p); }
+  static Reg Load(const float* p) { return _mm512_loadu_ps(p); }
+  static Reg Load(const uint16_t* p) {
+    const __m512i wide =
+        _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
+  }
+  static Reg Load(const int8_t* p) {
+    return _mm512_cvtepi32_ps(
+        _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+  }
+  static float Sum(Reg v) { return _mm512_reduce_add_ps(v); }
+};
+
+}  // namespace
+
+void MatVecRangeAvx512(const WeightMatrix& m, const float* x, int64_t n, void* y, OutputType out,
+                       const void* residual, int64_t begin, int64_t end) {
+  simd::MatVecRangeAny<Avx512>(m, x, n, y, out, residual, begin, end);
+}
+
+}  // namespace kvguard::engine::cpu
