@@ -2,8 +2,11 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <torch/nn/utils/clip_grad.h>
+// clip_grad.h uses torch::Tensor without declaring it; torch/optim.h declares it first.
+// clang-format off
 #include <torch/optim.h>
+#include <torch/nn/utils/clip_grad.h>
+// clang-format on
 
 #include <algorithm>
 #include <chrono>
