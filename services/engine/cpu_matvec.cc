@@ -16,6 +16,8 @@ void MatVecRangeAvx512(const WeightMatrix& m, const float* x, int64_t n, void* y
                        const void* residual, int64_t begin, int64_t end);
 void MatVecRangeAvx2(const WeightMatrix& m, const float* x, int64_t n, void* y, OutputType out,
                      const void* residual, int64_t begin, int64_t end);
+void VecMatAvx512(const WeightMatrix& m, const float* x, int64_t n, float* y);
+void VecMatAvx2(const WeightMatrix& m, const float* x, int64_t n, float* y);
 void MatVecRangeAvx512Bf16(const WeightMatrix& m, const uint16_t* x, int64_t n, void* y,
                            OutputType out, const void* residual, int64_t begin, int64_t end);
 
@@ -29,6 +31,8 @@ struct Scalar {
   static Reg Add(Reg a, Reg b) { return a + b; }
   static Reg Fma(Reg a, Reg b, Reg c) { return std::fma(a, b, c); }
   static Reg LoadF32(const float* p) { return *p; }
+  static void StoreF32(float* p, Reg v) { *p = v; }
+  static Reg Broadcast(float v) { return v; }
   template <class W>
   static Reg Load(const W* p) {
     return simd::ToFloat(*p);
@@ -44,11 +48,24 @@ void MatVecRangeScalar(const WeightMatrix& m, const float* x, int64_t n, void* y
   simd::MatVecRangeAny<Scalar>(m, x, n, y, out, residual, begin, end);
 }
 
+using VecMatFn = void (*)(const WeightMatrix&, const float*, int64_t, float*);
+
+void VecMatScalar(const WeightMatrix& m, const float* x, int64_t n, float* y) {
+  simd::VecMatAny<Scalar>(m, x, n, y);
+}
+
 struct Dispatch {
   RangeFn fn;
+  VecMatFn vecmat;
   const char* name;
   bool bf16_dot = false;  // bf16 weights take MatVecRangeAvx512Bf16
+  // Matrices narrower than kNarrowColumns (attention over a tiny head_dim)
+  // fill 16-lane registers badly; with AVX-512 they take the 8-lane AVX2 code.
+  RangeFn narrow_fn = nullptr;
+  VecMatFn narrow_vecmat = nullptr;
 };
+
+constexpr int64_t kNarrowColumns = 16;
 
 bool HasAvx512() {
   __builtin_cpu_init();
@@ -66,10 +83,18 @@ bool HasAvx512Bf16() { return HasAvx512() && __builtin_cpu_supports("avx512bf16"
 Dispatch Choose() {
   const char* cap = std::getenv("KVG_MATVEC_ISA");
   const std::string limit = cap != nullptr ? cap : "avx512bf16";
-  if (limit == "avx512bf16" && HasAvx512Bf16()) return {MatVecRangeAvx512, "avx512bf16", true};
-  if (limit.rfind("avx512", 0) == 0 && HasAvx512()) return {MatVecRangeAvx512, "avx512"};
-  if (limit != "scalar" && HasAvx2()) return {MatVecRangeAvx2, "avx2"};
-  return {MatVecRangeScalar, "scalar"};
+  Dispatch d{MatVecRangeScalar, VecMatScalar, "scalar"};
+  if (limit == "avx512bf16" && HasAvx512Bf16()) {
+    d = {MatVecRangeAvx512, VecMatAvx512, "avx512bf16", true};
+  } else if (limit.rfind("avx512", 0) == 0 && HasAvx512()) {
+    d = {MatVecRangeAvx512, VecMatAvx512, "avx512"};
+  } else if (limit != "scalar" && HasAvx2()) {
+    d = {MatVecRangeAvx2, VecMatAvx2, "avx2"};
+  }
+  const bool avx2 = limit != "scalar" && HasAvx2();
+  d.narrow_fn = avx2 ? MatVecRangeAvx2 : d.fn;
+  d.narrow_vecmat = avx2 ? VecMatAvx2 : d.vecmat;
+  return d;
 }
 
 const Dispatch& Chosen() {
@@ -123,6 +148,11 @@ void ForRowRanges(const WeightMatrix& w, int threads, const Fn& fn) {
 void MatVec(const WeightMatrix& w, const float* x, int64_t n, void* y, OutputType out, int threads,
             const void* residual) {
   const Dispatch& d = Chosen();
+  if (w.cols < kNarrowColumns) {
+    if (w.type == WeightType::kBF16) x = RoundedThroughBf16(x, n * w.cols);
+    d.narrow_fn(w, x, n, y, out, residual, 0, w.rows);  // narrow: too little work to split
+    return;
+  }
   if (w.type == WeightType::kBF16 && d.bf16_dot) {
     const uint16_t* xb = RoundedToBf16(x, n * w.cols);
     ForRowRanges(w, threads, [&](int64_t begin, int64_t end) {
@@ -161,6 +191,60 @@ void MatVecReference(const WeightMatrix& w, const float* x, int64_t n, void* y, 
       simd::Store(y, out, r * w.rows + o, static_cast<float>(s), residual);
     }
   }
+}
+
+namespace {
+
+// VecMat's x as its kernels take it: rounded to bf16 for bf16 weights, times
+// the row scales for int8 ones (w[i][c] = scales[i] q[i][c]).
+const float* VecMatInput(const WeightMatrix& w, const float* x, int64_t n) {
+  if (w.type == WeightType::kBF16) return RoundedThroughBf16(x, n * w.rows);
+  if (w.type != WeightType::kInt8) return x;
+  float* scaled = ThreadBuffer<float>(n * w.rows);
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t i = 0; i < w.rows; ++i) scaled[r * w.rows + i] = x[r * w.rows + i] * w.scales[i];
+  return scaled;
+}
+
+}  // namespace
+
+void VecMat(const WeightMatrix& w, const float* x, int64_t n, float* y) {
+  const Dispatch& d = Chosen();
+  (w.cols < kNarrowColumns ? d.narrow_vecmat : d.vecmat)(w, VecMatInput(w, x, n), n, y);
+}
+
+void VecMatReference(const WeightMatrix& w, const float* x, int64_t n, float* y) {
+  for (int64_t r = 0; r < n; ++r) {
+    for (int64_t c = 0; c < w.cols; ++c) {
+      double s = y[r * w.cols + c];
+      for (int64_t i = 0; i < w.rows; ++i) {
+        const int64_t k = i * w.cols + c;
+        double wv = 0;
+        float xv = x[r * w.rows + i];
+        switch (w.type) {
+          case WeightType::kF32:
+            wv = static_cast<const float*>(w.data)[k];
+            break;
+          case WeightType::kBF16:
+            wv = simd::ToFloat(static_cast<const uint16_t*>(w.data)[k]);
+            xv = simd::ToFloat(simd::RoundToBf16(xv));
+            break;
+          case WeightType::kInt8:
+            wv = static_cast<double>(static_cast<const int8_t*>(w.data)[k]) * w.scales[i];
+            break;
+        }
+        s += wv * xv;
+      }
+      y[r * w.cols + c] = static_cast<float>(s);
+    }
+  }
+}
+
+void VecMatOn(const std::string& isa, const WeightMatrix& w, const float* x, int64_t n, float* y) {
+  const VecMatFn fn = isa.rfind("avx512", 0) == 0 ? VecMatAvx512
+                      : isa == "avx2"             ? VecMatAvx2
+                                                  : VecMatScalar;
+  fn(w, VecMatInput(w, x, n), n, y);
 }
 
 std::string MatVecIsa() { return Chosen().name; }

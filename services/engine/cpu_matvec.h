@@ -53,6 +53,13 @@ void MatVec(const WeightMatrix& w, const float* x, int64_t n, void* y, OutputTyp
 void MatVecReference(const WeightMatrix& w, const float* x, int64_t n, void* y, OutputType out,
                      const void* residual = nullptr);
 
+// The transposed product, for attention's probabilities times values:
+// y[r][c] += sum_i x[r][i] w[i][c] for r < n (x: [n, w.rows], y: [n, w.cols],
+// f32, accumulated into). bf16 weights: x rounded to bf16 first, as above.
+// Any n; single-threaded (attention splits heads over threads itself).
+void VecMat(const WeightMatrix& w, const float* x, int64_t n, float* y);
+void VecMatReference(const WeightMatrix& w, const float* x, int64_t n, float* y);
+
 // The elementwise steps between a decode step's products, fused into one pass
 // that also writes MatVec's f32 input. `type` is the activations' type; with
 // kBF16 every intermediate is rounded where the unfused libtorch ops round.
@@ -72,6 +79,7 @@ std::string MatVecIsa();
 std::vector<std::string> SupportedMatVecIsas();
 void MatVecOn(const std::string& isa, const WeightMatrix& w, const float* x, int64_t n, void* y,
               OutputType out);
+void VecMatOn(const std::string& isa, const WeightMatrix& w, const float* x, int64_t n, float* y);
 
 // bf16 <-> f32 (round to nearest even, NaN kept quiet).
 void Bf16ToF32(const uint16_t* in, float* out, int64_t count);

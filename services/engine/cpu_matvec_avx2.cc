@@ -17,6 +17,8 @@ struct Avx2 {
   static Reg Add(Reg a, Reg b) { return _mm256_add_ps(a, b); }
   static Reg Fma(Reg a, Reg b, Reg c) { return _mm256_fmadd_ps(a, b, c); }
   static Reg LoadF32(const float* p) { return _mm256_loadu_ps(p); }
+  static void StoreF32(float* p, Reg v) { _mm256_storeu_ps(p, v); }
+  static Reg Broadcast(float v) { return _mm256_set1_ps(v); }
   static Reg Load(const float* p) { return _mm256_loadu_ps(p); }
   static Reg Load(const uint16_t* p) {
     const __m256i wide =
@@ -40,6 +42,10 @@ struct Avx2 {
 void MatVecRangeAvx2(const WeightMatrix& m, const float* x, int64_t n, void* y, OutputType out,
                      const void* residual, int64_t begin, int64_t end) {
   simd::MatVecRangeAny<Avx2>(m, x, n, y, out, residual, begin, end);
+}
+
+void VecMatAvx2(const WeightMatrix& m, const float* x, int64_t n, float* y) {
+  simd::VecMatAny<Avx2>(m, x, n, y);
 }
 
 }  // namespace kvguard::engine::cpu

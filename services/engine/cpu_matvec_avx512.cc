@@ -21,6 +21,8 @@ struct Avx512 {
   static Reg Add(Reg a, Reg b) { return _mm512_add_ps(a, b); }
   static Reg Fma(Reg a, Reg b, Reg c) { return _mm512_fmadd_ps(a, b, c); }
   static Reg LoadF32(const float* p) { return _mm512_loadu_ps(p); }
+  static void StoreF32(float* p, Reg v) { _mm512_storeu_ps(p, v); }
+  static Reg Broadcast(float v) { return _mm512_set1_ps(v); }
   static Reg Load(const float* p) { return _mm512_loadu_ps(p); }
   static Reg Load(const uint16_t* p) {
     const __m512i wide =
@@ -39,6 +41,10 @@ struct Avx512 {
 void MatVecRangeAvx512(const WeightMatrix& m, const float* x, int64_t n, void* y, OutputType out,
                        const void* residual, int64_t begin, int64_t end) {
   simd::MatVecRangeAny<Avx512>(m, x, n, y, out, residual, begin, end);
+}
+
+void VecMatAvx512(const WeightMatrix& m, const float* x, int64_t n, float* y) {
+  simd::VecMatAny<Avx512>(m, x, n, y);
 }
 
 }  // namespace kvguard::engine::cpu

@@ -60,9 +60,9 @@ inline void Store(void* y, OutputType out, int64_t index, float value, const voi
 // sequential stream (what the hardware prefetcher follows best: interleaving
 // several rows measured ~40% slower) with V::kUnroll independent accumulators
 // per activation row to cover the FMA latency.
-template <class V, class W, int kR>
+template <class V, class W, int kR, int kU>
 inline void Block(const W* w, int64_t cols, const float* x, float (&sums)[4]) {
-  constexpr int kU = V::kUnroll, kL = V::kLanes;
+  constexpr int kL = V::kLanes;
   typename V::Reg acc[kU][kR];
   for (int u = 0; u < kU; ++u)
     for (int r = 0; r < kR; ++r) acc[u][r] = V::Zero();
@@ -87,11 +87,9 @@ inline void Block(const W* w, int64_t cols, const float* x, float (&sums)[4]) {
   }
 }
 
-// Output rows [begin, end) of y = x w^T (+ bias), all n activation rows, four
-// at a time (a row of a decode-sized matrix stays in L1 between the groups).
-template <class V, class W>
-void MatVecRange(const WeightMatrix& m, const float* x, int64_t n, void* y, OutputType out,
-                 const void* residual, int64_t begin, int64_t end) {
+template <class V, class W, int kU>
+void MatVecRows(const WeightMatrix& m, const float* x, int64_t n, void* y, OutputType out,
+                const void* residual, int64_t begin, int64_t end) {
   const W* w = static_cast<const W*>(m.data);
   const int64_t cols = m.cols;
   float sums[4];
@@ -104,20 +102,35 @@ void MatVecRange(const WeightMatrix& m, const float* x, int64_t n, void* y, Outp
       const float* xr = x + r0 * cols;
       switch (nr) {
         case 4:
-          Block<V, W, 4>(row, cols, xr, sums);
+          Block<V, W, 4, kU>(row, cols, xr, sums);
           break;
         case 3:
-          Block<V, W, 3>(row, cols, xr, sums);
+          Block<V, W, 3, kU>(row, cols, xr, sums);
           break;
         case 2:
-          Block<V, W, 2>(row, cols, xr, sums);
+          Block<V, W, 2, kU>(row, cols, xr, sums);
           break;
         default:
-          Block<V, W, 1>(row, cols, xr, sums);
+          Block<V, W, 1, kU>(row, cols, xr, sums);
       }
       for (int64_t r = 0; r < nr; ++r)
         Store(y, out, (r0 + r) * m.rows + o, sums[r] * scale + bias, residual);
     }
+  }
+}
+
+// Output rows [begin, end) of y = x w^T (+ bias), all n activation rows, four
+// at a time (a row of a decode-sized matrix stays in L1 between the groups).
+template <class V, class W>
+void MatVecRange(const WeightMatrix& m, const float* x, int64_t n, void* y, OutputType out,
+                 const void* residual, int64_t begin, int64_t end) {
+  const int64_t cols = m.cols;
+  // Rows shorter than the unrolled stride (attention's head_dim, tiny models)
+  // take one accumulator per activation row: fewer registers to zero and sum.
+  if (cols >= V::kUnroll * V::kLanes) {
+    MatVecRows<V, W, V::kUnroll>(m, x, n, y, out, residual, begin, end);
+  } else {
+    MatVecRows<V, W, 1>(m, x, n, y, out, residual, begin, end);
   }
 }
 
@@ -133,6 +146,79 @@ void MatVecRangeAny(const WeightMatrix& m, const float* x, int64_t n, void* y, O
       break;
     case WeightType::kInt8:
       MatVecRange<V, int8_t>(m, x, n, y, out, residual, begin, end);
+      break;
+  }
+}
+
+// VecMat: kC registers of columns [c, c + kC * lanes) of y[r] += x[r] w for
+// kR activation rows; each weight row is loaded once and used by every row.
+template <class V, class W, int kR, int kC>
+inline void VecMatColumns(const W* w, int64_t rows, int64_t cols, int64_t c, const float* x,
+                          float* y) {
+  constexpr int kL = V::kLanes;
+  typename V::Reg acc[kR][kC];
+  for (int r = 0; r < kR; ++r)
+    for (int k = 0; k < kC; ++k) acc[r][k] = V::LoadF32(y + r * cols + c + k * kL);
+  for (int64_t i = 0; i < rows; ++i) {
+    typename V::Reg wv[kC];
+    for (int k = 0; k < kC; ++k) wv[k] = V::Load(w + i * cols + c + k * kL);
+    for (int r = 0; r < kR; ++r) {
+      const typename V::Reg xv = V::Broadcast(x[r * rows + i]);
+      for (int k = 0; k < kC; ++k) acc[r][k] = V::Fma(wv[k], xv, acc[r][k]);
+    }
+  }
+  for (int r = 0; r < kR; ++r)
+    for (int k = 0; k < kC; ++k) V::StoreF32(y + r * cols + c + k * kL, acc[r][k]);
+}
+
+template <class V, class W, int kR>
+void VecMatRows(const W* w, int64_t rows, int64_t cols, const float* x, float* y) {
+  constexpr int kL = V::kLanes;
+  int64_t c = 0;
+  for (; c + 4 * kL <= cols; c += 4 * kL) VecMatColumns<V, W, kR, 4>(w, rows, cols, c, x, y);
+  for (; c + kL <= cols; c += kL) VecMatColumns<V, W, kR, 1>(w, rows, cols, c, x, y);
+  for (; c < cols; ++c) {
+    for (int r = 0; r < kR; ++r) {
+      float s = y[r * cols + c];
+      for (int64_t i = 0; i < rows; ++i) s += ToFloat(w[i * cols + c]) * x[r * rows + i];
+      y[r * cols + c] = s;
+    }
+  }
+}
+
+// y[r][c] += sum_i x[r][i] w[i][c]: x [n, rows], w [rows, cols], y [n, cols], all f32 but w.
+template <class V, class W>
+void VecMatAccumulate(const W* w, int64_t rows, int64_t cols, const float* x, int64_t n, float* y) {
+  for (int64_t r0 = 0; r0 < n; r0 += 4) {
+    const float* xr = x + r0 * rows;
+    float* yr = y + r0 * cols;
+    switch (n - r0 >= 4 ? 4 : n - r0) {
+      case 4:
+        VecMatRows<V, W, 4>(w, rows, cols, xr, yr);
+        break;
+      case 3:
+        VecMatRows<V, W, 3>(w, rows, cols, xr, yr);
+        break;
+      case 2:
+        VecMatRows<V, W, 2>(w, rows, cols, xr, yr);
+        break;
+      default:
+        VecMatRows<V, W, 1>(w, rows, cols, xr, yr);
+    }
+  }
+}
+
+template <class V>
+void VecMatAny(const WeightMatrix& m, const float* x, int64_t n, float* y) {
+  switch (m.type) {
+    case WeightType::kF32:
+      VecMatAccumulate<V>(static_cast<const float*>(m.data), m.rows, m.cols, x, n, y);
+      break;
+    case WeightType::kBF16:
+      VecMatAccumulate<V>(static_cast<const uint16_t*>(m.data), m.rows, m.cols, x, n, y);
+      break;
+    case WeightType::kInt8:
+      VecMatAccumulate<V>(static_cast<const int8_t*>(m.data), m.rows, m.cols, x, n, y);
       break;
   }
 }

@@ -1,6 +1,6 @@
 // Every MatVec path (scalar, AVX2, AVX-512, threaded) against the scalar
 // reference, for f32, bf16 and int8 weights, odd shapes (tails of every
-// width), 1..16 activation rows, bias, and bf16 output.
+// width), 1..16 activation rows, bias, and bf16 output; VecMat likewise.
 #include "services/engine/cpu_matvec.h"
 
 #include <gtest/gtest.h>
@@ -80,6 +80,52 @@ TEST(CpuMatVecTest, EveryIsaMatchesTheReference) {
                            std::to_string(rows) + "x" + std::to_string(cols) +
                            " n=" + std::to_string(n));
           }
+        }
+      }
+    }
+  }
+}
+
+// Narrow matrices (cols < 16: attention scores over a tiny head_dim) take
+// the AVX2 code from MatVec when AVX-512 is the chosen path.
+TEST(CpuMatVecTest, NarrowMatricesThroughTheDispatcherMatchTheReference) {
+  for (WeightType type : {WeightType::kF32, WeightType::kBF16, WeightType::kInt8}) {
+    for (int64_t cols : {1, 8, 15}) {
+      Problem p = Make(type, 37, cols, 3, /*with_bias=*/false, static_cast<uint32_t>(cols));
+      std::vector<float> want(3 * 37), got(3 * 37, NAN);
+      MatVecReference(p.w, p.x.data(), 3, want.data(), OutputType::kF32);
+      MatVec(p.w, p.x.data(), 3, got.data(), OutputType::kF32, 2);
+      ExpectNear(want, got, cols, "cols " + std::to_string(cols));
+    }
+  }
+}
+
+// VecMat (y += x w, attention's probabilities times values) on every ISA:
+// odd widths (lane tails), any number of rows, accumulating into y.
+TEST(CpuMatVecTest, VecMatOnEveryIsaMatchesTheReference) {
+  for (WeightType type : {WeightType::kF32, WeightType::kBF16, WeightType::kInt8}) {
+    for (int64_t cols : {1, 7, 8, 16, 17, 64, 72}) {
+      for (int64_t rows : {1, 5, 33, 200}) {
+        for (int64_t n : {1, 2, 4, 5, 7}) {
+          Problem p =
+              Make(type, rows, cols, n, false, static_cast<uint32_t>(cols * 17 + rows * 3 + n));
+          std::vector<float> x(n * rows);  // [n, rows]: one weight per matrix row
+          for (size_t i = 0; i < x.size(); ++i) x[i] = p.x[i % p.x.size()] * 0.1f;
+          std::vector<float> start(n * cols);
+          for (size_t i = 0; i < start.size(); ++i) start[i] = 0.01f * static_cast<float>(i % 7);
+          std::vector<float> want = start;
+          VecMatReference(p.w, x.data(), n, want.data());
+          for (const std::string& isa : SupportedMatVecIsas()) {
+            std::vector<float> got = start;
+            VecMatOn(isa, p.w, x.data(), n, got.data());
+            ExpectNear(want, got, rows,
+                       "VecMat " + isa + " type " + std::to_string(static_cast<int>(type)) + " " +
+                           std::to_string(rows) + "x" + std::to_string(cols) +
+                           " n=" + std::to_string(n));
+          }
+          std::vector<float> got = start;
+          VecMat(p.w, x.data(), n, got.data());
+          ExpectNear(want, got, rows, "VecMat dispatched");
         }
       }
     }
