@@ -254,6 +254,12 @@ at::Tensor SequenceKvCache::AttentionValues(int64_t layer) const {
   return at::cat({predicted, Values(layer)}, 1);
 }
 
+bool SequenceKvCache::AttentionSpans(int64_t layer, std::vector<KvSpan>& out) const {
+  const Layer& l = layers_[layer];
+  if (l.approx_keys.defined()) return false;  // predicted values exist only as a tensor
+  return l.store->Spans(out);
+}
+
 at::Tensor SequenceKvCache::AttentionSum(int64_t layer) const {
   const Layer& l = layers_[layer];
   if (!l.stats.attention_sum.defined()) return {};

@@ -103,6 +103,10 @@ class SequenceKvCache {
   // the retained ones, so the newest tokens stay the last columns.
   [[nodiscard]] at::Tensor AttentionKeys(int64_t layer) const;
   [[nodiscard]] at::Tensor AttentionValues(int64_t layer) const;
+  // The same entries read in place (kv_span.h), appended to `out`; false
+  // (nothing appended) when they exist only as tensors: packed (KIVI) layers
+  // and VECTOR's approximated entries. Valid until the layer next changes.
+  bool AttentionSpans(int64_t layer, std::vector<KvSpan>& out) const;
   [[nodiscard]] bool quantized(int64_t layer) const { return layers_[layer].quantized; }
   // Original position of each retained slot, per kv head.
   [[nodiscard]] const std::vector<std::vector<int32_t>>& Positions(int64_t layer) const {

@@ -28,6 +28,10 @@ class DenseLayerStore final : public LayerStore {
   at::Tensor Keys() const override { return View(keys_); }
   at::Tensor Values() const override { return View(values_); }
   int64_t size() const override { return size_; }
+  bool Spans(std::vector<KvSpan>& out) const override {
+    if (size_ > 0) out.push_back({keys_.data_ptr(), values_.data_ptr(), size_, capacity()});
+    return true;
+  }
 
   void Gather(const at::Tensor& index) override {
     const int64_t n = index.size(1);
@@ -165,6 +169,28 @@ class PagedLayerStore final : public LayerStore {
   at::Tensor Keys() const override { return swapped_ ? host_k_ : Read(arena_->keys); }
   at::Tensor Values() const override { return swapped_ ? host_v_ : Read(arena_->values); }
   int64_t size() const override { return size_; }
+  bool Spans(std::vector<KvSpan>& out) const override {
+    if (size_ == 0) return true;
+    if (swapped_) {
+      if (!host_k_.is_contiguous() || !host_v_.is_contiguous()) return false;
+      out.push_back({host_k_.data_ptr(), host_v_.data_ptr(), size_, size_});
+      return true;
+    }
+    // One span per run of consecutive blocks.
+    const int64_t t = pool_.block_tokens(), stride = arena_->keys.size(1);
+    const int64_t row_bytes = shape_.head_dim * ElementBytes(shape_.dtype);
+    const char* keys = static_cast<const char*>(arena_->keys.data_ptr());
+    const char* values = static_cast<const char*>(arena_->values.data_ptr());
+    for (int64_t s = 0; s < size_;) {
+      const int64_t first = blocks_[s / t] * t + s % t;
+      int64_t n = std::min(t - s % t, size_ - s);
+      while (s + n < size_ && blocks_[(s + n) / t] == blocks_[(s + n) / t - 1] + 1)
+        n += std::min(t, size_ - s - n);
+      out.push_back({keys + first * row_bytes, values + first * row_bytes, n, stride});
+      s += n;
+    }
+    return true;
+  }
 
   void Gather(const at::Tensor& index) override {
     const int64_t n = index.size(1);
@@ -284,6 +310,7 @@ class PoolChargedStore final : public LayerStore {
   at::Tensor Keys() const override { return inner_->Keys(); }
   at::Tensor Values() const override { return inner_->Values(); }
   int64_t size() const override { return inner_->size(); }
+  bool Spans(std::vector<KvSpan>& out) const override { return inner_->Spans(out); }
   void Gather(const at::Tensor& index) override {
     inner_->Gather(index);
     Settle();

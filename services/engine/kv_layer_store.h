@@ -21,11 +21,13 @@
 #include <ATen/core/Tensor.h>
 
 #include <memory>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "services/engine/kv_block_pool.h"
 #include "services/engine/kv_quant.h"
+#include "services/engine/kv_span.h"
 
 namespace kvguard::engine {
 
@@ -38,6 +40,10 @@ class LayerStore {
   [[nodiscard]] virtual at::Tensor Keys() const = 0;
   [[nodiscard]] virtual at::Tensor Values() const = 0;
   [[nodiscard]] virtual int64_t size() const = 0;
+  // The entries as they lie in memory, in slot order (kv_span.h), without
+  // copying; false (out untouched) where they are packed and need Keys().
+  // Valid until the next Append/Gather/SwapOut/SwapIn.
+  virtual bool Spans(std::vector<KvSpan>& /*out*/) const { return false; }
   // Keeps slots index[h][i] (int64 [kv_heads, n]) per head, freeing the rest.
   virtual void Gather(const at::Tensor& index) = 0;
   [[nodiscard]] virtual int64_t Bytes() const = 0;           // retained entries
