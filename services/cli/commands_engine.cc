@@ -221,7 +221,7 @@ absl::Status RunBench(int argc, char** argv) {
   CliArgs args;
   KVG_RETURN_IF_ERROR(args.Parse(argc, argv,
                                  {"model", "device", "dtype", "weights", "threads", "batch",
-                                  "prompt-tokens", "decode-tokens", "warmup"},
+                                  "prompt-tokens", "decode-tokens", "warmup", "cpu-decode"},
                                  {"json"}));
   KVG_ASSIGN_OR_RETURN(std::string model, args.Require("model"));
   KVG_ASSIGN_OR_RETURN(EngineOptions options, EngineOptionsFrom(args));
@@ -230,6 +230,11 @@ absl::Status RunBench(int argc, char** argv) {
   KVG_ASSIGN_OR_RETURN(bench.prompt_tokens, args.GetInt("prompt-tokens", 32));
   KVG_ASSIGN_OR_RETURN(bench.decode_tokens, args.GetInt("decode-tokens", 256));
   KVG_ASSIGN_OR_RETURN(bench.warmup_steps, args.GetInt("warmup", 8));
+  const std::string cpu_decode = args.Get("cpu-decode", "loops");
+  if (cpu_decode != "loops" && cpu_decode != "libtorch") {
+    return absl::InvalidArgumentError("--cpu-decode must be loops or libtorch");
+  }
+  bench.fused_cpu_decode = cpu_decode == "loops";
   KVG_ASSIGN_OR_RETURN(engine::BenchmarkResult r, engine::RunBenchmark(model, options, bench));
   json out = {{"model", model},
               {"device", options.device},
@@ -238,6 +243,7 @@ absl::Status RunBench(int argc, char** argv) {
               {"blas", r.blas},
               {"matmul", r.matmul},
               {"weights", r.weights},
+              {"decode_path", r.decode_path},
               {"logit_rel_rms_error", r.logit_rel_rms_error},
               {"top1_agreement", r.top1_agreement},
               {"batch", bench.batch},

@@ -84,10 +84,12 @@ absl::StatusOr<BenchmarkResult> RunBenchmark(const std::string& model_path,
   }
   const int64_t vocab = ckpt.config.vocab_size;
   BenchmarkResult result;
-  KVG_ASSIGN_OR_RETURN(auto model,
-                       LlamaModel::Load(std::move(ckpt), {.device = engine_options.device,
-                                                          .dtype = engine_options.dtype,
-                                                          .weights = engine_options.weights}));
+  KVG_ASSIGN_OR_RETURN(
+      auto model,
+      LlamaModel::Load(std::move(ckpt), {.device = engine_options.device,
+                                         .dtype = engine_options.dtype,
+                                         .weights = engine_options.weights,
+                                         .fused_cpu_decode = options.fused_cpu_decode}));
   result.dtype = DtypeName(model->dtype());
   const BlasInfo blas = DescribeBlas();
   result.blas = blas.path.empty() ? blas.name : absl::StrCat(blas.name, " (", blas.path, ")");
@@ -123,6 +125,7 @@ absl::StatusOr<BenchmarkResult> RunBenchmark(const std::string& model_path,
     at::Tensor next = logits.argmax(-1).to(at::kCPU);
     const int64_t* ids = next.data_ptr<int64_t>();
     for (int64_t b = 0; b < options.batch; ++b) items[b].tokens = {static_cast<int32_t>(ids[b])};
+    result.decode_path = model->DecodesOnCpu(items) ? "cpu loops" : "libtorch ops";
     KVG_ASSIGN_OR_RETURN(logits, model->Forward(items));
     return absl::OkStatus();
   };

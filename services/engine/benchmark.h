@@ -21,6 +21,7 @@ struct BenchmarkOptions {
   int64_t prompt_tokens = 32;
   int64_t decode_tokens = 256;
   int64_t warmup_steps = 8;
+  bool fused_cpu_decode = true;  // false: CPU decode steps on libtorch ops (for comparison)
 };
 
 struct BenchmarkResult {
@@ -32,6 +33,8 @@ struct BenchmarkResult {
   std::string blas;     // CPU: the BLAS library libtorch's f32 matmuls ran on (name and path)
   std::string matmul;   // the product paths: decode MatVec (CPU) and the prefill GEMM
   std::string weights;  // "native" or "int8"
+  // "cpu loops" (llama_decode_cpu.cc) or "libtorch ops": what the decode steps ran on.
+  std::string decode_path;
   // int8 weights only: their logits against the native-weight model's on the
   // same greedy trajectory (the native model's choices fed to both), over the
   // prefill's last position and every warm-up and timed decode step.

@@ -11,33 +11,10 @@
 #include "absl/strings/str_join.h"
 #include "common/status_macros.h"
 #include "services/engine/cpu_matvec.h"
+#include "services/engine/llama_model_impl.h"
 
 namespace kvguard::engine {
 namespace {
-
-// One projection y = x W^T + b. On CPU, decode-sized inputs (a few rows) go
-// through cpu::MatVec, which streams W once at memory bandwidth; larger inputs
-// (prefill) through libtorch's GEMM. With int8 weights only the quantized
-// matrix is kept, and a GEMM dequantizes it on the fly.
-struct Linear {
-  at::Tensor weight;         // [out, in], compute dtype (undefined when int8)
-  at::Tensor bias;           // [out], compute dtype, optional
-  at::Tensor bias_f32;       // the bias for MatVec
-  at::Tensor q8, scales;     // int8 weights: [out, in] int8 and [out] f32 per-row scales
-  cpu::WeightMatrix matvec;  // views of weight or q8 (CPU f32/bf16/int8 only)
-  int64_t matvec_rows = 0;   // inputs of up to this many rows take MatVec
-};
-
-struct LayerWeights {
-  at::Tensor input_norm, post_norm;  // [d]
-  Linear qkv;                        // [(hq + 2 hkv) * hd, d], bias optional
-  Linear o;                          // [d, hq * hd]
-  at::Tensor q_norm, k_norm;         // [hd], qwen3 only
-  Linear gate_up;                    // [2f, d]
-  Linear down;                       // [d, f]
-};
-
-enum class WeightFormat { kNative, kInt8 };
 
 absl::StatusOr<WeightFormat> ParseWeightFormat(const std::string& name) {
   if (name == "native") return WeightFormat::kNative;
@@ -113,34 +90,6 @@ absl::StatusOr<at::ScalarType> ToScalarType(DType dtype, const std::string& name
   }
 }
 
-// Copies checkpoint weights to owned tensors of the compute dtype and device,
-// checking every shape against the config.
-class WeightLoader {
- public:
-  WeightLoader(const WeightSource& source, at::ScalarType dtype, at::Device device)
-      : source_(source), options_(at::TensorOptions().dtype(dtype).device(device)) {}
-
-  absl::StatusOr<at::Tensor> Get(const std::string& name, std::vector<int64_t> shape) {
-    const TensorView* view = source_.Find(name);
-    if (view == nullptr) return absl::NotFoundError(absl::StrCat("missing weight '", name, "'"));
-    if (view->shape != shape) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("weight '", name, "' has shape [", absl::StrJoin(view->shape, ","),
-                       "], config implies [", absl::StrJoin(shape, ","), "]"));
-    }
-    KVG_ASSIGN_OR_RETURN(at::ScalarType src, ToScalarType(view->dtype, name));
-    // from_blob borrows the read-only mapping; .to(..., copy=true) makes an owned tensor.
-    at::Tensor borrowed =
-        at::from_blob(const_cast<uint8_t*>(view->data), shape, at::TensorOptions().dtype(src));
-    return borrowed.to(options_, /*non_blocking=*/false, /*copy=*/true);
-  }
-  bool Has(const std::string& name) const { return source_.Find(name) != nullptr; }
-
- private:
-  const WeightSource& source_;
-  at::TensorOptions options_;
-};
-
 // llama2.c rotates interleaved pairs; HF rotates halves. Permuting the rows of
 // wq/wk per head turns one into the other (q·k is unchanged), as HF's
 // conversion script does.
@@ -169,57 +118,32 @@ at::Tensor InverseFrequencies(const RopeConfig& rope, int64_t head_dim) {
 
 }  // namespace
 
-struct LlamaModel::Impl {
-  ModelConfig config;
-  std::string tokenizer_path;
-  at::ScalarType dtype = at::kFloat;
-  at::Device device = at::kCPU;
-  WeightFormat weights = WeightFormat::kNative;
-  at::Tensor embed;               // [vocab, d]
-  at::Tensor final_norm;          // [d]
-  Linear lm_head;                 // [vocab, d] (the embedding when tied)
-  at::Tensor rope_cos, rope_sin;  // [max_pos, hd] in compute dtype
-  std::vector<LayerWeights> layers;
+// Copies checkpoint weights to owned tensors of the compute dtype and device,
+// checking every shape against the config.
+class WeightLoader {
+ public:
+  WeightLoader(const WeightSource& source, at::ScalarType dtype, at::Device device)
+      : source_(source), options_(at::TensorOptions().dtype(dtype).device(device)) {}
 
-  absl::Status LoadWeights(const Checkpoint& ckpt);
-  absl::Status LoadLayer(WeightLoader& loader, int64_t l, LayerWeights& w);
-  void BuildRope();
-  Linear MakeLinear(at::Tensor weight, at::Tensor bias = {}) const;
-  // x [rows, in] -> [rows, out] in `out` dtype (the compute dtype unless asked otherwise).
-  at::Tensor Apply(const Linear& linear, const at::Tensor& x,
-                   at::ScalarType out = at::ScalarType::Undefined) const;
-  // The same products with the elementwise step before or after them fused
-  // into one pass on CPU decode rows (libtorch ops otherwise; equal results):
-  // Apply(linear, RmsNorm(x, norm)), residual + Apply(linear, a), and
-  // residual + Apply(down, silu(gate) * up).
-  at::Tensor NormThenApply(const Linear& linear, const at::Tensor& x, const at::Tensor& norm) const;
-  at::Tensor ApplyAdd(const Linear& linear, const at::Tensor& a, const at::Tensor& residual) const;
-  at::Tensor SwiGluApplyAdd(const Linear& down, const at::Tensor& gate_up,
-                            const at::Tensor& residual) const;
-  bool Fusable(const Linear& linear, const at::Tensor& x) const;
-  at::Tensor RunMatVec(const Linear& linear, const float* x32, int64_t rows, at::ScalarType out,
-                       const at::Tensor& residual = {}) const;
-  at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight) const;
-  at::Tensor Rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) const;
-  at::Tensor Attention(const ForwardItem& item, int64_t layer, const at::Tensor& q,
-                       const at::Tensor& k, const at::Tensor& v, int64_t first_pos) const;
-  struct Projected {
-    at::Tensor q_pre, q, k, v;  // [rows, heads, hd] (q_pre before RoPE), k/v [rows, kv_heads, hd]
-  };
-  Projected Project(int64_t l, const at::Tensor& x, const at::Tensor& cos,
-                    const at::Tensor& sin) const;
-  at::Tensor Finish(int64_t l, const at::Tensor& x, const at::Tensor& attn) const;
-  // One decode token each for `items` of the batch, attended together over
-  // their caches padded to the longest (one matmul pair, not one per item);
-  // H2O-style attention sums are taken from each row's own columns.
-  at::Tensor DecodeAttention(std::span<ForwardItem> batch, const std::vector<size_t>& items,
-                             int64_t layer, const at::Tensor& q, const at::Tensor& k,
-                             const at::Tensor& v, const std::vector<int64_t>& offsets) const;
-  at::Tensor Layer(int64_t l, std::span<ForwardItem> batch, const std::vector<int64_t>& offsets,
-                   const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
-  at::Tensor RecomputeAttention(const SequenceKvCache& cache, int64_t l, const Projected& p,
-                                const std::vector<int32_t>& positions) const;
-  absl::Status Validate(std::span<ForwardItem> batch) const;
+  absl::StatusOr<at::Tensor> Get(const std::string& name, std::vector<int64_t> shape) {
+    const TensorView* view = source_.Find(name);
+    if (view == nullptr) return absl::NotFoundError(absl::StrCat("missing weight '", name, "'"));
+    if (view->shape != shape) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("weight '", name, "' has shape [", absl::StrJoin(view->shape, ","),
+                       "], config implies [", absl::StrJoin(shape, ","), "]"));
+    }
+    KVG_ASSIGN_OR_RETURN(at::ScalarType src, ToScalarType(view->dtype, name));
+    // from_blob borrows the read-only mapping; .to(..., copy=true) makes an owned tensor.
+    at::Tensor borrowed =
+        at::from_blob(const_cast<uint8_t*>(view->data), shape, at::TensorOptions().dtype(src));
+    return borrowed.to(options_, /*non_blocking=*/false, /*copy=*/true);
+  }
+  bool Has(const std::string& name) const { return source_.Find(name) != nullptr; }
+
+ private:
+  const WeightSource& source_;
+  at::TensorOptions options_;
 };
 
 Linear LlamaModel::Impl::MakeLinear(at::Tensor weight, at::Tensor bias) const {
@@ -650,6 +574,7 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(Checkpoint checkpoi
                        ParseDtype(ResolveDtype(checkpoint, options.device, options.dtype)));
   KVG_ASSIGN_OR_RETURN(impl->device, ParseDevice(options.device));
   KVG_ASSIGN_OR_RETURN(impl->weights, ParseWeightFormat(options.weights));
+  impl->fused_cpu_decode = options.fused_cpu_decode;
   if (impl->weights == WeightFormat::kInt8 &&
       (!impl->device.is_cpu() || (impl->dtype != at::kFloat && impl->dtype != at::kBFloat16))) {
     return absl::InvalidArgumentError("int8 weights run on CPU with f32 or bf16 activations only");
@@ -666,11 +591,16 @@ absl::StatusOr<std::unique_ptr<LlamaModel>> LlamaModel::Load(Checkpoint checkpoi
   return std::unique_ptr<LlamaModel>(new LlamaModel(std::move(impl)));
 }
 
+bool LlamaModel::DecodesOnCpu(std::span<const ForwardItem> batch) const {
+  return impl_->CanDecodeOnCpu(batch);
+}
+
 absl::StatusOr<at::Tensor> LlamaModel::Forward(std::span<ForwardItem> batch) {
   Impl& m = *impl_;
   KVG_RETURN_IF_ERROR(m.Validate(batch));
   try {
     c10::InferenceMode guard;
+    if (m.CanDecodeOnCpu(batch)) return m.DecodeOnCpu(batch);
     std::vector<int64_t> ids, positions, offsets{0}, logit_rows;
     for (ForwardItem& item : batch) {
       const int64_t start = item.cache->num_positions();

@@ -37,6 +37,10 @@ struct ModelOptions {
   // "native": weights in the compute dtype; "int8": symmetric per-channel int8
   // weights (CPU), dequantized on the fly for prefill GEMMs.
   std::string weights = "native";
+  // CPU decode steps (one token per sequence, f32/bf16) as plain loops over
+  // reused buffers (llama_decode_cpu.cc); false: the libtorch ops, which the
+  // loops are tested against.
+  bool fused_cpu_decode = true;
 };
 
 // The compute dtype "auto" resolves to for a checkpoint on a device ("cpu", "cuda[:N]").
@@ -63,6 +67,10 @@ class LlamaModel {
   // model's device: one row per requested position, items in order.
   // Errors (ids out of vocabulary, positions past the context) change nothing.
   absl::StatusOr<at::Tensor> Forward(std::span<ForwardItem> batch);
+  // Whether Forward(batch) runs as the CPU decode loops (llama_decode_cpu.cc)
+  // rather than libtorch ops: CPU f32/bf16, one token per item, no attention
+  // statistics or packed/approximated cache entries, ModelOptions::fused_cpu_decode.
+  [[nodiscard]] bool DecodesOnCpu(std::span<const ForwardItem> batch) const;
 
   // RECOVERY: recomputes the keys/values of the positions of `wanted` that
   // some head lacks (widened by SequenceKvCache::RestorableSet) from their

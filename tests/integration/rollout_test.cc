@@ -162,19 +162,22 @@ TEST(RolloutTest, RoundRobinSpreadsCallsOverReplicas) {
 }
 
 TEST(RolloutTest, DrainSendsGoawayAtOnceAndClientsMoveToAnotherReplica) {
-  Proc a = Start("kvguard-server", {"--drain_grace_ms", "30000"});
+  // 24 streams of 500 tokens on one thread keep A busy for seconds: its last stream ended
+  // ~3.8 s after the new calls (8 streams on two threads once took ~2.5 s in all, but the
+  // CPU decode loops finish them before the new calls are made).
+  Proc a = Start("kvguard-server",
+                 {"--drain_grace_ms", "30000", "--threads", "1", "--max_concurrent", "32"});
   Proc b = Start("kvguard-server", {});
-  // Eight streams keep A busy for seconds (~2.5 s on two cores).
   std::vector<std::future<std::pair<absl::StatusOr<client::GenerateOutcome>, Clock::time_point>>>
       in_flight;
   Started started;
-  for (int i = 0; i < 8; ++i) {
+  for (int i = 0; i < 24; ++i) {
     in_flight.push_back(std::async(std::launch::async, [&] {
       auto out = GenerationClient(a.address).Generate(Request(500), started.Counter());
       return std::pair{std::move(out), Clock::now()};
     }));
   }
-  ASSERT_TRUE(started.WaitFor(8));
+  ASSERT_TRUE(started.WaitFor(24));
   const std::string both = "ipv4:" + a.address + "," + b.address;
   GenerationClient rr(*client::OpenChannel(both, {.lb_policy = "round_robin"}), both, "");
   ASSERT_TRUE(rr.GetModelInfo().ok());
