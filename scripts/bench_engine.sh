@@ -49,6 +49,7 @@ if [ "$REPORT_ONLY" = 0 ]; then
     /usr/bin/python3 "$TOOLS/make_random_checkpoint.py" "$CKPT" qwen2.5-0.5b bf16
   fi
   [ -f "$PEER/q05-bf16.gguf" ] || /usr/bin/python3 "$TOOLS/hf_to_gguf.py" "$CKPT" "$PEER/q05-bf16.gguf" bf16
+  [ -f "$PEER/q05-f32.gguf" ] || /usr/bin/python3 "$TOOLS/hf_to_gguf.py" "$CKPT" "$PEER/q05-f32.gguf" f32
   [ -f "$PEER/q05-q8_0.gguf" ] || "$PEER/llama_peer" quantize "$PEER/q05-bf16.gguf" "$PEER/q05-q8_0.gguf" q8_0
   : > "$RAW"
   wbytes=$(du -cb "$CKPT"/*.safetensors | tail -1 | cut -f1)
@@ -57,6 +58,9 @@ if [ "$REPORT_ONLY" = 0 ]; then
   CASES=(
     "bf16 b1|kvguard|$KVG bench --model $CKPT --threads 2 --batch 1 --prompt-tokens 128 --decode-tokens 64 --warmup 8 --json"
     "bf16 b1|llama.cpp|$PEER/llbench $PEER/q05-bf16.gguf 2 128 64 8 none auto"
+    "bf16 b1|kvguard-libtorch|$KVG bench --model $CKPT --threads 2 --batch 1 --prompt-tokens 128 --decode-tokens 64 --warmup 8 --cpu-decode libtorch --json"
+    "f32 b1|kvguard|$KVG bench --model $CKPT --dtype f32 --threads 2 --batch 1 --prompt-tokens 128 --decode-tokens 32 --warmup 4 --json"
+    "f32 b1|llama.cpp|$PEER/llbench $PEER/q05-f32.gguf 2 128 32 4 none auto"
     "int8 b1|kvguard|$KVG bench --model $CKPT --weights int8 --threads 2 --batch 1 --prompt-tokens 128 --decode-tokens 64 --warmup 8 --json"
     "int8 b1|llama.cpp|$PEER/llbench $PEER/q05-q8_0.gguf 2 128 64 8 none auto"
     "bf16 b8|kvguard|$KVG bench --model $CKPT --threads 2 --batch 8 --prompt-tokens 128 --decode-tokens 32 --warmup 4 --json"
@@ -67,6 +71,7 @@ if [ "$REPORT_ONLY" = 0 ]; then
   if [ -n "$RUNC" ]; then
     CASES+=(
       "stories260K b1|kvguard|$KVG bench --model models/stories260K/stories260K.bin --threads 1 --batch 1 --prompt-tokens 1 --decode-tokens 500 --warmup 8 --json"
+      "stories260K b1|kvguard-libtorch|$KVG bench --model models/stories260K/stories260K.bin --threads 1 --batch 1 --prompt-tokens 1 --decode-tokens 500 --warmup 8 --cpu-decode libtorch --json"
       "stories260K b1|run.c|$RUNC/run models/stories260K/stories260K.bin -z $RUNC/tok512.bin -t 0 -n 512 -i ''"
     )
   fi

@@ -33,7 +33,8 @@ def med(case, system, key):
 
 bw = med("bandwidth", "bw", "gb_per_s")
 cases = []
-for case, peer in [("bf16 b1", "llama.cpp"), ("int8 b1", "llama.cpp"), ("bf16 b8", "llama.cpp"),
+for case, peer in [("bf16 b1", "llama.cpp"), ("f32 b1", "llama.cpp"), ("int8 b1", "llama.cpp"),
+                   ("bf16 b8", "llama.cpp"),
                    ("bf16 b32", "llama.cpp"), ("stories260K b1", "run.c")]:
     ours = med(case, "kvguard", "decode_tokens_per_s")
     theirs = med(case, peer, "decode_tokens_per_s")
@@ -44,11 +45,14 @@ for case, peer in [("bf16 b1", "llama.cpp"), ("int8 b1", "llama.cpp"), ("bf16 b8
             "decode_ratio": ours / theirs if ours and theirs else None,
             "kvguard_prefill_tokens_per_s": med(case, "kvguard", "prefill_tokens_per_s"),
             "peer_prefill_tokens_per_s": med(case, peer, "prefill_tokens_per_s"),
-            "rounds": len(values.get((case, "kvguard"), {}).get("decode_tokens_per_s", []))}
+            "rounds": len(values.get((case, "kvguard"), {}).get("decode_tokens_per_s", [])),
+            # The same build with its decode steps on libtorch ops (--cpu-decode libtorch).
+            "kvguard_libtorch_decode_tokens_per_s": med(case, "kvguard-libtorch",
+                                                        "decode_tokens_per_s")}
     if item["kvguard_prefill_tokens_per_s"] and item["peer_prefill_tokens_per_s"]:
         item["prefill_ratio"] = item["kvguard_prefill_tokens_per_s"] / item["peer_prefill_tokens_per_s"]
     if case.endswith("b1") and weight_bytes and bw and not case.startswith("stories"):
-        step_bytes = weight_bytes / 2 if case.startswith("int8") else weight_bytes
+        step_bytes = weight_bytes * {"int8": 0.5, "f32": 2.0}.get(case.split()[0], 1.0)
         roof = bw * 1e9 / step_bytes
         item["roofline_tokens_per_s"] = roof
         item["kvguard_roofline_fraction"] = ours / roof if ours else None
@@ -85,6 +89,14 @@ for c in cases:
                  f"{fmt(c['kvguard_prefill_tokens_per_s'])} | {fmt(c['peer_prefill_tokens_per_s'])} |")
 md = [f"Read bandwidth (2 threads, `bw`, median of rounds): {fmt(bw)} GB/s. "
       f"bf16 weights: {weight_bytes / 1e9 if weight_bytes else 0:.3f} GB.", ""] + lines
+loops = [c for c in cases if c["kvguard_libtorch_decode_tokens_per_s"]]
+if loops:
+    md += ["", "kvguard's decode step as plain loops (`llama_decode_cpu.cc`, the default) against the "
+               "same build on libtorch ops (`--cpu-decode libtorch`):", "",
+           "| case | loops tok/s | libtorch ops tok/s | speed-up |", "| --- | --- | --- | --- |"]
+    for c in loops:
+        a, b = c["kvguard_decode_tokens_per_s"], c["kvguard_libtorch_decode_tokens_per_s"]
+        md.append(f"| {c['case']} | {fmt(a)} | {fmt(b)} | {a / b:.2f}x |")
 for c in cases:
     if "kvguard_logit_rel_rms_error" in c:
         md += ["", f"int8 weights against bf16 on the same greedy trajectory: relative RMS logit error "
@@ -93,7 +105,8 @@ for c in cases:
 open(f"{out}/engine_table.md", "w").write("\n".join(md) + "\n")
 
 # One bar pair per case, decode tokens/s relative to the peer (peer = 1).
-W, H, left, top, bar = 640, 300, 150, 30, 18
+W, left, top, bar = 640, 150, 30, 18
+H = top + 10 + len(cases) * (bar * 2 + 10) + 30
 scale_max = max([c["decode_ratio"] or 0 for c in cases] + [1.2]) * 1.1
 svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">',
        f'<text x="{W/2}" y="18" text-anchor="middle">decode tokens/s, kvguard relative to its peer (peer = 1.0)</text>']

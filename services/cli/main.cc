@@ -3,6 +3,7 @@
 #include <cstring>
 #include <exception>
 #include <iostream>
+#include <map>
 #include <string>
 
 #include "services/cli/commands.h"
@@ -39,8 +40,9 @@ commands:
   bench-compressors --model PATH [--compressors a,b] [--ratios 0.5,0.9] [--prompt-tokens N]
             [--decode-tokens N] [--compress-every N] [--batch B] [--repeats N] [--threads N] [--out DIR]
   bench     --model PATH [--device D] [--dtype T] [--weights native|int8] [--batch B]
-            [--prompt-tokens N] [--decode-tokens N] [--threads N] [--json]
-            (reports the dtype, BLAS and product paths; int8: logit error against native)
+            [--prompt-tokens N] [--decode-tokens N] [--threads N] [--cpu-decode loops|libtorch]
+            [--json]  (reports the dtype, BLAS, product and decode paths; int8: logit error
+            against native; --cpu-decode libtorch runs CPU decode steps on libtorch ops)
   random-checkpoint --out DIR [--shape qwen2.5-0.5b|qwen2.5-1.5b|qwen2.5-7b|llama-tiny110m]
             [--dtype bf16|f32] [--seed S]   (random weights of a published shape, for speed tests)
   train-lm  --out DIR [--steps N] [--batch B] [--dim D] [--layers L] [--heads H] [--kv-heads K]
@@ -50,6 +52,26 @@ commands:
   eval-lm   --model DIR [--problems N] [--threads T] [--problem-opt key=value]... [--json] [--show]
             [--weights native|int8]
 )";
+
+using Command = absl::Status (*)(int, char**);
+const std::map<std::string, Command> kCommands = {
+    {"tokenize", kvguard::cli::RunTokenize},
+    {"logits", kvguard::cli::RunLogits},
+    {"generate", kvguard::cli::RunGenerate},
+    {"bench", kvguard::cli::RunBench},
+    {"random-checkpoint", kvguard::cli::RunRandomCheckpoint},
+    {"kept", kvguard::cli::RunKept},
+    {"bench-compressors", kvguard::cli::RunBenchCompressors},
+    {"sweep", kvguard::cli::RunSweepCommand},
+    {"train-predictor", kvguard::cli::RunTrainPredictor},
+    {"evaluate", kvguard::cli::RunEvaluate},
+    {"frontier", kvguard::cli::RunFrontier},
+    {"problems", kvguard::cli::RunProblems},
+    {"compressors", kvguard::cli::RunCompressors},
+    {"calibrate-vector", kvguard::cli::RunCalibrateVector},
+    {"train-lm", kvguard::cli::RunTrainLm},
+    {"eval-lm", kvguard::cli::RunEvalLm},
+};
 
 }  // namespace
 
@@ -62,26 +84,12 @@ int main(int argc, char** argv) {
   const std::string command = argv[1];
   absl::Status status;
   try {
-    if (command == "tokenize") status = kvguard::cli::RunTokenize(argc - 2, argv + 2);
-    else if (command == "logits") status = kvguard::cli::RunLogits(argc - 2, argv + 2);
-    else if (command == "generate") status = kvguard::cli::RunGenerate(argc - 2, argv + 2);
-    else if (command == "bench") status = kvguard::cli::RunBench(argc - 2, argv + 2);
-    else if (command == "random-checkpoint") status = kvguard::cli::RunRandomCheckpoint(argc - 2, argv + 2);
-    else if (command == "kept") status = kvguard::cli::RunKept(argc - 2, argv + 2);
-    else if (command == "bench-compressors") status = kvguard::cli::RunBenchCompressors(argc - 2, argv + 2);
-    else if (command == "sweep") status = kvguard::cli::RunSweepCommand(argc - 2, argv + 2);
-    else if (command == "train-predictor") status = kvguard::cli::RunTrainPredictor(argc - 2, argv + 2);
-    else if (command == "evaluate") status = kvguard::cli::RunEvaluate(argc - 2, argv + 2);
-    else if (command == "frontier") status = kvguard::cli::RunFrontier(argc - 2, argv + 2);
-    else if (command == "problems") status = kvguard::cli::RunProblems(argc - 2, argv + 2);
-    else if (command == "compressors") status = kvguard::cli::RunCompressors(argc - 2, argv + 2);
-    else if (command == "calibrate-vector") status = kvguard::cli::RunCalibrateVector(argc - 2, argv + 2);
-    else if (command == "train-lm") status = kvguard::cli::RunTrainLm(argc - 2, argv + 2);
-    else if (command == "eval-lm") status = kvguard::cli::RunEvalLm(argc - 2, argv + 2);
-    else {
+    const auto run = kCommands.find(command);
+    if (run == kCommands.end()) {
       std::cerr << "kvguard: unknown command '" << command << "'\n" << kUsage;
       return 2;
     }
+    status = run->second(argc - 2, argv + 2);
   } catch (const std::exception& e) {
     std::cerr << "kvguard " << command << ": internal error: " << e.what() << "\n";
     return 1;
