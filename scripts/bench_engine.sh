@@ -3,7 +3,8 @@
 # noisy; the report takes medians):
 #   - Qwen2.5-0.5B shape, random bf16 weights, 2 threads: kvguard bench against llama.cpp (the
 #     prebuilt CPU libraries the peer tool installs from npm) at batch 1, 8 and 32, and kvguard's
-#     int8 weights against llama.cpp's Q8_0 of the same checkpoint at batch 1;
+#     int8 weights against llama.cpp's Q8_0 and f32 compute against its F32 file of the same
+#     checkpoint at batch 1; kvguard's decode loops also against its own libtorch-ops path;
 #   - stories260K, 1 thread: kvguard against llama2.c's run.c -Ofast (given with --runc);
 #   - the read bandwidth of this machine (the batch-1 roofline: weight bytes / bandwidth).
 # Writes reports/bench/engine.{json,csv,md,svg}; raw JSON lines stay in WORK.
