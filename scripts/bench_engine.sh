@@ -7,7 +7,8 @@
 #     checkpoint at batch 1; kvguard's decode loops also against its own libtorch-ops path;
 #   - stories260K, 1 thread: kvguard against llama2.c's run.c -Ofast (given with --runc);
 #   - the read bandwidth of this machine (the batch-1 roofline: weight bytes / bandwidth).
-# Writes reports/bench/engine.{json,csv,md,svg}; raw JSON lines stay in WORK.
+# Writes reports/bench/engine.{json,csv,svg}, engine_table.md and engine_raw.jsonl (every run's
+# output line; --report-only re-renders from it).
 #
 #   scripts/bench_engine.sh --peer DIR [--peer-tools ../shared/tools/peer-llamacpp]
 #                           [--runc DIR_WITH_run_AND_tok512.bin] [--rounds 3] [--work DIR]
@@ -94,5 +95,6 @@ if [ "$REPORT_ONLY" = 0 ]; then
     done=$((done + 1))
   done
   echo >&2
+  cp "$RAW" "$OUT/engine_raw.jsonl" # every run's record, so the report can be recomputed
 fi
-/usr/bin/python3 scripts/engine_report.py "$RAW" "$OUT"
+/usr/bin/python3 scripts/engine_report.py "$OUT/engine_raw.jsonl" "$OUT"

@@ -31,6 +31,12 @@ def med(case, system, key):
     xs = values.get((case, system), {}).get(key, [])
     return statistics.median(xs) if xs else None
 
+
+def spread(case, system, key="decode_tokens_per_s"):
+    """[min, max] over rounds: single rounds on this machine vary by 10-30%."""
+    xs = values.get((case, system), {}).get(key, [])
+    return [min(xs), max(xs)] if xs else None
+
 bw = med("bandwidth", "bw", "gb_per_s")
 cases = []
 for case, peer in [("bf16 b1", "llama.cpp"), ("f32 b1", "llama.cpp"), ("int8 b1", "llama.cpp"),
@@ -42,6 +48,8 @@ for case, peer in [("bf16 b1", "llama.cpp"), ("f32 b1", "llama.cpp"), ("int8 b1"
         continue
     item = {"case": case, "peer": peer, "kvguard_decode_tokens_per_s": ours,
             "peer_decode_tokens_per_s": theirs,
+            "kvguard_decode_range": spread(case, "kvguard"),
+            "peer_decode_range": spread(case, peer),
             "decode_ratio": ours / theirs if ours and theirs else None,
             "kvguard_prefill_tokens_per_s": med(case, "kvguard", "prefill_tokens_per_s"),
             "peer_prefill_tokens_per_s": med(case, peer, "prefill_tokens_per_s"),
@@ -76,9 +84,14 @@ with open(f"{out}/engine.csv", "w", newline="") as f:
 def fmt(v, digits=1):
     return "–" if v is None else f"{v:,.{digits}f}"
 
+
+def rng(r):
+    return "–" if r is None else f"{fmt(r[0])}–{fmt(r[1])}"
+
 lines = ["| case | peer | kvguard decode tok/s | peer decode tok/s | decode ratio | "
-         "roofline tok/s (kvguard / peer share) | kvguard prefill tok/s | peer prefill tok/s |",
-         "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+         "roofline tok/s (kvguard / peer share) | kvguard prefill tok/s | peer prefill tok/s | "
+         "decode range over rounds (kvguard; peer) |",
+         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
 for c in cases:
     roof = "–"
     if c.get("roofline_tokens_per_s"):
@@ -86,7 +99,8 @@ for c in cases:
                 f"{100 * c['peer_roofline_fraction']:.0f}%)")
     lines.append(f"| {c['case']} | {c['peer']} | {fmt(c['kvguard_decode_tokens_per_s'])} | "
                  f"{fmt(c['peer_decode_tokens_per_s'])} | **{fmt(c['decode_ratio'], 2)}x** | {roof} | "
-                 f"{fmt(c['kvguard_prefill_tokens_per_s'])} | {fmt(c['peer_prefill_tokens_per_s'])} |")
+                 f"{fmt(c['kvguard_prefill_tokens_per_s'])} | {fmt(c['peer_prefill_tokens_per_s'])} | "
+                 f"{rng(c['kvguard_decode_range'])}; {rng(c['peer_decode_range'])} |")
 md = [f"Read bandwidth (2 threads, `bw`, median of rounds): {fmt(bw)} GB/s. "
       f"bf16 weights: {weight_bytes / 1e9 if weight_bytes else 0:.3f} GB.", ""] + lines
 loops = [c for c in cases if c["kvguard_libtorch_decode_tokens_per_s"]]

@@ -6,6 +6,7 @@
 #include <map>
 #include <string>
 
+#include "common/heap.h"
 #include "services/cli/commands.h"
 
 namespace {
@@ -76,6 +77,7 @@ const std::map<std::string, Command> kCommands = {
 }  // namespace
 
 int main(int argc, char** argv) {
+  kvguard::KeepFreedBlocksInHeap();
   if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h") ||
       !std::strcmp(argv[1], "help")) {
     std::cout << kUsage;

@@ -3,7 +3,9 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <vector>
 
@@ -19,7 +21,7 @@ using simd::Round;
 constexpr int64_t kParallelElements = int64_t{1} << 16;
 
 float* ThreadFloats(int index, int64_t count) {
-  thread_local std::vector<float> buffers[4];
+  thread_local std::vector<float> buffers[5];
   std::vector<float>& b = buffers[index];
   if (static_cast<int64_t>(b.size()) < count) b.resize(static_cast<size_t>(count));
   return b.data();
@@ -37,9 +39,42 @@ WeightMatrix HeadRows(const void* base, OutputType type, const KvSpan& span, int
           .cols = head_dim};
 }
 
+// exp(x) for the softmax, in plain arithmetic so the loops below vectorize
+// (std::exp stays a scalar call): Cephes' expf, ~1 ulp like the Sleef exp
+// libtorch's softmax uses. x <= 0 here (scores minus their peak).
+inline float SoftmaxExp(float x) {
+  x = x < -87.0f ? -87.0f : x;
+  constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+  const float n = (x * 1.44269504088896341f + kRound) - kRound;
+  const float r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  return p * std::bit_cast<float>((static_cast<int32_t>(n) + 127) << 23);
+}
+
+// row[t] = exp(row[t] - peak) for t < count; returns their sum. One clone per
+// vector width, chosen at load time (ifunc), as the MatVec kernels are.
+__attribute__((target_clones("avx512f", "avx2", "default"))) float ExpShifted(float* row,
+                                                                              int64_t count,
+                                                                              float peak) {
+  float sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t t = 0; t < count; ++t) {
+    row[t] = SoftmaxExp(row[t] - peak);
+    sum += row[t];
+  }
+  return sum;
+}
+
 // Query heads [g * group, (g + 1) * group) against kv head g.
 void AttendKvHead(const void* q, OutputType type, const AttentionShape& shape,
-                  std::span<const KvSpan> spans, int64_t total, int64_t g, float* out) {
+                  std::span<const KvSpan> spans, int64_t total, int64_t g, float* out,
+                  float* probs) {
   const int64_t hd = shape.head_dim, group = shape.heads / shape.kv_heads;
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
   float* qf = ThreadFloats(0, group * hd);
@@ -68,13 +103,14 @@ void AttendKvHead(const void* q, OutputType type, const AttentionShape& shape,
     float* row = scores + r * total;
     float peak = -std::numeric_limits<float>::infinity();
     for (int64_t t = 0; t < total; ++t) peak = std::max(peak, row[t]);
-    float sum = 0;
-    for (int64_t t = 0; t < total; ++t) {
-      row[t] = std::exp(row[t] - peak);
-      sum += row[t];
-    }
+    const float sum = ExpShifted(row, total, peak);
     const float inv = 1.0f / sum;
-    for (int64_t t = 0; t < total; ++t) row[t] = Round(row[t] * inv, type);
+    float* kept = probs == nullptr ? nullptr : probs + (g * group + r) * total;
+    for (int64_t t = 0; t < total; ++t) {
+      const float p = row[t] * inv;
+      if (kept != nullptr) kept[t] = p;
+      row[t] = Round(p, type);
+    }
   }
 
   // out_r = sum_t p[r][t] v_t, accumulated in f32 over the spans, then rounded.
@@ -96,6 +132,86 @@ void AttendKvHead(const void* q, OutputType type, const AttentionShape& shape,
   for (int64_t i = 0; i < group * hd; ++i) acc[i] = Round(acc[i], type);
 }
 
+// Queries [i0, i1) of a prefill of n new tokens (the last n of `total` entries)
+// against kv head g; query i sees entries [0, total - n + i]. Rounds as
+// AttendKvHead does; `prob_sums` ([heads, total], optional) gets each query's
+// unrounded probabilities added, as the libtorch path's f32 softmax output.
+void AttendPrefillBlock(const void* q, OutputType type, const AttentionShape& shape,
+                        std::span<const KvSpan> spans, int64_t total, int64_t n, int64_t g,
+                        int64_t i0, int64_t i1, float* out, float* prob_sums) {
+  const int64_t hd = shape.head_dim, group = shape.heads / shape.kv_heads;
+  const int64_t rows = (i1 - i0) * group, visible = total - n + i1;
+  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
+  // Row (i - i0) * group + r is query i, head g * group + r.
+  float* qf = ThreadFloats(0, rows * hd);
+  for (int64_t i = i0; i < i1; ++i) {
+    for (int64_t j = 0; j < group * hd; ++j)
+      qf[(i - i0) * group * hd + j] = Load(q, type, (i * shape.heads + g * group) * hd + j);
+  }
+  // scores = Q K^T through VecMat over the keys transposed to [head_dim,
+  // visible] f32: broadcast FMAs over 16 slots at a time, where MatVec on
+  // head_dim-long key rows would spend its time in horizontal sums.
+  float* scores = ThreadFloats(1, rows * visible);
+  float* kt = ThreadFloats(2, hd * visible);
+  int64_t column = 0;
+  for (const KvSpan& span : spans) {
+    if (column >= visible) break;
+    const int64_t slots = std::min(span.slots, visible - column);
+    for (int64_t s = 0; s < slots; ++s) {
+      const int64_t base = (g * span.head_stride + s) * hd;
+      for (int64_t j = 0; j < hd; ++j)
+        kt[j * visible + column + s] = Load(span.keys, type, base + j);
+    }
+    column += slots;
+  }
+  std::fill(scores, scores + rows * visible, 0.0f);
+  VecMat({.type = WeightType::kF32, .data = kt, .rows = hd, .cols = visible}, qf, rows, scores);
+  for (int64_t r = 0; r < rows; ++r) {
+    float* row = scores + r * visible;
+    if (type == OutputType::kF32) {
+      for (int64_t t = 0; t < visible; ++t) row[t] *= scale;
+    } else {
+      for (int64_t t = 0; t < visible; ++t) row[t] = Round(Round(row[t], type) * scale, type);
+    }
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t i = i0 + r / group, sees = total - n + i + 1;
+    float* row = scores + r * visible;
+    float peak = -std::numeric_limits<float>::infinity();
+    for (int64_t t = 0; t < sees; ++t) peak = std::max(peak, row[t]);
+    const float sum = ExpShifted(row, sees, peak);
+    const float inv = 1.0f / sum;
+    float* acc = prob_sums == nullptr ? nullptr : prob_sums + (g * group + r % group) * total;
+    if (acc != nullptr) {
+      for (int64_t t = 0; t < sees; ++t) acc[t] += row[t] * inv;
+    }
+    if (type == OutputType::kF32) {
+      for (int64_t t = 0; t < sees; ++t) row[t] *= inv;
+    } else {
+      for (int64_t t = 0; t < sees; ++t) row[t] = Round(row[t] * inv, type);
+    }
+    std::fill(row + sees, row + visible, 0.0f);  // causal: later entries get no weight
+  }
+  float* acc = ThreadFloats(3, rows * hd);
+  std::fill(acc, acc + rows * hd, 0.0f);
+  float* packed = ThreadFloats(4, rows * visible);
+  column = 0;
+  for (const KvSpan& span : spans) {
+    if (column >= visible) break;
+    KvSpan seen = span;
+    seen.slots = std::min(span.slots, visible - column);
+    for (int64_t r = 0; r < rows; ++r)
+      std::copy_n(scores + r * visible + column, seen.slots, packed + r * seen.slots);
+    VecMat(HeadRows(span.values, type, seen, g, hd), packed, rows, acc);
+    column += seen.slots;
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t i = i0 + r / group, h = g * group + r % group;
+    for (int64_t j = 0; j < hd; ++j)
+      out[(i * shape.heads + h) * hd + j] = Round(acc[r * hd + j], type);
+  }
+}
+
 }  // namespace
 
 void RopeHeads(void* x, OutputType type, int64_t heads, int64_t head_dim, const void* cos,
@@ -115,18 +231,55 @@ void RopeHeads(void* x, OutputType type, int64_t heads, int64_t head_dim, const 
 }
 
 void DecodeAttention(const void* q, OutputType type, const AttentionShape& shape,
-                     std::span<const KvSpan> spans, float* out, int threads) {
+                     std::span<const KvSpan> spans, float* out, int threads, float* probs) {
   int64_t total = 0;
   for (const KvSpan& span : spans) total += span.slots;
   const int64_t work = total * shape.heads * shape.head_dim;
   const int team = static_cast<int>(
       std::min<int64_t>(std::max(threads, 1), work < kParallelElements ? 1 : shape.kv_heads));
   if (team <= 1) {
-    for (int64_t g = 0; g < shape.kv_heads; ++g) AttendKvHead(q, type, shape, spans, total, g, out);
+    for (int64_t g = 0; g < shape.kv_heads; ++g)
+      AttendKvHead(q, type, shape, spans, total, g, out, probs);
     return;
   }
 #pragma omp parallel for num_threads(team) schedule(static)
-  for (int64_t g = 0; g < shape.kv_heads; ++g) AttendKvHead(q, type, shape, spans, total, g, out);
+  for (int64_t g = 0; g < shape.kv_heads; ++g)
+    AttendKvHead(q, type, shape, spans, total, g, out, probs);
+}
+
+}  // namespace kvguard::engine::cpu
+
+namespace kvguard::engine::cpu {
+
+void PrefillAttention(const void* q, OutputType type, const AttentionShape& shape,
+                      std::span<const KvSpan> spans, int64_t n, float* out, float* prob_sums,
+                      int threads) {
+  int64_t total = 0;
+  for (const KvSpan& span : spans) total += span.slots;
+  // Blocks of queries small enough that their scores stay in cache; with
+  // prob_sums a kv head's blocks run on one thread (they add to the same rows).
+  const int64_t group = shape.heads / shape.kv_heads;
+  const int64_t block = std::max<int64_t>(1, 64 / group);
+  const int64_t blocks = prob_sums != nullptr ? 1 : (n + block - 1) / block;
+  const int64_t tasks = shape.kv_heads * blocks;
+  auto run = [&](int64_t task) {
+    const int64_t g = task / blocks, b = task % blocks;
+    if (prob_sums != nullptr) {
+      for (int64_t i0 = 0; i0 < n; i0 += block)
+        AttendPrefillBlock(q, type, shape, spans, total, n, g, i0, std::min(n, i0 + block), out,
+                           prob_sums);
+    } else {
+      AttendPrefillBlock(q, type, shape, spans, total, n, g, b * block,
+                         std::min(n, (b + 1) * block), out, nullptr);
+    }
+  };
+  const int team = static_cast<int>(std::min<int64_t>(std::max(threads, 1), tasks));
+  if (team <= 1) {
+    for (int64_t t = 0; t < tasks; ++t) run(t);
+    return;
+  }
+#pragma omp parallel for num_threads(team) schedule(dynamic, 1)
+  for (int64_t t = 0; t < tasks; ++t) run(t);
 }
 
 }  // namespace kvguard::engine::cpu

@@ -35,8 +35,23 @@ struct AttentionShape {
 // among them): out[h] = softmax(q[h] . K / sqrt(head_dim)) V for every query
 // head. q: [heads, head_dim] of `type`; the spans hold `type` entries; out:
 // [heads * head_dim] f32 (bf16: holding bf16-rounded values). kv heads are
-// split over `threads` OpenMP threads when the cache is long enough.
+// split over `threads` OpenMP threads when the cache is long enough. With
+// `probs` ([heads, entries] f32) the unrounded probabilities are written
+// there too (H2O-style attention statistics).
 void DecodeAttention(const void* q, OutputType type, const AttentionShape& shape,
-                     std::span<const KvSpan> spans, float* out, int threads);
+                     std::span<const KvSpan> spans, float* out, int threads,
+                     float* probs = nullptr);
+
+// A prefill's attention: the last n entries of `spans` are n new tokens, and
+// new token i attends causally to every entry up to its own. Nothing of size
+// n x entries is built: blocks of queries go through the kernels above, so
+// memory stays per block. q: [n, heads, head_dim] of `type`; out: [n, heads *
+// head_dim] f32 (bf16: bf16-rounded values). With `prob_sums` ([heads,
+// entries] f32, accumulated into) each query's probabilities are added, for
+// H2O-style attention statistics. Splits (kv head, query block) pairs over
+// `threads` OpenMP threads.
+void PrefillAttention(const void* q, OutputType type, const AttentionShape& shape,
+                      std::span<const KvSpan> spans, int64_t n, float* out, float* prob_sums,
+                      int threads);
 
 }  // namespace kvguard::engine::cpu

@@ -1,8 +1,7 @@
 #include "services/engine/cpu_matvec.h"
 
-#include <omp.h>
-
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -126,7 +125,9 @@ const float* RoundedThroughBf16(const float* x, int64_t count) {
   return xf;
 }
 
-// Splits output rows over a team when the matrix is large enough.
+// Splits output rows over a team when the matrix is large enough. Threads take chunks of rows
+// from a shared counter rather than one fixed share each: on a shared machine one core is often
+// slowed by a neighbour, and a fixed split leaves the other waiting at the join for it.
 template <class Fn>
 void ForRowRanges(const WeightMatrix& w, int threads, const Fn& fn) {
   const int team = static_cast<int>(
@@ -135,11 +136,16 @@ void ForRowRanges(const WeightMatrix& w, int threads, const Fn& fn) {
     fn(int64_t{0}, w.rows);
     return;
   }
+  constexpr int64_t kChunksPerThread = 8, kRowAlign = 16;
+  const int64_t chunk =
+      std::max<int64_t>(kRowAlign, (w.rows / (team * kChunksPerThread)) / kRowAlign * kRowAlign);
+  std::atomic<int64_t> next{0};
 #pragma omp parallel num_threads(team)
   {
-    const int64_t t = omp_get_thread_num(), count = omp_get_num_threads();
-    const int64_t begin = w.rows * t / count, end = w.rows * (t + 1) / count;
-    if (begin < end) fn(begin, end);
+    for (int64_t begin = next.fetch_add(chunk, std::memory_order_relaxed); begin < w.rows;
+         begin = next.fetch_add(chunk, std::memory_order_relaxed)) {
+      fn(begin, std::min(begin + chunk, w.rows));
+    }
   }
 }
 

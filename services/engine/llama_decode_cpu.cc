@@ -8,6 +8,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -16,17 +17,12 @@
 #include "services/engine/llama_model_impl.h"
 
 namespace kvguard::engine {
-namespace {
-
-cpu::OutputType ActivationType(at::ScalarType t) {
-  return t == at::kFloat ? cpu::OutputType::kF32 : cpu::OutputType::kBF16;
-}
-
 // A decode step's activations, reused across steps (one set per thread).
 struct DecodeBuffers {
   std::vector<char> x, x1, qkv, gate_up;  // activation dtype
   std::vector<float> in32, attn32, head32;
-  std::vector<KvSpan> spans;
+  std::vector<std::vector<KvSpan>> spans;  // per row
+  std::vector<std::vector<float>> probs;   // per row, with attention sums
 
   static DecodeBuffers& For(int64_t rows, const ModelConfig& c, int64_t element_bytes) {
     thread_local DecodeBuffers b;
@@ -39,6 +35,10 @@ struct DecodeBuffers {
     Fit(b.in32, rows * std::max({d, f, q}));
     Fit(b.attn32, rows * q);
     Fit(b.head32, q);
+    if (static_cast<int64_t>(b.spans.size()) < rows) {
+      b.spans.resize(static_cast<size_t>(rows));
+      b.probs.resize(static_cast<size_t>(rows));
+    }
     return b;
   }
   template <class T>
@@ -47,22 +47,158 @@ struct DecodeBuffers {
   }
 };
 
+namespace {
+
+cpu::OutputType ActivationType(at::ScalarType t) {
+  return t == at::kFloat ? cpu::OutputType::kF32 : cpu::OutputType::kBF16;
+}
+
+// y = x W^T for any number of rows: MatVec takes kMaxMatVecRows at a time, so
+// larger batches stream small weights several times (from cache, for the
+// models whose matvec_rows allow it).
+void MatVecRows(const cpu::WeightMatrix& w, const float* x, int64_t rows, void* y,
+                cpu::OutputType type, int threads, const void* residual = nullptr) {
+  const int64_t y_row = w.rows * (type == cpu::OutputType::kF32 ? 4 : 2);
+  for (int64_t r0 = 0; r0 < rows; r0 += cpu::kMaxMatVecRows) {
+    const int64_t n = std::min(cpu::kMaxMatVecRows, rows - r0);
+    cpu::MatVec(w, x + r0 * w.cols, n, static_cast<char*>(y) + r0 * y_row, type, threads,
+                residual == nullptr ? nullptr : static_cast<const char*>(residual) + r0 * y_row);
+  }
+}
+
+// The last `query_window` post-RoPE queries (SnapKV, TOVA): a full window
+// shifts in place, so a decode step allocates nothing.
+void RecordRecentQuery(SequenceKvCache& cache, int64_t layer, const char* q, int64_t heads,
+                       int64_t head_dim, at::ScalarType dtype, int64_t position) {
+  const int64_t window = cache.options().needs.query_window;
+  LayerAttentionStats& st = cache.MutableAttentionStats(layer);
+  const int64_t row = head_dim * static_cast<int64_t>(at::elementSize(dtype));
+  if (st.recent_queries.defined() && st.recent_queries.size(1) == window &&
+      st.recent_queries.is_contiguous() && st.recent_queries.scalar_type() == dtype) {
+    char* base = static_cast<char*>(st.recent_queries.data_ptr());
+    for (int64_t h = 0; h < heads; ++h) {
+      char* head = base + h * window * row;
+      std::memmove(head, head + row, (window - 1) * row);
+      std::memcpy(head + (window - 1) * row, q + h * row, row);
+    }
+    st.recent_positions.erase(st.recent_positions.begin());
+  } else {
+    at::Tensor now = at::from_blob(const_cast<char*>(q), {heads, 1, head_dim}, dtype).clone();
+    at::Tensor all = st.recent_queries.defined() ? at::cat({st.recent_queries, now}, 1) : now;
+    const int64_t keep = std::min(window, all.size(1));
+    st.recent_queries = all.narrow(1, all.size(1) - keep, keep).contiguous();
+    const auto drop = static_cast<int64_t>(st.recent_positions.size()) + 1 - keep;
+    st.recent_positions.erase(st.recent_positions.begin(), st.recent_positions.begin() + drop);
+  }
+  st.recent_positions.push_back(static_cast<int32_t>(position));
+}
+
+// H2O-style statistics of one decode step: probs [heads, retained] f32. Plain
+// loops over the stats' strides: a guarded batch does this for every sequence
+// and layer, where two tensor ops each cost more than the arithmetic.
+void AddStepAttention(SequenceKvCache& cache, int64_t layer, const float* probs, int64_t heads) {
+  at::Tensor sum = cache.AttentionSum(layer);      // [kv_heads, group, retained] float32
+  at::Tensor count = cache.AttentionCount(layer);  // [kv_heads, retained] float32
+  const int64_t hkv = sum.size(0), group = sum.size(1), retained = sum.size(2);
+  KVG_CHECK(group * hkv == heads && sum.scalar_type() == at::kFloat);
+  float* s = sum.data_ptr<float>();
+  float* n = count.data_ptr<float>();
+  for (int64_t g = 0; g < hkv; ++g) {
+    for (int64_t r = 0; r < group; ++r) {
+      float* row = s + g * sum.stride(0) + r * sum.stride(1);
+      const float* p = probs + (g * group + r) * retained;
+      for (int64_t t = 0; t < retained; ++t) row[t * sum.stride(2)] += p[t];
+    }
+    float* seen = n + g * count.stride(0);
+    for (int64_t t = 0; t < retained; ++t) seen[t * count.stride(1)] += 1.0f;
+  }
+}
+
 }  // namespace
+
+void LlamaModel::Impl::AttendLayer(std::span<ForwardItem> batch, int64_t l,
+                                   const std::vector<int64_t>& positions, DecodeBuffers& b) const {
+  const LlamaModel::Impl& m = *this;
+  const ModelConfig& c = m.config;
+  const cpu::OutputType type = ActivationType(m.dtype);
+  const int64_t hd = c.head_dim, hq = c.num_heads, hkv = c.num_kv_heads;
+  const int64_t qkv_cols = (hq + 2 * hkv) * hd;
+  const auto element = static_cast<int64_t>(at::elementSize(m.dtype));
+  const auto kv_options = at::TensorOptions().dtype(m.dtype);
+  const LayerWeights& w = m.layers[l];
+  const auto rows = static_cast<int64_t>(batch.size());
+  for (int64_t r = 0; r < rows; ++r) {
+    char* q = b.qkv.data() + r * qkv_cols * element;
+    char* k = q + hq * hd * element;
+    char* v = k + hkv * hd * element;
+    if (c.qk_norm) {  // per-head RMSNorm before RoPE (qwen3)
+      for (auto [heads, x, norm] : {std::tuple{hq, q, &w.q_norm}, {hkv, k, &w.k_norm}}) {
+        cpu::RmsNormRows(x, type, heads, hd, norm->data_ptr(), static_cast<float>(c.rms_norm_eps),
+                         b.head32.data());
+        for (int64_t i = 0; i < heads * hd; ++i) {
+          if (type == cpu::OutputType::kF32)
+            reinterpret_cast<float*>(x)[i] = b.head32[i];
+          else
+            reinterpret_cast<uint16_t*>(x)[i] = cpu::F32ToBf16(b.head32[i]);
+        }
+      }
+    }
+    const int64_t row = positions[r] * hd * element;
+    const char* cos = static_cast<const char*>(m.rope_cos.data_ptr()) + row;
+    const char* sin = static_cast<const char*>(m.rope_sin.data_ptr()) + row;
+    cpu::RopeHeads(q, type, hq, hd, cos, sin);
+    cpu::RopeHeads(k, type, hkv, hd, cos, sin);
+    SequenceKvCache& cache = *batch[r].cache;
+    const AttentionNeeds& needs = cache.options().needs;
+    if (needs.query_window > 0) RecordRecentQuery(cache, l, q, hq, hd, m.dtype, positions[r]);
+    cache.Append(l, at::from_blob(k, {hkv, 1, hd}, kv_options),
+                 at::from_blob(v, {hkv, 1, hd}, kv_options), positions[r]);
+    b.spans[r].clear();
+    KVG_CHECK(cache.AttentionSpans(l, b.spans[r])) << "layer " << l << " cannot be read in place";
+    if (needs.attention_sums) DecodeBuffers::Fit(b.probs[r], hq * cache.RetainedSlots(l));
+  }
+  const int threads = at::get_num_threads();
+  auto attend = [&](int64_t r, int team) {
+    const char* q = b.qkv.data() + r * qkv_cols * element;
+    float* probs = batch[r].cache->options().needs.attention_sums ? b.probs[r].data() : nullptr;
+    cpu::DecodeAttention(q, type, {.heads = hq, .kv_heads = hkv, .head_dim = hd}, b.spans[r],
+                         b.attn32.data() + r * hq * hd, team, probs);
+  };
+  if (rows == 1 || threads <= 1) {
+    for (int64_t r = 0; r < rows; ++r) attend(r, threads);
+  } else {
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
+    for (int64_t r = 0; r < rows; ++r) attend(r, 1);
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    if (batch[r].cache->options().needs.attention_sums)
+      AddStepAttention(*batch[r].cache, l, b.probs[r].data(), hq);
+  }
+}
 
 bool LlamaModel::Impl::CanDecodeOnCpu(std::span<const ForwardItem> batch) const {
   if (!fused_cpu_decode || !device.is_cpu() || (dtype != at::kFloat && dtype != at::kBFloat16) ||
       !embed.is_contiguous() || embed.scalar_type() != dtype) {
     return false;
   }
+  // Batches above kMaxMatVecRows run in chunks where the weights allow MatVec
+  // at its full width (f32, int8); bf16 batches are oneDNN GEMMs.
   const auto rows = static_cast<int64_t>(batch.size());
-  if (rows > lm_head.matvec_rows) return false;
+  auto fits = [rows](const Linear& l) {
+    return rows <= l.matvec_rows || l.matvec_rows == cpu::kMaxMatVecRows;
+  };
+  if (!fits(lm_head)) return false;
   for (const LayerWeights& w : layers) {
     for (const Linear* linear : {&w.qkv, &w.o, &w.gate_up, &w.down})
-      if (rows > linear->matvec_rows) return false;
+      if (!fits(*linear)) return false;
   }
   for (const ForwardItem& item : batch) {
     const SequenceKvCache& cache = *item.cache;
-    if (item.tokens.size() != 1 || cache.options().needs.any() || cache.options().dtype != dtype)
+    const AttentionNeeds& needs = cache.options().needs;
+    // Recent queries and attention sums are kept here; query moments and
+    // question spans only by the libtorch path.
+    if (item.tokens.size() != 1 || needs.query_moments || needs.question_begin >= 0 ||
+        cache.options().dtype != dtype)
       return false;
     for (int64_t l = 0; l < config.num_layers; ++l) {
       if (cache.quantized(l) || cache.ApproximatedSlots(l) > 0) return false;
@@ -75,14 +211,11 @@ at::Tensor LlamaModel::Impl::DecodeOnCpu(std::span<ForwardItem> batch) const {
   const ModelConfig& c = config;
   const cpu::OutputType type = ActivationType(dtype);
   const auto eps = static_cast<float>(c.rms_norm_eps);
-  const int64_t rows = static_cast<int64_t>(batch.size()), d = c.hidden_size, hd = c.head_dim;
-  const int64_t hq = c.num_heads, hkv = c.num_kv_heads, f = c.intermediate_size;
-  const int64_t qkv_cols = (hq + 2 * hkv) * hd;
+  const int64_t rows = static_cast<int64_t>(batch.size()), d = c.hidden_size;
+  const int64_t f = c.intermediate_size;
   const auto element = static_cast<int64_t>(at::elementSize(dtype));
   const int threads = at::get_num_threads();
   DecodeBuffers& b = DecodeBuffers::For(rows, c, element);
-  const cpu::AttentionShape shape{.heads = hq, .kv_heads = hkv, .head_dim = hd};
-  const auto kv_options = at::TensorOptions().dtype(dtype);
 
   std::vector<int64_t> positions(batch.size());
   for (size_t r = 0; r < batch.size(); ++r) {
@@ -95,45 +228,19 @@ at::Tensor LlamaModel::Impl::DecodeOnCpu(std::span<ForwardItem> batch) const {
   for (int64_t l = 0; l < c.num_layers; ++l) {
     const LayerWeights& w = layers[l];
     cpu::RmsNormRows(b.x.data(), type, rows, d, w.input_norm.data_ptr(), eps, b.in32.data());
-    cpu::MatVec(w.qkv.matvec, b.in32.data(), rows, b.qkv.data(), type, threads);
-    for (size_t r = 0; r < batch.size(); ++r) {
-      char* q = b.qkv.data() + r * qkv_cols * element;
-      char* k = q + hq * hd * element;
-      char* v = k + hkv * hd * element;
-      if (c.qk_norm) {  // per-head RMSNorm before RoPE (qwen3)
-        for (auto [heads, x, norm] : {std::tuple{hq, q, &w.q_norm}, {hkv, k, &w.k_norm}}) {
-          cpu::RmsNormRows(x, type, heads, hd, norm->data_ptr(), eps, b.head32.data());
-          for (int64_t i = 0; i < heads * hd; ++i) {
-            if (type == cpu::OutputType::kF32)
-              reinterpret_cast<float*>(x)[i] = b.head32[i];
-            else
-              reinterpret_cast<uint16_t*>(x)[i] = cpu::F32ToBf16(b.head32[i]);
-          }
-        }
-      }
-      const int64_t row = positions[r] * hd * element;
-      const char* cos = static_cast<const char*>(rope_cos.data_ptr()) + row;
-      const char* sin = static_cast<const char*>(rope_sin.data_ptr()) + row;
-      cpu::RopeHeads(q, type, hq, hd, cos, sin);
-      cpu::RopeHeads(k, type, hkv, hd, cos, sin);
-      SequenceKvCache& cache = *batch[r].cache;
-      cache.Append(l, at::from_blob(k, {hkv, 1, hd}, kv_options),
-                   at::from_blob(v, {hkv, 1, hd}, kv_options), positions[r]);
-      b.spans.clear();
-      KVG_CHECK(cache.AttentionSpans(l, b.spans)) << "layer " << l << " cannot be read in place";
-      cpu::DecodeAttention(q, type, shape, b.spans, b.attn32.data() + r * hq * hd, threads);
-    }
+    MatVecRows(w.qkv.matvec, b.in32.data(), rows, b.qkv.data(), type, threads);
+    AttendLayer(batch, l, positions, b);
     // x1 = x + o(attn); x = x1 + down(silu(gate) * up) with gate|up = gate_up(norm(x1)).
-    cpu::MatVec(w.o.matvec, b.attn32.data(), rows, b.x1.data(), type, threads, b.x.data());
+    MatVecRows(w.o.matvec, b.attn32.data(), rows, b.x1.data(), type, threads, b.x.data());
     cpu::RmsNormRows(b.x1.data(), type, rows, d, w.post_norm.data_ptr(), eps, b.in32.data());
-    cpu::MatVec(w.gate_up.matvec, b.in32.data(), rows, b.gate_up.data(), type, threads);
+    MatVecRows(w.gate_up.matvec, b.in32.data(), rows, b.gate_up.data(), type, threads);
     cpu::SiluMulRows(b.gate_up.data(), type, rows, f, b.in32.data());
-    cpu::MatVec(w.down.matvec, b.in32.data(), rows, b.x.data(), type, threads, b.x1.data());
+    MatVecRows(w.down.matvec, b.in32.data(), rows, b.x.data(), type, threads, b.x1.data());
   }
   cpu::RmsNormRows(b.x.data(), type, rows, d, final_norm.data_ptr(), eps, b.in32.data());
   at::Tensor logits = at::empty({rows, lm_head.matvec.rows}, at::kFloat);
-  cpu::MatVec(lm_head.matvec, b.in32.data(), rows, logits.data_ptr(), cpu::OutputType::kF32,
-              threads);
+  MatVecRows(lm_head.matvec, b.in32.data(), rows, logits.data_ptr(), cpu::OutputType::kF32,
+             threads);
   return logits;
 }
 

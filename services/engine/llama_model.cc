@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/status_macros.h"
+#include "services/engine/cpu_attention.h"
 #include "services/engine/cpu_matvec.h"
 #include "services/engine/llama_model_impl.h"
 
@@ -343,6 +344,16 @@ at::Tensor LlamaModel::Impl::Rope(const at::Tensor& x, const at::Tensor& cos,
 
 // H2O-style statistics: the attention each slot received, and from how many
 // queries (a new token at offset i is seen by n - i of the n new queries).
+// sums: [hkv, group, total], the n new queries' attention already summed.
+void AddAttentionSums(SequenceKvCache& cache, int64_t layer, const at::Tensor& sums, int64_t n) {
+  at::Tensor sum = cache.AttentionSum(layer);  // [hkv, group, retained]
+  const int64_t retained = sum.size(2), total = sums.size(2);
+  sum.add_(sums.narrow(2, total - retained, retained));  // approximated entries come first
+  at::Tensor count = cache.AttentionCount(layer);
+  if (retained > n) count.narrow(1, 0, retained - n).add_(static_cast<double>(n));
+  count.narrow(1, retained - n, n).add_(at::arange(n, 0, -1, count.options()));
+}
+
 void AccumulateAttention(SequenceKvCache& cache, int64_t layer, const at::Tensor& probs,
                          int64_t n) {
   int64_t total = probs.size(2);
@@ -356,11 +367,7 @@ void AccumulateAttention(SequenceKvCache& cache, int64_t layer, const at::Tensor
     count.add_(1.0);
     return;
   }
-  at::Tensor own = probs.view({hkv, sum.size(1), n, total}).narrow(3, total - retained, retained);
-  sum.add_(own.sum(2));
-  total = retained;
-  if (total > n) count.narrow(1, 0, total - n).add_(static_cast<double>(n));
-  count.narrow(1, total - n, n).add_(at::arange(n, 0, -1, count.options()));
+  AddAttentionSums(cache, layer, probs.view({hkv, sum.size(1), n, total}).sum(2), n);
 }
 
 // Keeps what compressors asked for: recent / question-span post-RoPE queries
@@ -410,6 +417,7 @@ at::Tensor LlamaModel::Impl::Attention(const ForwardItem& item, int64_t layer, c
   const int64_t n = q.size(0), hkv = config.num_kv_heads, hd = config.head_dim;
   const int64_t group = config.num_heads / hkv;
   item.cache->Append(layer, k.transpose(0, 1), v.transpose(0, 1), first_pos);
+  if (at::Tensor out = PrefillAttentionOnCpu(*item.cache, layer, q); out.defined()) return out;
   at::Tensor keys = item.cache->AttentionKeys(layer);      // [hkv, T, hd]
   at::Tensor values = item.cache->AttentionValues(layer);  // [hkv, T, hd]
   const int64_t total = keys.size(1);
@@ -431,6 +439,37 @@ at::Tensor LlamaModel::Impl::Attention(const ForwardItem& item, int64_t layer, c
   probs = probs.to(dtype);
   at::Tensor out = at::matmul(probs, values);  // [hkv, group * n, hd]
   return out.view({hkv, group, n, hd}).permute({2, 0, 1, 3}).reshape({n, hkv * group * hd});
+}
+
+// A prefill's attention as loops over the cache in place (cpu::PrefillAttention):
+// no [n, T] score tensor, mask or padded copy. Undefined where the loops do not
+// apply (CUDA, f16, one token, packed or approximated entries).
+at::Tensor LlamaModel::Impl::PrefillAttentionOnCpu(SequenceKvCache& cache, int64_t layer,
+                                                   const at::Tensor& q) const {
+  const int64_t n = q.size(0);
+  if (!fused_cpu_decode || !device.is_cpu() || n < 2 ||
+      (dtype != at::kFloat && dtype != at::kBFloat16) || cache.options().dtype != dtype) {
+    return {};
+  }
+  thread_local std::vector<KvSpan> spans;
+  spans.clear();
+  if (!cache.AttentionSpans(layer, spans)) return {};
+  int64_t total = 0;
+  for (const KvSpan& span : spans) total += span.slots;
+  const ModelConfig& c = config;
+  const at::Tensor qc = q.contiguous();
+  at::Tensor out = at::empty({n, c.num_heads * c.head_dim}, at::kFloat);
+  at::Tensor sums;
+  if (cache.options().needs.attention_sums) sums = at::zeros({c.num_heads, total}, at::kFloat);
+  cpu::PrefillAttention(qc.data_ptr(), RowType(dtype),
+                        {.heads = c.num_heads, .kv_heads = c.num_kv_heads, .head_dim = c.head_dim},
+                        spans, n, out.data_ptr<float>(),
+                        sums.defined() ? sums.data_ptr<float>() : nullptr, at::get_num_threads());
+  if (sums.defined()) {
+    AddAttentionSums(cache, layer, sums.view({c.num_kv_heads, c.num_heads / c.num_kv_heads, total}),
+                     n);
+  }
+  return dtype == at::kFloat ? out : out.to(dtype);
 }
 
 LlamaModel::Impl::Projected LlamaModel::Impl::Project(int64_t l, const at::Tensor& x,
@@ -601,42 +640,76 @@ absl::StatusOr<at::Tensor> LlamaModel::Forward(std::span<ForwardItem> batch) {
   try {
     c10::InferenceMode guard;
     if (m.CanDecodeOnCpu(batch)) return m.DecodeOnCpu(batch);
-    std::vector<int64_t> ids, positions, offsets{0}, logit_rows;
-    for (ForwardItem& item : batch) {
-      const int64_t start = item.cache->num_positions();
-      for (size_t i = 0; i < item.tokens.size(); ++i) {
-        ids.push_back(item.tokens[i]);
-        positions.push_back(start + static_cast<int64_t>(i));
-      }
-      offsets.push_back(static_cast<int64_t>(ids.size()));
-      if (item.all_logits) {
-        for (int64_t r = offsets[offsets.size() - 2]; r < offsets.back(); ++r)
-          logit_rows.push_back(r);
-      } else {
-        logit_rows.push_back(offsets.back() - 1);
-      }
-      item.cache->AppendTokenIds(item.tokens);
-    }
-    const auto long_opts = at::TensorOptions().dtype(at::kLong).device(m.device);
-    at::Tensor pos = at::tensor(positions, at::kLong).to(m.device);
-    at::Tensor cos = m.rope_cos.index_select(0, pos).unsqueeze(1);  // [rows, 1, hd]
-    at::Tensor sin = m.rope_sin.index_select(0, pos).unsqueeze(1);
-    at::Tensor x = m.embed.index_select(0, at::tensor(ids, at::kLong).to(m.device));
-    for (int64_t l = 0; l < m.config.num_layers; ++l) x = m.Layer(l, batch, offsets, x, cos, sin);
-    if (static_cast<int64_t>(logit_rows.size()) != x.size(0)) {
-      x = x.index_select(0, at::tensor(logit_rows, at::kLong).to(long_opts));
-    }
-    if (m.Fusable(m.lm_head, x)) {
-      const int64_t rows = x.size(0), d = x.size(1);
-      float* x32 = Scratch(rows * d);
-      cpu::RmsNormRows(x.data_ptr(), RowType(m.dtype), rows, d, m.final_norm.data_ptr(),
-                       static_cast<float>(m.config.rms_norm_eps), x32);
-      return m.RunMatVec(m.lm_head, x32, rows, at::kFloat);
-    }
-    return m.Apply(m.lm_head, m.RmsNorm(x, m.final_norm), at::kFloat);
+    if (at::Tensor mixed = m.ForwardSplitOnCpu(batch); mixed.defined()) return mixed;
+    return m.ForwardOps(batch);
   } catch (const std::exception& e) {
     return absl::InternalError(absl::StrCat("forward pass failed: ", e.what()));
   }
+}
+
+// A step that prefills some sequences while others decode: the decode rows
+// take the CPU loops and the prefills the libtorch ops, rather than every
+// row the ops (their batched decode attention copies every cache). Logit rows
+// come back in batch order. Undefined when the split does not apply.
+at::Tensor LlamaModel::Impl::ForwardSplitOnCpu(std::span<ForwardItem> batch) {
+  std::vector<ForwardItem> decode, rest;
+  std::vector<bool> is_decode;
+  for (const ForwardItem& item : batch) {
+    const bool one = item.tokens.size() == 1 && !item.all_logits;
+    is_decode.push_back(one);
+    (one ? decode : rest).push_back(item);
+  }
+  if (decode.empty() || rest.empty() || !CanDecodeOnCpu(decode)) return {};
+  const at::Tensor decoded = DecodeOnCpu(decode), other = ForwardOps(rest);
+  std::vector<at::Tensor> rows;
+  int64_t d = 0, o = 0;
+  for (size_t i = 0; i < batch.size(); ++i) {
+    if (is_decode[i]) {
+      rows.push_back(decoded.narrow(0, d++, 1));
+    } else {
+      const int64_t n = batch[i].all_logits ? static_cast<int64_t>(batch[i].tokens.size()) : 1;
+      rows.push_back(other.narrow(0, o, n));
+      o += n;
+    }
+  }
+  return at::cat(rows, 0);
+}
+
+at::Tensor LlamaModel::Impl::ForwardOps(std::span<ForwardItem> batch) {
+  Impl& m = *this;
+  std::vector<int64_t> ids, positions, offsets{0}, logit_rows;
+  for (ForwardItem& item : batch) {
+    const int64_t start = item.cache->num_positions();
+    for (size_t i = 0; i < item.tokens.size(); ++i) {
+      ids.push_back(item.tokens[i]);
+      positions.push_back(start + static_cast<int64_t>(i));
+    }
+    offsets.push_back(static_cast<int64_t>(ids.size()));
+    if (item.all_logits) {
+      for (int64_t r = offsets[offsets.size() - 2]; r < offsets.back(); ++r)
+        logit_rows.push_back(r);
+    } else {
+      logit_rows.push_back(offsets.back() - 1);
+    }
+    item.cache->AppendTokenIds(item.tokens);
+  }
+  const auto long_opts = at::TensorOptions().dtype(at::kLong).device(m.device);
+  at::Tensor pos = at::tensor(positions, at::kLong).to(m.device);
+  at::Tensor cos = m.rope_cos.index_select(0, pos).unsqueeze(1);  // [rows, 1, hd]
+  at::Tensor sin = m.rope_sin.index_select(0, pos).unsqueeze(1);
+  at::Tensor x = m.embed.index_select(0, at::tensor(ids, at::kLong).to(m.device));
+  for (int64_t l = 0; l < m.config.num_layers; ++l) x = m.Layer(l, batch, offsets, x, cos, sin);
+  if (static_cast<int64_t>(logit_rows.size()) != x.size(0)) {
+    x = x.index_select(0, at::tensor(logit_rows, at::kLong).to(long_opts));
+  }
+  if (m.Fusable(m.lm_head, x)) {
+    const int64_t rows = x.size(0), d = x.size(1);
+    float* x32 = Scratch(rows * d);
+    cpu::RmsNormRows(x.data_ptr(), RowType(m.dtype), rows, d, m.final_norm.data_ptr(),
+                     static_cast<float>(m.config.rms_norm_eps), x32);
+    return m.RunMatVec(m.lm_head, x32, rows, at::kFloat);
+  }
+  return m.Apply(m.lm_head, m.RmsNorm(x, m.final_norm), at::kFloat);
 }
 
 // Attention of the recomputed rows over the cache (incl. approximated

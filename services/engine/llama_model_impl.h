@@ -43,6 +43,8 @@ enum class WeightFormat { kNative, kInt8 };
 
 class WeightLoader;  // llama_model.cc
 
+struct DecodeBuffers;  // llama_decode_cpu.cc
+
 struct LlamaModel::Impl {
   ModelConfig config;
   std::string tokenizer_path;
@@ -78,6 +80,8 @@ struct LlamaModel::Impl {
   at::Tensor Rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) const;
   at::Tensor Attention(const ForwardItem& item, int64_t layer, const at::Tensor& q,
                        const at::Tensor& k, const at::Tensor& v, int64_t first_pos) const;
+  at::Tensor PrefillAttentionOnCpu(SequenceKvCache& cache, int64_t layer,
+                                   const at::Tensor& q) const;
   struct Projected {
     at::Tensor q_pre, q, k, v;  // [rows, heads, hd] (q_pre before RoPE), k/v [rows, kv_heads, hd]
   };
@@ -103,6 +107,11 @@ struct LlamaModel::Impl {
   // up to summation order; `fused_cpu_decode = false` keeps that path.
   [[nodiscard]] bool CanDecodeOnCpu(std::span<const ForwardItem> batch) const;
   at::Tensor DecodeOnCpu(std::span<ForwardItem> batch) const;
+  void AttendLayer(std::span<ForwardItem> batch, int64_t l, const std::vector<int64_t>& positions,
+                   DecodeBuffers& b) const;
+  // Forward with libtorch ops for every row (prefills, and what the loops do not cover).
+  at::Tensor ForwardOps(std::span<ForwardItem> batch);
+  at::Tensor ForwardSplitOnCpu(std::span<ForwardItem> batch);
 };
 
 }  // namespace kvguard::engine

@@ -25,6 +25,7 @@
 #include "common/blas.h"
 #include "common/grpc_serve.h"
 #include "common/grpc_tls.h"
+#include "common/heap.h"
 #include "compressors/plugin_loader.h"
 #include "services/engine/checkpoint.h"
 #include "services/engine/kv_layer_store.h"
@@ -247,6 +248,7 @@ std::string Describe(const std::string& listen, int port, const std::string& met
 }  // namespace
 
 int main(int argc, char** argv) {
+  kvguard::KeepFreedBlocksInHeap();
   absl::SetProgramUsageMessage("kvguard-server --model PATH [--listen ADDR] [--guard ADDR] ...");
   // --help lists this binary's flags (absl matches only files named after the program).
   absl::SetFlagsUsageConfig({.contains_help_flags = [](absl::string_view) { return true; }});
@@ -278,9 +280,10 @@ int main(int argc, char** argv) {
     if (!t.ok()) return Fail(std::string(t.status().message()));
     tokenizer = std::move(*t);
   }
-  auto model = engine::LlamaModel::Load(std::move(*ckpt), {.device = absl::GetFlag(FLAGS_device),
-                                                           .dtype = absl::GetFlag(FLAGS_dtype),
-                                                           .weights = absl::GetFlag(FLAGS_weights)});
+  auto model =
+      engine::LlamaModel::Load(std::move(*ckpt), {.device = absl::GetFlag(FLAGS_device),
+                                                  .dtype = absl::GetFlag(FLAGS_dtype),
+                                                  .weights = absl::GetFlag(FLAGS_weights)});
   if (!model.ok()) return Fail(std::string(model.status().message()));
   std::string blas_text;
   if ((*model)->device().is_cpu()) {

@@ -159,8 +159,143 @@ TEST(CpuDecodeBatchTest, PagedCacheWithScatteredBlocksReadsEverySpan) {
   EXPECT_EQ(slots, b.RetainedSlots(0));
 }
 
+// More sequences than one MatVec takes: f32 decodes them in chunks of 16.
+TEST(CpuDecodeBatchTest, BatchesAboveSixteenRowsRunInChunks) {
+  auto fused = Load("tiny-qwen2", "f32", true);
+  auto reference = Load("tiny-qwen2", "f32", false);
+  const Drift d =
+      DecodeBoth(*fused, *reference, 21, 4, fused->CacheOptions(), reference->CacheOptions());
+  EXPECT_LT(d.relative, 1e-5);
+  EXPECT_EQ(d.agree, d.total);
+}
+
+// The statistics compressors (SnapKV/TOVA's recent queries) and the guard
+// (attention sums for RECOVERY) read are kept by the loops as by the ops.
+TEST(CpuDecodeBatchTest, KeepsRecentQueriesAndAttentionSums) {
+  auto fused = Load("tiny-qwen2", "f32", true);
+  auto reference = Load("tiny-qwen2", "f32", false);
+  const AttentionNeeds needs{.query_window = 6, .attention_sums = true};
+  SequenceKvCache cf(fused->CacheOptions(0, needs)), cr(reference->CacheOptions(0, needs));
+  std::vector<int32_t> prompt{3, 9, 4, 7};  // shorter than the window: it fills while decoding
+  ForwardItem pf{.cache = &cf, .tokens = prompt}, pr{.cache = &cr, .tokens = prompt};
+  ASSERT_TRUE(fused->Forward({&pf, 1}).ok() && reference->Forward({&pr, 1}).ok());
+  for (int step = 0; step < 9; ++step) {
+    ForwardItem f{.cache = &cf, .tokens = {static_cast<int32_t>(5 + step)}};
+    ForwardItem r{.cache = &cr, .tokens = {static_cast<int32_t>(5 + step)}};
+    ASSERT_TRUE(fused->DecodesOnCpu({&f, 1}));
+    ASSERT_TRUE(fused->Forward({&f, 1}).ok() && reference->Forward({&r, 1}).ok());
+  }
+  for (int64_t l = 0; l < reference->config().num_layers; ++l) {
+    const LayerAttentionStats& a = cf.MutableAttentionStats(l);
+    const LayerAttentionStats& b = cr.MutableAttentionStats(l);
+    EXPECT_EQ(a.recent_positions, b.recent_positions) << "layer " << l;
+    ASSERT_EQ(a.recent_queries.sizes(), b.recent_queries.sizes()) << "layer " << l;
+    EXPECT_TRUE(at::allclose(a.recent_queries, b.recent_queries, 1e-5, 1e-5)) << "layer " << l;
+    EXPECT_TRUE(at::allclose(cf.AttentionSum(l), cr.AttentionSum(l), 1e-3, 1e-4)) << "layer " << l;
+    EXPECT_TRUE(at::equal(cf.AttentionCount(l), cr.AttentionCount(l))) << "layer " << l;
+  }
+}
+
+// A step where one sequence prefills while others decode: the decode rows take
+// the loops, the prefill the ops, and the logit rows keep batch order.
+TEST(CpuDecodeBatchTest, MixedPrefillAndDecodeStepKeepsRowOrder) {
+  auto fused = Load("tiny-llama", "f32", true);
+  auto reference = Load("tiny-llama", "f32", false);
+  SequenceKvCache f1(fused->CacheOptions()), f2(fused->CacheOptions()), f3(fused->CacheOptions());
+  SequenceKvCache r1(reference->CacheOptions()), r2(reference->CacheOptions()),
+      r3(reference->CacheOptions());
+  for (auto [f, r] : {std::pair{&f1, &r1}, {&f3, &r3}}) {
+    ForwardItem a{.cache = f, .tokens = {1, 2, 3, 4}}, b{.cache = r, .tokens = {1, 2, 3, 4}};
+    ASSERT_TRUE(fused->Forward({&a, 1}).ok() && reference->Forward({&b, 1}).ok());
+  }
+  std::vector<ForwardItem> step_f{{.cache = &f1, .tokens = {5}},
+                                  {.cache = &f2, .tokens = {6, 7, 8}, .all_logits = true},
+                                  {.cache = &f3, .tokens = {9}}};
+  std::vector<ForwardItem> step_r{{.cache = &r1, .tokens = {5}},
+                                  {.cache = &r2, .tokens = {6, 7, 8}, .all_logits = true},
+                                  {.cache = &r3, .tokens = {9}}};
+  EXPECT_FALSE(fused->DecodesOnCpu(step_f));
+  auto lf = fused->Forward(step_f);
+  auto lr = reference->Forward(step_r);
+  ASSERT_TRUE(lf.ok() && lr.ok());
+  ASSERT_EQ(lf->size(0), 5);
+  EXPECT_LT((*lf - *lr).abs().max().item<double>() / lr->abs().max().item<double>(), 1e-5);
+}
+
+// Prefill attention as loops (cpu::PrefillAttention) against the libtorch ops:
+// every new token's logits, a second chunk over a cached prefix, and the
+// H2O-style attention sums and counts a compressor or the guard reads.
+void PrefillBoth(const std::string& model, const std::string& dtype, double tolerance) {
+  auto fused = Load(model, dtype, true);
+  auto reference = Load(model, dtype, false);
+  const AttentionNeeds needs{.attention_sums = true};
+  SequenceKvCache cf(fused->CacheOptions(0, needs)), cr(reference->CacheOptions(0, needs));
+  const int32_t vocab = static_cast<int32_t>(reference->config().vocab_size);
+  for (int chunk : {37, 11}) {  // a prompt, then more tokens over its cache
+    std::vector<int32_t> ids;
+    for (int i = 0; i < chunk; ++i) ids.push_back((5 + 11 * i + chunk) % vocab);
+    ForwardItem f{.cache = &cf, .tokens = ids, .all_logits = true};
+    ForwardItem r{.cache = &cr, .tokens = ids, .all_logits = true};
+    auto lf = fused->Forward({&f, 1});
+    auto lr = reference->Forward({&r, 1});
+    ASSERT_TRUE(lf.ok() && lr.ok());
+    ASSERT_EQ(lf->size(0), chunk);
+    const double scale = lr->abs().max().item<double>();
+    EXPECT_LT((*lf - *lr).abs().max().item<double>() / scale, tolerance) << model << " " << dtype;
+    EXPECT_TRUE(at::equal(lf->argmax(-1), lr->argmax(-1)) || dtype != "f32");
+  }
+  // Random-weight attention is peaked, so summation-order differences in the
+  // scores move individual probabilities by up to ~1e-3 (measured); a wrong
+  // slot or head would move them by the whole probability.
+  for (int64_t l = 0; l < reference->config().num_layers; ++l) {
+    const at::Tensor sf = cf.AttentionSum(l), sr = cr.AttentionSum(l);
+    EXPECT_LT((sf - sr).abs().max().item<double>() / sr.abs().max().item<double>(),
+              dtype == "f32" ? 1e-2 : tolerance)
+        << model << " " << dtype << " layer " << l;
+    EXPECT_NEAR(sf.sum().item<double>(), sr.sum().item<double>(), 0.05) << "layer " << l;
+    EXPECT_TRUE(at::equal(cf.AttentionCount(l), cr.AttentionCount(l))) << "layer " << l;
+  }
+}
+
+TEST(CpuPrefillTest, LoopsMatchTheLibtorchOps) {
+  PrefillBoth("tiny-llama", "f32", 1e-5);
+  PrefillBoth("tiny-qwen2", "f32", 1e-5);  // GQA, qkv bias
+  PrefillBoth("tiny-qwen3", "f32", 1e-5);  // per-head q/k norm
+  PrefillBoth("tiny-qwen2", "bf16", 0.08);
+}
+
+// A paged cache whose blocks are scattered: the prefill reads several spans.
+TEST(CpuPrefillTest, ScatteredBlocksGiveTheSameLogits) {
+  auto fused = Load("tiny-llama", "f32", true);
+  auto reference = Load("tiny-llama", "f32", false);
+  const KvCacheOptions o = fused->CacheOptions();
+  const LayerShape shape{.kv_heads = o.num_kv_heads, .head_dim = o.head_dim, .dtype = o.dtype};
+  auto arena = NewKvArena(shape, 4096 * TokenBytes(shape), 4);
+  ASSERT_TRUE(arena.ok()) << arena.status();
+  KvCacheOptions paged = o;
+  paged.arena = *arena;
+  SequenceKvCache a(paged), b(paged), r(reference->CacheOptions());
+  for (int s = 0; s < 3; ++s) {  // interleave: b's blocks are not consecutive
+    for (SequenceKvCache* cache : {&a, &b}) {
+      ForwardItem item{.cache = cache, .tokens = {3, 4, 5, 6, 7}};
+      ASSERT_TRUE(fused->Forward({&item, 1}).ok());
+    }
+    ForwardItem item{.cache = &r, .tokens = {3, 4, 5, 6, 7}};
+    ASSERT_TRUE(reference->Forward({&item, 1}).ok());
+  }
+  std::vector<KvSpan> spans;
+  ASSERT_TRUE(b.AttentionSpans(0, spans));
+  EXPECT_GT(spans.size(), 1u);
+  ForwardItem fb{.cache = &b, .tokens = {9, 10, 11, 12, 13, 14}, .all_logits = true};
+  ForwardItem fr{.cache = &r, .tokens = {9, 10, 11, 12, 13, 14}, .all_logits = true};
+  auto lf = fused->Forward({&fb, 1});
+  auto lr = reference->Forward({&fr, 1});
+  ASSERT_TRUE(lf.ok() && lr.ok());
+  EXPECT_LT((*lf - *lr).abs().max().item<double>() / lr->abs().max().item<double>(), 1e-5);
+}
+
 // What the loops do not cover falls back to the libtorch ops: prefill rows,
-// attention statistics for compressors, packed (KIVI) layers.
+// query moments and question spans for compressors, packed (KIVI) layers.
 TEST(CpuDecodeBatchTest, FallsBackWhereTheLoopsDoNotApply) {
   auto model = Load("tiny-llama", "f32", true);
   SequenceKvCache plain(model->CacheOptions());
@@ -170,7 +305,7 @@ TEST(CpuDecodeBatchTest, FallsBackWhereTheLoopsDoNotApply) {
   ForwardItem step{.cache = &plain, .tokens = {4}};
   EXPECT_TRUE(model->DecodesOnCpu({&step, 1}));
 
-  SequenceKvCache watched(model->CacheOptions(0, {.query_window = 4}));
+  SequenceKvCache watched(model->CacheOptions(0, {.query_moments = true}));
   ForwardItem watched_step{.cache = &watched, .tokens = {4}};
   EXPECT_FALSE(model->DecodesOnCpu({&watched_step, 1}));
 
