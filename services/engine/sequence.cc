@@ -1,6 +1,7 @@
 #include "services/engine/sequence.h"
 
 #include <ATen/ATen.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <map>
@@ -10,6 +11,33 @@
 
 namespace kvguard::engine {
 namespace {
+
+// A sequence's work between forwards (compressor scoring and eviction, the
+// guard's attention bookkeeping) is a string of small libtorch ops per layer.
+// Each op above libtorch's grain opens an OpenMP region, and waking the team
+// costs more than the op: in the 2-core VM, 20% of decode time at ratio 0.75
+// in the capacity benchmark went to wake-ups. Sequences of up to this many
+// positions x kv heads x head_dim (4096 tokens of 2 x 32-wide kv heads; an
+// upper bound on a layer's retained keys) are handled on the calling thread;
+// longer ones still use the team.
+constexpr int64_t kSerialKeyElements = int64_t{1} << 18;
+
+// Keeps the calling thread's OpenMP regions (libtorch's, OpenBLAS's) on one
+// thread while in scope; omp_set_num_threads changes this thread's setting only.
+class SerialRegions {
+ public:
+  explicit SerialRegions(bool on) : saved_(on ? omp_get_max_threads() : 0) {
+    if (saved_ > 1) omp_set_num_threads(1);
+  }
+  ~SerialRegions() {
+    if (saved_ > 1) omp_set_num_threads(saved_);
+  }
+  SerialRegions(const SerialRegions&) = delete;
+  SerialRegions& operator=(const SerialRegions&) = delete;
+
+ private:
+  int saved_;
+};
 
 double SecondsSince(std::chrono::steady_clock::time_point t) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
@@ -22,7 +50,8 @@ std::vector<std::pair<double, int>> PositionAttention(const SequenceKvCache& cac
   for (int64_t l = 0; l < cache.options().num_layers; ++l) {
     at::Tensor sum = cache.AttentionSum(l);
     if (!sum.defined()) return {};
-    at::Tensor mean = (sum.mean(1) / cache.AttentionCount(l).clamp_min(1)).to(at::kCPU).contiguous();
+    at::Tensor mean =
+        (sum.mean(1) / cache.AttentionCount(l).clamp_min(1)).to(at::kCPU).contiguous();
     const auto& positions = cache.Positions(l);
     const float* m = mean.data_ptr<float>();
     for (size_t h = 0; h < positions.size(); ++h) {
@@ -110,7 +139,8 @@ absl::Status Sequence::Compress(std::vector<int32_t>& evicted,
   for (int32_t p : before) {
     if (after.count(p)) continue;
     evicted.push_back(p);
-    const auto [total, n] = static_cast<size_t>(p) < attention.size() ? attention[p] : std::pair(0.0, 0);
+    const auto [total, n] =
+        static_cast<size_t>(p) < attention.size() ? attention[p] : std::pair(0.0, 0);
     evicted_attention.push_back(n ? static_cast<float>(total / n) : 0.0f);
   }
   return absl::OkStatus();
@@ -120,7 +150,12 @@ absl::StatusOr<StepResult> Sequence::AfterForward(const float* logits_row) {
   if (finished_) return absl::FailedPreconditionError("sequence already finished");
   StepResult r;
   r.step = step_;
-  KVG_RETURN_IF_ERROR(Compress(r.evicted_positions, r.evicted_attention));
+  {
+    const KvCacheOptions& o = cache_->options();
+    SerialRegions serial(cache_->num_positions() * o.num_kv_heads * o.head_dim <=
+                         kSerialKeyElements);
+    KVG_RETURN_IF_ERROR(Compress(r.evicted_positions, r.evicted_attention));
+  }
   const int64_t vocab = model_.config().vocab_size;
   SampledToken token = sampler_->Sample(std::span<const float>(logits_row, vocab), history_);
   r.report_top = token.top_logprobs;

@@ -3,7 +3,10 @@
 // out / in) leaves a greedy generation unchanged, and packed (KIVI) layers
 // are charged to the same pool.
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <gtest/gtest.h>
+
+#include <functional>
 
 #include "services/engine/checkpoint.h"
 #include "services/engine/kv_cache.h"
@@ -154,9 +157,11 @@ std::unique_ptr<LlamaModel> LoadModel() {
 }
 
 // Greedy ids of one request; `preempt_at` swaps the KV out and back in
-// before those steps (another sequence takes the freed blocks meanwhile).
+// before those steps (another sequence takes the freed blocks meanwhile);
+// `after_step` runs after every step with the step count so far.
 std::vector<int32_t> Generate(LlamaModel& model, const GenerateRequest& request,
-                              std::shared_ptr<KvArena> arena, std::set<int64_t> preempt_at = {}) {
+                              std::shared_ptr<KvArena> arena, std::set<int64_t> preempt_at = {},
+                              const std::function<void(int64_t)>& after_step = nullptr) {
   auto seq = Sequence::Create(model, nullptr, request, {.kv_arena = arena});
   EXPECT_TRUE(seq.ok()) << seq.status();
   while (!(*seq)->finished()) {
@@ -182,6 +187,7 @@ std::vector<int32_t> Generate(LlamaModel& model, const GenerateRequest& request,
     EXPECT_TRUE(logits.ok());
     at::Tensor row = logits->contiguous();
     EXPECT_TRUE((*seq)->AfterForward(row[0].data_ptr<float>()).ok());
+    if (after_step) after_step((*seq)->step());
   }
   return (*seq)->Result().output_ids;
 }
@@ -203,6 +209,27 @@ TEST_P(KvPoolSequenceTest, PooledAndPreemptedGenerationsEqualTheUnpooledOne) {
   EXPECT_EQ(Generate(*model, request, *arena), reference);
   EXPECT_EQ(Generate(*model, request, *arena, {1, 5, 17}), reference);
   EXPECT_EQ((*arena)->pool->used_blocks(), 0);
+}
+
+// A sequence scores and evicts on the calling thread (small caches: waking
+// the OpenMP team costs more than the ops) and gives the thread its setting
+// back after every step; the ids equal a one-thread run's.
+TEST(SequenceThreadsTest, CompressionLeavesTheThreadSettingAsItWas) {
+  auto model = LoadModel();
+  GenerateRequest request;
+  for (int i = 0; i < 40; ++i) request.prompt_ids.push_back(3 + (i * 53) % 500);
+  request.max_new_tokens = 16;
+  request.ignore_eos = true;
+  request.compression = {.compressor = "snapkv", .options = {"window_size=8"}, .ratio = 0.5};
+  const int before = at::get_num_threads();
+  at::set_num_threads(1);
+  const std::vector<int32_t> one_thread = Generate(*model, request, nullptr);
+  at::set_num_threads(2);
+  const std::vector<int32_t> two_threads = Generate(*model, request, nullptr, {}, [](int64_t step) {
+    EXPECT_EQ(at::get_num_threads(), 2) << "step " << step;
+  });
+  EXPECT_EQ(two_threads, one_thread);
+  at::set_num_threads(before);
 }
 
 INSTANTIATE_TEST_SUITE_P(Compressors, KvPoolSequenceTest,
