@@ -1,4 +1,3 @@
-#include "common/blas.h"
 #include "research/pipeline/sweep.h"
 
 #include <ATen/ATen.h>
@@ -10,9 +9,10 @@
 #include <fstream>
 
 #include "absl/strings/str_cat.h"
+#include "common/blas.h"
 #include "common/status_macros.h"
-#include "guard_sidecar/features.h"
 #include "guard_sidecar/catastrophe.h"
+#include "guard_sidecar/features.h"
 #include "research/pipeline/traces.h"
 #include "services/engine/checkpoint.h"
 #include "services/engine/llama_model.h"
@@ -33,23 +33,28 @@ struct Running {
   std::unique_ptr<engine::Sequence> seq;
   guard::SessionFeatures features;
   std::vector<float> rows;
+  double prefill_evicted_attention = 0;
 };
 
 // Token index where the question starts (Q2C's span): the prompt prefix's length in tokens.
-absl::StatusOr<std::pair<int64_t, int64_t>> QuestionSpan(const engine::Tokenizer& tok, const Problem& p,
-                                                         int64_t prompt_tokens) {
-  KVG_ASSIGN_OR_RETURN(auto prefix, tok.Encode(std::string_view(p.prompt).substr(0, p.question_begin_char)));
+absl::StatusOr<std::pair<int64_t, int64_t>> QuestionSpan(const engine::Tokenizer& tok,
+                                                         const Problem& p, int64_t prompt_tokens) {
+  KVG_ASSIGN_OR_RETURN(auto prefix,
+                       tok.Encode(std::string_view(p.prompt).substr(0, p.question_begin_char)));
   return std::make_pair(static_cast<int64_t>(prefix.size()), prompt_tokens);
 }
 
 class ShardWriter {
  public:
-  explicit ShardWriter(const std::string& base) : meta_(base + ".jsonl", std::ios::trunc), rows_(base + ".f32", std::ios::binary | std::ios::trunc) {}
+  explicit ShardWriter(const std::string& base)
+      : meta_(base + ".jsonl", std::ios::trunc),
+        rows_(base + ".f32", std::ios::binary | std::ios::trunc) {}
   void Write(Trace t, const std::vector<float>& rows) {
     t.row_offset = next_row_;
     next_row_ += t.tokens;
     meta_ << TraceToJson(t).dump() << "\n";
-    rows_.write(reinterpret_cast<const char*>(rows.data()), static_cast<std::streamsize>(rows.size() * sizeof(float)));
+    rows_.write(reinterpret_cast<const char*>(rows.data()),
+                static_cast<std::streamsize>(rows.size() * sizeof(float)));
   }
   bool ok() const { return meta_.good() && rows_.good(); }
 
@@ -60,10 +65,11 @@ class ShardWriter {
 
 Trace Finish(const Running& r, const Config& c) {
   engine::GenerateResult result = r.seq->Result();
-  const guard::Outcome o = guard::Classify(result.output_ids, result.text, result.finish_reason == engine::FinishReason::kLength,
-                             result.finish_reason == engine::FinishReason::kEos ||
-                                 result.finish_reason == engine::FinishReason::kStop,
-                             r.problem->answer);
+  const guard::Outcome o = guard::Classify(result.output_ids, result.text,
+                                           result.finish_reason == engine::FinishReason::kLength,
+                                           result.finish_reason == engine::FinishReason::kEos ||
+                                               result.finish_reason == engine::FinishReason::kStop,
+                                           r.problem->answer);
   Trace t;
   t.prompt_id = r.problem->id;
   t.compressor = c.compressor;
@@ -77,12 +83,13 @@ Trace Finish(const Running& r, const Config& c) {
   t.tokens = static_cast<int64_t>(result.output_ids.size());
   t.kv_bytes = result.kv_bytes;
   t.kv_bytes_uncompressed = r.seq->cache().UncompressedBytes();
+  t.prefill_evicted_attention = r.prefill_evicted_attention;
   return t;
 }
 
-absl::Status RunConfig(engine::LlamaModel& model, const engine::Tokenizer& tok, const std::vector<Problem>& problems,
-                       const Config& c, const SweepOptions& o, const std::string& base,
-                       const std::function<void()>& on_trace) {
+absl::Status RunConfig(engine::LlamaModel& model, const engine::Tokenizer& tok,
+                       const std::vector<Problem>& problems, const Config& c, const SweepOptions& o,
+                       const std::string& base, const std::function<void()>& on_trace) {
   ShardWriter writer(base);
   std::deque<const Problem*> queue;
   for (const Problem& p : problems) queue.push_back(&p);
@@ -100,17 +107,21 @@ absl::Status RunConfig(engine::LlamaModel& model, const engine::Tokenizer& tok, 
       if (c.compressor != "none") {
         req.compression = {.compressor = c.compressor, .options = c.options, .ratio = c.ratio};
         if (c.compressor == "q2c") {
-          KVG_ASSIGN_OR_RETURN(auto span, QuestionSpan(tok, *r->problem, static_cast<int64_t>(req.prompt_ids.size())));
+          KVG_ASSIGN_OR_RETURN(
+              auto span,
+              QuestionSpan(tok, *r->problem, static_cast<int64_t>(req.prompt_ids.size())));
           req.compression.options.push_back(absl::StrCat("question_begin=", span.first));
           req.compression.options.push_back(absl::StrCat("question_end=", span.second));
         }
       }
-      r->features = guard::SessionFeatures({.requested_ratio = c.ratio,
-                                            .prompt_tokens = static_cast<uint32_t>(req.prompt_ids.size()),
-                                            .max_new_tokens = static_cast<uint32_t>(o.max_new_tokens)});
+      r->features =
+          guard::SessionFeatures({.requested_ratio = c.ratio,
+                                  .prompt_tokens = static_cast<uint32_t>(req.prompt_ids.size()),
+                                  .max_new_tokens = static_cast<uint32_t>(o.max_new_tokens)});
       // Same per-token inputs as a guarded request in the server.
-      KVG_ASSIGN_OR_RETURN(r->seq, engine::Sequence::Create(model, &tok, req,
-                                                            {.report_top_logprobs = 20, .gather_attention = true}));
+      KVG_ASSIGN_OR_RETURN(
+          r->seq, engine::Sequence::Create(model, &tok, req,
+                                           {.report_top_logprobs = 20, .gather_attention = true}));
       active.push_back(std::move(r));
     }
     std::vector<engine::ForwardItem> items;
@@ -119,8 +130,13 @@ absl::Status RunConfig(engine::LlamaModel& model, const engine::Tokenizer& tok, 
     at::Tensor host = logits.to(at::kCPU).contiguous();
     for (size_t i = 0; i < active.size(); ++i) {
       Running& r = *active[i];
-      KVG_ASSIGN_OR_RETURN(engine::StepResult step, r.seq->AfterForward(host[static_cast<int64_t>(i)].data_ptr<float>()));
-      v1::StepReport report = server::MakeStepReport(step, model.config(), &tok, {.session_id = r.problem->id});
+      KVG_ASSIGN_OR_RETURN(engine::StepResult step,
+                           r.seq->AfterForward(host[static_cast<int64_t>(i)].data_ptr<float>()));
+      if (step.step == 0) {
+        for (float a : step.evicted_attention) r.prefill_evicted_attention += a;
+      }
+      v1::StepReport report =
+          server::MakeStepReport(step, model.config(), &tok, {.session_id = r.problem->id});
       guard::FeatureRow row;
       r.features.Update(report, row);
       r.rows.insert(r.rows.end(), row.begin(), row.end());
@@ -149,26 +165,30 @@ std::vector<Config> Configs(const SweepOptions& o) {
 
 }  // namespace
 
-absl::Status RunSweep(const SweepOptions& o, const std::function<void(int64_t, int64_t)>& progress) {
+absl::Status RunSweep(const SweepOptions& o,
+                      const std::function<void(int64_t, int64_t)>& progress) {
   if (o.threads > 0) {
     at::set_num_threads(o.threads);
     SetBlasThreads(o.threads);
   }
   KVG_ASSIGN_OR_RETURN(engine::Checkpoint ckpt, engine::OpenCheckpoint(o.model_path));
   if (ckpt.tokenizer_path.empty()) {
-    return absl::InvalidArgumentError("sweep needs a model with a tokenizer.json (it prompts with text problems)");
+    return absl::InvalidArgumentError(
+        "sweep needs a model with a tokenizer.json (it prompts with text problems)");
   }
   KVG_ASSIGN_OR_RETURN(auto tok, engine::Tokenizer::Load(ckpt.tokenizer_path));
   KVG_ASSIGN_OR_RETURN(auto model, engine::LlamaModel::Load(std::move(ckpt), {}));
   KVG_ASSIGN_OR_RETURN(auto problems, LoadPrompts(o.prompt_set));
   std::filesystem::create_directories(o.out_dir);
   const std::vector<Config> configs = Configs(o);
-  nlohmann::json manifest = {{"model", o.model_path},
-                             {"prompt_set", ToJson(o.prompt_set)},
-                             {"compressor_options", o.compressor_options},
-                             {"max_new_tokens", o.max_new_tokens},
-                             {"num_features", guard::kNumFeatures},
-                             {"feature_names", std::vector<std::string>(guard::kFeatureNames.begin(), guard::kFeatureNames.end())}};
+  nlohmann::json manifest = {
+      {"model", o.model_path},
+      {"prompt_set", ToJson(o.prompt_set)},
+      {"compressor_options", o.compressor_options},
+      {"max_new_tokens", o.max_new_tokens},
+      {"num_features", guard::kNumFeatures},
+      {"feature_names",
+       std::vector<std::string>(guard::kFeatureNames.begin(), guard::kFeatureNames.end())}};
   for (const Config& c : configs) manifest["configs"].push_back(ConfigName(c.compressor, c.ratio));
   std::ofstream(o.out_dir + "/manifest.json") << manifest.dump(2);
   const int64_t total = static_cast<int64_t>(configs.size() * problems.size());

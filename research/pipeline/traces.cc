@@ -39,6 +39,7 @@ nlohmann::json TraceToJson(const Trace& t) {
           {"tokens", t.tokens},
           {"kv_bytes", t.kv_bytes},
           {"kv_bytes_uncompressed", t.kv_bytes_uncompressed},
+          {"prefill_evicted_attention", t.prefill_evicted_attention},
           {"row_offset", t.row_offset}};
 }
 
@@ -57,6 +58,7 @@ absl::StatusOr<Trace> TraceFromJson(const nlohmann::json& j) {
     t.tokens = j.at("tokens");
     t.kv_bytes = j.at("kv_bytes");
     t.kv_bytes_uncompressed = j.at("kv_bytes_uncompressed");
+    t.prefill_evicted_attention = j.value("prefill_evicted_attention", 0.0);  // absent before 12-02
     t.row_offset = j.at("row_offset");
     return t;
   } catch (const nlohmann::json::exception& e) {

@@ -30,6 +30,10 @@ struct Trace {
   int64_t onset = -1;  // first catastrophic token (loop onset, or the non-termination proxy)
   int64_t tokens = 0;  // generated tokens = feature rows
   int64_t kv_bytes = 0, kv_bytes_uncompressed = 0;
+  // Sum over the positions prefill compression evicted of the attention each
+  // had received from the prompt's queries (mean over queries, layers, heads):
+  // what the compressor threw away, known before the first token.
+  double prefill_evicted_attention = 0;
   int64_t row_offset = 0;       // first row in the shard's .f32
   std::vector<float> features;  // tokens x num_features (filled when loaded)
 };

@@ -7,6 +7,7 @@
 
 #include "nlohmann/json.hpp"
 #include "research/pipeline/predictor.h"
+#include "research/pipeline/traces.h"
 #include "research/prompt_set.h"
 
 namespace kvguard::research {
@@ -72,6 +73,21 @@ TEST(SplitTest, EveryPromptInOneSetStratifiedAndDeterministic) {
   EXPECT_NE(SplitPrompts(traces, 8), split);
 }
 
+// The prefill's evicted attention survives a record's round trip; records
+// written before the field existed read as 0.
+TEST(TraceRecordTest, PrefillEvictedAttentionRoundTripsAndDefaultsToZero) {
+  Trace t{.prompt_id = "p1", .compressor = "snapkv", .ratio = 0.875, .outcome = "correct"};
+  t.prefill_evicted_attention = 2.25;
+  auto back = TraceFromJson(TraceToJson(t));
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_DOUBLE_EQ(back->prefill_evicted_attention, 2.25);
+  nlohmann::json old = TraceToJson(t);
+  old.erase("prefill_evicted_attention");
+  auto before = TraceFromJson(old);
+  ASSERT_TRUE(before.ok()) << before.status();
+  EXPECT_EQ(before->prefill_evicted_attention, 0.0);
+}
+
 TEST(PromptSetTest, ArithMatchesTheGenerator) {
   PromptSetSpec spec{.first = 3, .count = 4};
   auto prompts = LoadPrompts(spec);
@@ -87,8 +103,12 @@ TEST(PromptSetTest, ArithMatchesTheGenerator) {
 }
 
 TEST(PromptSetTest, Gsm8kFewShotPrompts) {
-  PromptSetSpec spec{.dataset = "gsm8k", .data_dir = std::string(KVG_TEST_DATA_DIR) + "/gsm8k", .shots = 2,
-                     .split = Split::kTest, .first = 1, .count = 3};
+  PromptSetSpec spec{.dataset = "gsm8k",
+                     .data_dir = std::string(KVG_TEST_DATA_DIR) + "/gsm8k",
+                     .shots = 2,
+                     .split = Split::kTest,
+                     .first = 1,
+                     .count = 3};
   auto prompts = LoadPrompts(spec);
   ASSERT_TRUE(prompts.ok()) << prompts.status();
   ASSERT_EQ(prompts->size(), 3u);
@@ -111,7 +131,11 @@ TEST(PromptSetTest, Gsm8kFewShotPrompts) {
   ASSERT_TRUE(rebuilt.ok());
   EXPECT_EQ((*rebuilt)[2].prompt, (*prompts)[2].prompt);
   // Train/val come from train.jsonl past the shots; ids name the line.
-  auto val = LoadPrompts({.dataset = "gsm8k", .data_dir = spec.data_dir, .shots = 2, .split = Split::kVal, .count = 1});
+  auto val = LoadPrompts({.dataset = "gsm8k",
+                          .data_dir = spec.data_dir,
+                          .shots = 2,
+                          .split = Split::kVal,
+                          .count = 1});
   ASSERT_TRUE(val.ok()) << val.status();
   EXPECT_EQ((*val)[0].id, "gsm8k-val-000011");
 }
@@ -120,7 +144,8 @@ TEST(PromptSetTest, Gsm8kBadInputsAreErrors) {
   const std::string dir = std::string(KVG_TEST_DATA_DIR) + "/gsm8k";
   EXPECT_EQ(LoadPrompts({.dataset = "gsm8k", .data_dir = dir, .count = 7}).status().code(),
             absl::StatusCode::kOutOfRange);  // 6 test lines
-  EXPECT_EQ(LoadPrompts({.dataset = "gsm8k", .data_dir = "/nonexistent"}).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(LoadPrompts({.dataset = "gsm8k", .data_dir = "/nonexistent"}).status().code(),
+            absl::StatusCode::kNotFound);
   EXPECT_EQ(LoadPrompts({.dataset = "squad"}).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(StripCalculatorAnnotations("a <<1+2=3>>3 b <<unclosed"), "a 3 b <<unclosed");
 }
