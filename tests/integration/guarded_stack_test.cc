@@ -3,6 +3,7 @@
 // completes, fail-safe events are counted), and reconnection to a new guard.
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <future>
 
 #include "services/client/generation_client.h"
@@ -86,11 +87,21 @@ TEST_F(GuardedStackTest, EveryStepCarriesTheGuardsView) {
 
 TEST_F(GuardedStackTest, GuardKilledMidStreamThenReplaced) {
   std::vector<std::future<absl::StatusOr<client::GenerateOutcome>>> calls;
+  std::atomic<int> started{0};
   for (int i = 0; i < 4; ++i) {
-    calls.push_back(std::async(
-        std::launch::async, [this] { return GenerationClient(address_).Generate(Guarded(480)); }));
+    calls.push_back(std::async(std::launch::async, [this, &started] {
+      bool first = true;
+      return GenerationClient(address_).Generate(Guarded(480), [&](const v1::TokenChunk&) {
+        if (first) ++started;
+        first = false;
+      });
+    }));
   }
-  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  for (int i = 0; i < 3000 && started.load() < 4; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  ASSERT_EQ(started.load(), 4);
+  // Every stream is running (a fixed sleep once let fast streams finish first) and has
+  // hundreds of steps left: the next one after the kill finds the guard gone.
   guard_->Signal(SIGKILL);
   guard_->Wait(std::chrono::seconds(5));
   uint32_t fail_safe = 0;

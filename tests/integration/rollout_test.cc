@@ -9,6 +9,7 @@
 #include <csignal>
 #include <functional>
 #include <future>
+#include <iostream>
 #include <set>
 #include <thread>
 
@@ -94,16 +95,19 @@ Exits WaitBoth(ChildProcess& a, ChildProcess& b, std::chrono::seconds limit) {
 
 // SIGTERM reaches server and guard together (as when a pod is deleted and
 // both lack a preStop); `guard_drain_ms` is the guard's --drain_wait_ms.
-// Returns the fail-safe events of 16 guarded streams in flight (seconds of
+// Returns the fail-safe events of 32 guarded streams in flight (seconds of
 // work: longer than the 1 s a guard gives open streams once it stops).
-constexpr int kStreams = 16;
+constexpr int kStreams = 32;
 uint32_t TerminateStackMidStream(int guard_drain_ms, Exits* exits) {
   Proc guard = Start("kvguard-guard", {"--model", "none", "--config", "none", "--drain_wait_ms",
                                        std::to_string(guard_drain_ms)});
-  // One thread and 16 streams: the engine's CPU loops finish eight streams on
-  // two threads inside the guard's 1 s, which would leave nothing to contrast.
-  Proc server = Start("kvguard-server", {"--guard", guard.address, "--guard_deadline_ms", "500",
-                                         "--drain_grace_ms", "30000", "--threads", "1"});
+  // One thread and 32 streams: the engine's CPU loops finish eight streams on
+  // two threads inside the guard's 1 s, which would leave nothing to contrast
+  // (16 streams here end ~2-3 s after SIGTERM; 32 leave a faster machine room).
+  // Holding the server with SIGSTOP instead made its drain reset connections.
+  Proc server = Start("kvguard-server",
+                      {"--guard", guard.address, "--guard_deadline_ms", "500", "--drain_grace_ms",
+                       "30000", "--threads", "1", "--max_concurrent", std::to_string(kStreams)});
   std::vector<std::future<absl::StatusOr<client::GenerateOutcome>>> calls;
   Started started;
   for (int i = 0; i < kStreams; ++i) {
@@ -113,17 +117,24 @@ uint32_t TerminateStackMidStream(int guard_drain_ms, Exits* exits) {
     }));
   }
   EXPECT_TRUE(started.WaitFor(kStreams));
+  const auto terminated_at = Clock::now();
   server.process->Signal(SIGTERM);
   guard.process->Signal(SIGTERM);
   uint32_t fail_safe = 0;
   for (auto& f : calls) {
     auto out = f.get();
-    EXPECT_TRUE(out.ok()) << out.status();  // a drain never fails a stream
+    // A drain never fails a stream.
+    EXPECT_TRUE(out.ok()) << out.status() << "\nserver:\n"
+                          << server.process->output() << "\nguard:\n"
+                          << guard.process->output();
     if (!out.ok()) continue;
     EXPECT_EQ(out->token_ids.size(), 500u);
     fail_safe += out->complete.fail_safe_events();
   }
   exits->streams_done_at = Clock::now();
+  std::cout << "guard drain " << guard_drain_ms << " ms: streams ended "
+            << std::chrono::duration<double>(exits->streams_done_at - terminated_at).count()
+            << " s after SIGTERM, " << fail_safe << " fail-safe steps" << std::endl;
   const Exits e = WaitBoth(*server.process, *guard.process, std::chrono::seconds(40));
   exits->first_code = e.first_code, exits->second_code = e.second_code;
   exits->first_at = e.first_at, exits->second_at = e.second_at;
