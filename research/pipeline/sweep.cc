@@ -128,10 +128,13 @@ absl::Status RunConfig(engine::LlamaModel& model, const engine::Tokenizer& tok,
     for (auto& r : active) items.push_back(*r->seq->NextForward());
     KVG_ASSIGN_OR_RETURN(at::Tensor logits, model.Forward(items));
     at::Tensor host = logits.to(at::kCPU).contiguous();
+    std::vector<engine::Sequence*> sequences;
+    for (auto& r : active) sequences.push_back(r->seq.get());
+    auto steps = engine::AfterForwardAll(sequences, host.data_ptr<float>(), host.size(1));
     for (size_t i = 0; i < active.size(); ++i) {
       Running& r = *active[i];
-      KVG_ASSIGN_OR_RETURN(engine::StepResult step,
-                           r.seq->AfterForward(host[static_cast<int64_t>(i)].data_ptr<float>()));
+      if (!steps[i].ok()) return steps[i].status();
+      const engine::StepResult& step = *steps[i];
       if (step.step == 0) {
         for (float a : step.evicted_attention) r.prefill_evicted_attention += a;
       }

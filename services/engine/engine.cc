@@ -138,10 +138,8 @@ absl::StatusOr<Engine::BatchGeneration> Engine::GenerateBatch(
     const auto t0 = std::chrono::steady_clock::now();
     KVG_ASSIGN_OR_RETURN(at::Tensor logits, model.Forward(items));
     at::Tensor host = logits.to(at::kCPU).contiguous();
-    for (size_t i = 0; i < live.size(); ++i) {
-      KVG_RETURN_IF_ERROR(
-          live[i]->AfterForward(host[static_cast<int64_t>(i)].data_ptr<float>()).status());
-    }
+    for (auto& step : AfterForwardAll(live, host.data_ptr<float>(), host.size(1)))
+      KVG_RETURN_IF_ERROR(step.status());
     if (prefill) continue;
     out.decode_seconds +=
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -1,6 +1,7 @@
 #include "services/engine/sequence.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -263,6 +264,18 @@ GenerateResult Sequence::Result() const {
   r.prefill_seconds = ttft_s_;
   r.decode_seconds = std::max(0.0, SecondsSince(start_) - ttft_s_);
   return r;
+}
+
+std::vector<absl::StatusOr<StepResult>> AfterForwardAll(std::span<Sequence* const> sequences,
+                                                        const float* logits, int64_t row_stride) {
+  const auto n = static_cast<int64_t>(sequences.size());
+  std::vector<absl::StatusOr<StepResult>> results(sequences.size(),
+                                                  absl::UnknownError("not stepped"));
+  const int threads = static_cast<int>(std::min<int64_t>(at::get_num_threads(), n));
+  // Inside the region libtorch's own parallel_for runs inline on the calling thread.
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if (threads > 1)
+  for (int64_t i = 0; i < n; ++i) results[i] = sequences[i]->AfterForward(logits + i * row_stride);
+  return results;
 }
 
 }  // namespace kvguard::engine

@@ -22,6 +22,7 @@
 #include <chrono>
 #include <memory>
 #include <set>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -124,5 +125,14 @@ class Sequence {
   std::chrono::steady_clock::time_point start_;
   double ttft_s_ = 0;
 };
+
+// Every sequence's AfterForward after one batched forward (sequence i reads
+// row i of `logits`, rows `row_stride` floats apart). Sequences run in
+// parallel on the intra-op threads, each single-threaded inside: compression
+// scoring is serial small-op work per sequence, which left the second core
+// idle while one thread scored the whole batch. A sequence's step touches
+// only its own state (the block pool it returns blocks to locks).
+std::vector<absl::StatusOr<StepResult>> AfterForwardAll(std::span<Sequence* const> sequences,
+                                                        const float* logits, int64_t row_stride);
 
 }  // namespace kvguard::engine

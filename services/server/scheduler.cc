@@ -421,12 +421,15 @@ bool Scheduler::RunStep() {
     return false;
   }
   at::Tensor host = logits->to(at::kCPU).contiguous();
+  std::vector<engine::Sequence*> sequences;
+  for (Active* a : batch) sequences.push_back(a->seq.get());
+  auto results = engine::AfterForwardAll(sequences, host.data_ptr<float>(), host.size(1));
   std::vector<Active*> stepped;
   v1::StepBatch reports;
   for (size_t i = 0; i < batch.size(); ++i) {
     Active& a = *batch[i];
     const float* row = host[static_cast<int64_t>(i)].data_ptr<float>();
-    auto r = a.seq->AfterForward(row);
+    auto& r = results[i];
     if (!r.ok()) {
       Complete(a, r.status());
       continue;

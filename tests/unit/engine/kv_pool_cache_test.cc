@@ -232,6 +232,55 @@ TEST(SequenceThreadsTest, CompressionLeavesTheThreadSettingAsItWas) {
   at::set_num_threads(before);
 }
 
+// A batch stepped by AfterForwardAll (sequences compressing in parallel, one
+// shared block pool) gives every sequence the ids it gets alone.
+TEST(SequenceThreadsTest, ParallelStepsOfABatchEqualEachSequenceAlone) {
+  auto model = LoadModel();
+  const std::vector<std::string> compressors = {"snapkv", "tova", "streaming_llm", "", "snapkv"};
+  std::vector<GenerateRequest> requests;
+  for (size_t s = 0; s < compressors.size(); ++s) {
+    GenerateRequest r;
+    for (size_t i = 0; i < 40 + 7 * s; ++i) r.prompt_ids.push_back(3 + (i * (31 + s)) % 500);
+    r.max_new_tokens = 24;
+    r.ignore_eos = true;
+    if (!compressors[s].empty()) r.compression = {.compressor = compressors[s], .ratio = 0.5};
+    requests.push_back(r);
+  }
+  const KvCacheOptions co = model->CacheOptions();
+  auto arena = NewKvArena({.kv_heads = co.num_kv_heads, .head_dim = co.head_dim, .dtype = co.dtype},
+                          4 << 20, 16);
+  ASSERT_TRUE(arena.ok()) << arena.status();
+  std::vector<std::unique_ptr<Sequence>> seqs;
+  for (const auto& r : requests) {
+    auto seq = Sequence::Create(*model, nullptr, r, {.kv_arena = *arena});
+    ASSERT_TRUE(seq.ok()) << seq.status();
+    seqs.push_back(std::move(*seq));
+  }
+  const int threads = at::get_num_threads();
+  at::set_num_threads(2);
+  for (bool running = true; running;) {
+    std::vector<ForwardItem> items;
+    std::vector<Sequence*> live;
+    for (auto& s : seqs) {
+      if (ForwardItem* item = s->NextForward()) items.push_back(*item), live.push_back(s.get());
+    }
+    running = !items.empty();
+    if (!running) break;
+    auto logits = model->Forward(items);
+    ASSERT_TRUE(logits.ok()) << logits.status();
+    at::Tensor host = logits->contiguous();
+    for (auto& step : AfterForwardAll(live, host.data_ptr<float>(), host.size(1)))
+      ASSERT_TRUE(step.ok()) << step.status();
+  }
+  at::set_num_threads(threads);
+  for (size_t s = 0; s < seqs.size(); ++s) {
+    EXPECT_EQ(seqs[s]->Result().output_ids, Generate(*model, requests[s], nullptr)) << s;
+    EXPECT_EQ(seqs[s]->Result().output_ids.size(), 24u);
+  }
+  seqs.clear();
+  EXPECT_EQ((*arena)->pool->used_blocks(), 0);
+}
+
 INSTANTIATE_TEST_SUITE_P(Compressors, KvPoolSequenceTest,
                          ::testing::Values("", "snapkv", "streaming_llm", "tova", "kivi"),
                          [](const auto& info) { return info.param.empty() ? "none" : info.param; });
