@@ -93,24 +93,28 @@ void RecordRecentQuery(SequenceKvCache& cache, int64_t layer, const char* q, int
   st.recent_positions.push_back(static_cast<int32_t>(position));
 }
 
-// H2O-style statistics of one decode step: probs [heads, retained] f32. Plain
-// loops over the stats' strides: a guarded batch does this for every sequence
-// and layer, where two tensor ops each cost more than the arithmetic.
+// H2O-style statistics of one decode step: probs [heads, retained] f32 added
+// to the cache's [kv_heads, group, capacity] sums and [kv_heads, capacity]
+// counts through their base pointers (a narrow() per call cost more than the
+// arithmetic). Runs on the row's attention thread: rows own their caches.
 void AddStepAttention(SequenceKvCache& cache, int64_t layer, const float* probs, int64_t heads) {
-  at::Tensor sum = cache.AttentionSum(layer);      // [kv_heads, group, retained] float32
-  at::Tensor count = cache.AttentionCount(layer);  // [kv_heads, retained] float32
-  const int64_t hkv = sum.size(0), group = sum.size(1), retained = sum.size(2);
-  KVG_CHECK(group * hkv == heads && sum.scalar_type() == at::kFloat);
+  LayerAttentionStats& stats = cache.MutableAttentionStats(layer);
+  at::Tensor& sum = stats.attention_sum;  // contiguous, allocated by GrowStats
+  at::Tensor& count = stats.attention_count;
+  const int64_t hkv = sum.size(0), group = sum.size(1), capacity = sum.size(2);
+  const int64_t retained = cache.RetainedSlots(layer);
+  KVG_CHECK(group * hkv == heads && sum.scalar_type() == at::kFloat && sum.is_contiguous() &&
+            count.is_contiguous() && retained <= capacity);
   float* s = sum.data_ptr<float>();
   float* n = count.data_ptr<float>();
   for (int64_t g = 0; g < hkv; ++g) {
     for (int64_t r = 0; r < group; ++r) {
-      float* row = s + g * sum.stride(0) + r * sum.stride(1);
+      float* row = s + (g * group + r) * capacity;
       const float* p = probs + (g * group + r) * retained;
-      for (int64_t t = 0; t < retained; ++t) row[t * sum.stride(2)] += p[t];
+      for (int64_t t = 0; t < retained; ++t) row[t] += p[t];
     }
-    float* seen = n + g * count.stride(0);
-    for (int64_t t = 0; t < retained; ++t) seen[t * count.stride(1)] += 1.0f;
+    float* seen = n + g * capacity;
+    for (int64_t t = 0; t < retained; ++t) seen[t] += 1.0f;
   }
 }
 
@@ -163,16 +167,13 @@ void LlamaModel::Impl::AttendLayer(std::span<ForwardItem> batch, int64_t l,
     float* probs = batch[r].cache->options().needs.attention_sums ? b.probs[r].data() : nullptr;
     cpu::DecodeAttention(q, type, {.heads = hq, .kv_heads = hkv, .head_dim = hd}, b.spans[r],
                          b.attn32.data() + r * hq * hd, team, probs);
+    if (probs != nullptr) AddStepAttention(*batch[r].cache, l, probs, hq);
   };
   if (rows == 1 || threads <= 1) {
     for (int64_t r = 0; r < rows; ++r) attend(r, threads);
   } else {
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
     for (int64_t r = 0; r < rows; ++r) attend(r, 1);
-  }
-  for (int64_t r = 0; r < rows; ++r) {
-    if (batch[r].cache->options().needs.attention_sums)
-      AddStepAttention(*batch[r].cache, l, b.probs[r].data(), hq);
   }
 }
 
