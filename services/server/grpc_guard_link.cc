@@ -109,7 +109,7 @@ void GrpcGuardLink::ReadLoop(Call& call) {
   }
 }
 
-void GrpcGuardLink::Send(const v1::StepBatch& batch) {
+void GrpcGuardLink::Send(v1::StepBatch batch) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (!call_) {
@@ -120,7 +120,7 @@ void GrpcGuardLink::Send(const v1::StepBatch& batch) {
       outbox_.pop_front();
       ++stats_.dropped_backpressure;
     }
-    outbox_.push_back(batch);
+    outbox_.push_back(std::move(batch));
   }
   outbox_cv_.notify_one();
 }

@@ -49,7 +49,7 @@ class GrpcGuardLink final : public GuardLink {
                          grpc::ChannelArguments args = {});
   ~GrpcGuardLink() override;
 
-  void Send(const v1::StepBatch& batch) override;
+  void Send(v1::StepBatch batch) override;
   std::optional<v1::DirectiveBatch> Await(uint64_t batch_id,
                                           std::chrono::steady_clock::time_point deadline) override;
   bool connected() const override { return connected_.load(); }

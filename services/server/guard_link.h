@@ -20,11 +20,13 @@ namespace kvguard::server {
 class GuardLink {
  public:
   virtual ~GuardLink() = default;
-  // Queues the batch for the guard; dropped (and counted) while disconnected.
-  virtual void Send(const v1::StepBatch& batch) = 0;
+  // Queues the batch for the guard (taken by value: the caller moves its
+  // pending batch in rather than copying every report); dropped (and counted)
+  // while disconnected.
+  virtual void Send(v1::StepBatch batch) = 0;
   // The answer to `batch_id`, or nullopt if it has not arrived by `deadline`.
-  virtual std::optional<v1::DirectiveBatch> Await(uint64_t batch_id,
-                                                  std::chrono::steady_clock::time_point deadline) = 0;
+  virtual std::optional<v1::DirectiveBatch> Await(
+      uint64_t batch_id, std::chrono::steady_clock::time_point deadline) = 0;
   [[nodiscard]] virtual bool connected() const = 0;
 };
 

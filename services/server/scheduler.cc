@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <map>
+#include <utility>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -511,9 +512,8 @@ Scheduler::GuardOutcome Scheduler::ExchangeGuard(std::vector<Active*>& stepped) 
   const auto t0 = Clock::now();
   const auto previous_send = last_send_;
   last_send_ = t0;
-  guard_->Send(pending_);
   const bool had_reports = pending_.reports_size() > 0;
-  pending_.Clear();
+  guard_->Send(std::exchange(pending_, v1::StepBatch()));
   if (!had_reports) return GuardOutcome::kNone;
   const uint64_t wait_id = options_.guard_lag > 0 ? sent_id - 1 : sent_id;
   if (wait_id == 0 || stepped.empty()) return GuardOutcome::kNone;

@@ -79,7 +79,7 @@ class ScriptedGuard final : public GuardLink {
  public:
   using Policy = std::function<std::optional<v1::Directive>(const v1::StepReport&)>;
   explicit ScriptedGuard(Policy policy) : policy_(std::move(policy)) {}
-  void Send(const v1::StepBatch& batch) override {
+  void Send(v1::StepBatch batch) override {
     v1::DirectiveBatch answer;
     answer.set_batch_id(batch.batch_id());
     for (const v1::StepReport& r : batch.reports()) {
