@@ -425,13 +425,71 @@ std::string Markdown(const std::vector<ArmResult>& results, const Testbed& bed,
   return md + service;
 }
 
-void WriteReport(const std::vector<ArmResult>& results, const Testbed& bed,
-                 int64_t typical_tokens) {
+// Guarded against static at the same ratio (and burst), round by round: the
+// two ran next to each other, so their ratio cancels most of the machine's
+// drift that the medians of separate arms keep (medians moved 10-30% between
+// runs on the 2-core VM).
+struct PairedRatio {
+  std::string guarded_arm, static_arm;
+  std::vector<double> tokens, decode;  // per round, guarded / static
+};
+
+std::vector<PairedRatio> PairGuardedWithStatic(const std::vector<Arm>& arms,
+                                               const std::vector<std::vector<ArmResult>>& runs) {
+  std::vector<PairedRatio> pairs;
+  for (size_t g = 0; g < arms.size(); ++g) {
+    if (!arms[g].guarded) continue;
+    for (size_t s = 0; s < arms.size(); ++s) {
+      if (arms[s].guarded || arms[s].ratio != arms[g].ratio || arms[s].rate != arms[g].rate)
+        continue;
+      PairedRatio p{.guarded_arm = arms[g].name, .static_arm = arms[s].name};
+      for (size_t k = 0; k < std::min(runs[g].size(), runs[s].size()); ++k) {
+        p.tokens.push_back(runs[g][k].tokens_per_s / std::max(1e-9, runs[s][k].tokens_per_s));
+        p.decode.push_back(runs[g][k].decode_tokens_per_s /
+                           std::max(1e-9, runs[s][k].decode_tokens_per_s));
+      }
+      pairs.push_back(std::move(p));
+      break;
+    }
+  }
+  return pairs;
+}
+
+std::string PairedMarkdown(const std::vector<PairedRatio>& pairs) {
+  if (pairs.empty()) return "";
+  auto summary = [](const std::vector<double>& v) {
+    return absl::StrFormat("%.2fx [%.2f, %.2f]", Quantile(v, 0.5),
+                           *std::min_element(v.begin(), v.end()),
+                           *std::max_element(v.begin(), v.end()));
+  };
+  std::string md =
+      "\nGuarded against static, paired by round (median [min, max] over rounds):\n\n"
+      "| guarded arm | static arm | rounds | tokens/s vs static | decode tokens/s vs static |\n"
+      "| --- | --- | --- | --- | --- |\n";
+  for (const PairedRatio& p : pairs) {
+    if (p.tokens.empty()) continue;
+    absl::StrAppendFormat(&md, "| %s | %s | %d | %s | %s |\n", p.guarded_arm, p.static_arm,
+                          p.tokens.size(), summary(p.tokens), summary(p.decode));
+  }
+  return md;
+}
+
+void WriteReport(const std::vector<ArmResult>& results, const std::vector<PairedRatio>& pairs,
+                 const Testbed& bed, int64_t typical_tokens) {
   const std::string out = absl::GetFlag(FLAGS_out);
   std::filesystem::create_directories(out);
-  const std::string md = Markdown(results, bed, typical_tokens);
+  const std::string md = Markdown(results, bed, typical_tokens) + PairedMarkdown(pairs);
   nlohmann::json j = nlohmann::json::array();
-  for (const ArmResult& r : results) j.push_back(ArmJson(r));
+  for (const ArmResult& r : results) {
+    nlohmann::json arm = ArmJson(r);
+    for (const PairedRatio& p : pairs) {
+      if (p.guarded_arm != r.arm.name) continue;
+      arm["paired_with"] = p.static_arm;
+      arm["paired_tokens_per_s_ratio_by_round"] = p.tokens;
+      arm["paired_decode_tokens_per_s_ratio_by_round"] = p.decode;
+    }
+    j.push_back(std::move(arm));
+  }
   (void)WriteTextFile(out + "/capacity.md", md);
   (void)WriteTextFile(out + "/capacity.json", j.dump(2));
   WriteRequestsCsv(results, out + "/requests.csv");
@@ -470,9 +528,9 @@ absl::StatusOr<std::vector<Arm>> MakeArms(int requests, bool with_guard) {
   return arms;
 }
 
-// Rounds interleave the arms so drift on a shared machine hits all alike;
-// each arm reports its median round by tokens/s.
-std::vector<ArmResult> RunRounds(const Testbed& bed, const std::vector<Arm>& arms) {
+// Rounds interleave the arms so drift on a shared machine hits all alike.
+// Returns every arm's rounds in the order they ran.
+std::vector<std::vector<ArmResult>> RunRounds(const Testbed& bed, const std::vector<Arm>& arms) {
   const int rounds = std::max(1, absl::GetFlag(FLAGS_repeats));
   std::vector<std::vector<ArmResult>> runs(arms.size());
   const auto start = Clock::now();
@@ -488,6 +546,11 @@ std::vector<ArmResult> RunRounds(const Testbed& bed, const std::vector<Arm>& arm
         100 * runs[i].back().guard_share, runs[i].back().cfr, elapsed,
         elapsed / double(k + 1) * double(total - k - 1));
   }
+  return runs;
+}
+
+// Each arm's median round by tokens/s.
+std::vector<ArmResult> MedianRounds(std::vector<std::vector<ArmResult>> runs) {
   std::vector<ArmResult> results;
   for (auto& r : runs) {
     std::sort(r.begin(), r.end(), [](const ArmResult& a, const ArmResult& b) {
@@ -550,7 +613,7 @@ int main(int argc, char** argv) {
   }
   auto arms = MakeArms(requests, link != nullptr);
   if (!arms.ok()) return Fail(std::string(arms.status().message()));
-  const std::vector<ArmResult> results = RunRounds(bed, *arms);
-  WriteReport(results, bed, typical);
+  const auto runs = RunRounds(bed, *arms);
+  WriteReport(MedianRounds(runs), PairGuardedWithStatic(*arms, runs), bed, typical);
   return 0;
 }
