@@ -232,9 +232,49 @@ TEST(SequenceThreadsTest, CompressionLeavesTheThreadSettingAsItWas) {
   at::set_num_threads(before);
 }
 
+// Ids of a batch generated together in one shared block pool; `parallel`
+// steps it with AfterForwardAll, otherwise one sequence after another.
+std::vector<std::vector<int32_t>> GenerateTogether(LlamaModel& model,
+                                                   const std::vector<GenerateRequest>& requests,
+                                                   bool parallel) {
+  const KvCacheOptions co = model.CacheOptions();
+  auto arena = NewKvArena({.kv_heads = co.num_kv_heads, .head_dim = co.head_dim, .dtype = co.dtype},
+                          4 << 20, 16);
+  EXPECT_TRUE(arena.ok()) << arena.status();
+  std::vector<std::unique_ptr<Sequence>> seqs;
+  for (const auto& r : requests) {
+    auto seq = Sequence::Create(model, nullptr, r, {.kv_arena = *arena});
+    EXPECT_TRUE(seq.ok()) << seq.status();
+    seqs.push_back(std::move(*seq));
+  }
+  for (;;) {
+    std::vector<ForwardItem> items;
+    std::vector<Sequence*> live;
+    for (auto& s : seqs) {
+      if (ForwardItem* item = s->NextForward()) items.push_back(*item), live.push_back(s.get());
+    }
+    if (items.empty()) break;
+    auto logits = model.Forward(items);
+    EXPECT_TRUE(logits.ok()) << logits.status();
+    at::Tensor host = logits->contiguous();
+    if (parallel) {
+      for (auto& step : AfterForwardAll(live, host.data_ptr<float>(), host.size(1)))
+        EXPECT_TRUE(step.ok()) << step.status();
+    } else {
+      for (size_t i = 0; i < live.size(); ++i)
+        EXPECT_TRUE(live[i]->AfterForward(host[static_cast<int64_t>(i)].data_ptr<float>()).ok());
+    }
+  }
+  std::vector<std::vector<int32_t>> ids;
+  for (auto& s : seqs) ids.push_back(s->Result().output_ids);
+  seqs.clear();
+  EXPECT_EQ((*arena)->pool->used_blocks(), 0);
+  return ids;
+}
+
 // A batch stepped by AfterForwardAll (sequences compressing in parallel, one
-// shared block pool) gives every sequence the ids it gets alone.
-TEST(SequenceThreadsTest, ParallelStepsOfABatchEqualEachSequenceAlone) {
+// shared block pool) gets the ids of the same batch stepped one by one.
+TEST(SequenceThreadsTest, ParallelStepsOfABatchEqualSerialOnes) {
   auto model = LoadModel();
   const std::vector<std::string> compressors = {"snapkv", "tova", "streaming_llm", "", "snapkv"};
   std::vector<GenerateRequest> requests;
@@ -246,39 +286,16 @@ TEST(SequenceThreadsTest, ParallelStepsOfABatchEqualEachSequenceAlone) {
     if (!compressors[s].empty()) r.compression = {.compressor = compressors[s], .ratio = 0.5};
     requests.push_back(r);
   }
-  const KvCacheOptions co = model->CacheOptions();
-  auto arena = NewKvArena({.kv_heads = co.num_kv_heads, .head_dim = co.head_dim, .dtype = co.dtype},
-                          4 << 20, 16);
-  ASSERT_TRUE(arena.ok()) << arena.status();
-  std::vector<std::unique_ptr<Sequence>> seqs;
-  for (const auto& r : requests) {
-    auto seq = Sequence::Create(*model, nullptr, r, {.kv_arena = *arena});
-    ASSERT_TRUE(seq.ok()) << seq.status();
-    seqs.push_back(std::move(*seq));
-  }
   const int threads = at::get_num_threads();
   at::set_num_threads(2);
-  for (bool running = true; running;) {
-    std::vector<ForwardItem> items;
-    std::vector<Sequence*> live;
-    for (auto& s : seqs) {
-      if (ForwardItem* item = s->NextForward()) items.push_back(*item), live.push_back(s.get());
-    }
-    running = !items.empty();
-    if (!running) break;
-    auto logits = model->Forward(items);
-    ASSERT_TRUE(logits.ok()) << logits.status();
-    at::Tensor host = logits->contiguous();
-    for (auto& step : AfterForwardAll(live, host.data_ptr<float>(), host.size(1)))
-      ASSERT_TRUE(step.ok()) << step.status();
-  }
+  const auto parallel = GenerateTogether(*model, requests, true);
+  const auto serial = GenerateTogether(*model, requests, false);
   at::set_num_threads(threads);
-  for (size_t s = 0; s < seqs.size(); ++s) {
-    EXPECT_EQ(seqs[s]->Result().output_ids, Generate(*model, requests[s], nullptr)) << s;
-    EXPECT_EQ(seqs[s]->Result().output_ids.size(), 24u);
+  ASSERT_EQ(parallel.size(), requests.size());
+  for (size_t s = 0; s < requests.size(); ++s) {
+    EXPECT_EQ(parallel[s], serial[s]) << s;
+    EXPECT_EQ(parallel[s].size(), 24u);
   }
-  seqs.clear();
-  EXPECT_EQ((*arena)->pool->used_blocks(), 0);
 }
 
 INSTANTIATE_TEST_SUITE_P(Compressors, KvPoolSequenceTest,
