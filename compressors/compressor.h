@@ -13,6 +13,11 @@
 // more at the next compression and lowering it stops eviction until the
 // cache grows back to the budget.
 //
+// Threads: each sequence has its own compressor instance, and the server steps
+// a batch's sequences in parallel (engine::AfterForwardAll), so different
+// instances run at once. An instance needs no locking; state shared between
+// instances (statics, plugin globals) must be thread-safe.
+//
 // Most methods only rank tokens: derive from ScoringCompressor and implement
 // Score() (higher = keep); the base applies the budget, the protected
 // positions and top-k.
