@@ -247,10 +247,6 @@ void DecodeAttention(const void* q, OutputType type, const AttentionShape& shape
     AttendKvHead(q, type, shape, spans, total, g, out, probs);
 }
 
-}  // namespace kvguard::engine::cpu
-
-namespace kvguard::engine::cpu {
-
 void PrefillAttention(const void* q, OutputType type, const AttentionShape& shape,
                       std::span<const KvSpan> spans, int64_t n, float* out, float* prob_sums,
                       int threads) {
@@ -264,14 +260,10 @@ void PrefillAttention(const void* q, OutputType type, const AttentionShape& shap
   const int64_t tasks = shape.kv_heads * blocks;
   auto run = [&](int64_t task) {
     const int64_t g = task / blocks, b = task % blocks;
-    if (prob_sums != nullptr) {
-      for (int64_t i0 = 0; i0 < n; i0 += block)
-        AttendPrefillBlock(q, type, shape, spans, total, n, g, i0, std::min(n, i0 + block), out,
-                           prob_sums);
-    } else {
-      AttendPrefillBlock(q, type, shape, spans, total, n, g, b * block,
-                         std::min(n, (b + 1) * block), out, nullptr);
-    }
+    const int64_t first = b * block, last = blocks == 1 ? n : std::min(n, first + block);
+    for (int64_t i0 = first; i0 < last; i0 += block)
+      AttendPrefillBlock(q, type, shape, spans, total, n, g, i0, std::min(last, i0 + block), out,
+                         prob_sums);
   };
   const int team = static_cast<int>(std::min<int64_t>(std::max(threads, 1), tasks));
   if (team <= 1) {

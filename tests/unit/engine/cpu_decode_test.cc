@@ -114,15 +114,18 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, CpuDecodeTest,
                            return name;
                          });
 
-// f32 decodes up to 16 sequences per MatVec; caches of different lengths.
-TEST(CpuDecodeBatchTest, SequencesOfDifferentLengthsDecodeTogether) {
+// `batch` tiny-qwen2 f32 sequences decoded `steps` times by the loops match the ops.
+void ExpectLoopsMatchOps(int batch, int steps) {
   auto fused = Load("tiny-qwen2", "f32", true);
   auto reference = Load("tiny-qwen2", "f32", false);
-  const Drift d =
-      DecodeBoth(*fused, *reference, 3, 12, fused->CacheOptions(), reference->CacheOptions());
+  const Drift d = DecodeBoth(*fused, *reference, batch, steps, fused->CacheOptions(),
+                             reference->CacheOptions());
   EXPECT_LT(d.relative, 1e-5);
   EXPECT_EQ(d.agree, d.total);
 }
+
+// f32 decodes up to 16 sequences per MatVec; caches of different lengths.
+TEST(CpuDecodeBatchTest, SequencesOfDifferentLengthsDecodeTogether) { ExpectLoopsMatchOps(3, 12); }
 
 // Two sequences sharing a pool of 4-token blocks take turns, so each holds
 // non-consecutive blocks: attention reads several spans per layer.
@@ -160,14 +163,7 @@ TEST(CpuDecodeBatchTest, PagedCacheWithScatteredBlocksReadsEverySpan) {
 }
 
 // More sequences than one MatVec takes: f32 decodes them in chunks of 16.
-TEST(CpuDecodeBatchTest, BatchesAboveSixteenRowsRunInChunks) {
-  auto fused = Load("tiny-qwen2", "f32", true);
-  auto reference = Load("tiny-qwen2", "f32", false);
-  const Drift d =
-      DecodeBoth(*fused, *reference, 21, 4, fused->CacheOptions(), reference->CacheOptions());
-  EXPECT_LT(d.relative, 1e-5);
-  EXPECT_EQ(d.agree, d.total);
-}
+TEST(CpuDecodeBatchTest, BatchesAboveSixteenRowsRunInChunks) { ExpectLoopsMatchOps(21, 4); }
 
 // The statistics compressors (SnapKV/TOVA's recent queries) and the guard
 // (attention sums for RECOVERY) read are kept by the loops as by the ops.

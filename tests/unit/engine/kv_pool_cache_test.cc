@@ -156,6 +156,26 @@ std::unique_ptr<LlamaModel> LoadModel() {
   return std::move(*model);
 }
 
+// A block pool of `bytes` in 16-token blocks for `model`'s KV.
+std::shared_ptr<KvArena> ModelPool(const LlamaModel& model, int64_t bytes) {
+  const KvCacheOptions co = model.CacheOptions();
+  auto arena = NewKvArena({.kv_heads = co.num_kv_heads, .head_dim = co.head_dim, .dtype = co.dtype},
+                          bytes, 16);
+  EXPECT_TRUE(arena.ok()) << arena.status();
+  return *arena;
+}
+
+// A greedy request of `prompt` tokens (3 + i * stride mod 500) and `max_new`
+// tokens, compressed at 0.5 by `compressor` (none when empty).
+GenerateRequest Request(int prompt, int stride, int max_new, const std::string& compressor) {
+  GenerateRequest r;
+  for (int i = 0; i < prompt; ++i) r.prompt_ids.push_back(3 + (i * stride) % 500);
+  r.max_new_tokens = max_new;
+  r.ignore_eos = true;
+  if (!compressor.empty()) r.compression = {.compressor = compressor, .ratio = 0.5};
+  return r;
+}
+
 // Greedy ids of one request; `preempt_at` swaps the KV out and back in
 // before those steps (another sequence takes the freed blocks meanwhile);
 // `after_step` runs after every step with the step count so far.
@@ -196,19 +216,12 @@ class KvPoolSequenceTest : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(KvPoolSequenceTest, PooledAndPreemptedGenerationsEqualTheUnpooledOne) {
   auto model = LoadModel();
-  GenerateRequest request;
-  for (int i = 0; i < 48; ++i) request.prompt_ids.push_back(3 + (i * 37) % 500);
-  request.max_new_tokens = 24;
-  request.ignore_eos = true;
-  if (!GetParam().empty()) request.compression = {.compressor = GetParam(), .ratio = 0.5};
-  const KvCacheOptions co = model->CacheOptions();
-  auto arena = NewKvArena({.kv_heads = co.num_kv_heads, .head_dim = co.head_dim, .dtype = co.dtype},
-                          1 << 20, 16);
-  ASSERT_TRUE(arena.ok());
+  const GenerateRequest request = Request(48, 37, 24, GetParam());
+  const std::shared_ptr<KvArena> arena = ModelPool(*model, 1 << 20);
   const std::vector<int32_t> reference = Generate(*model, request, nullptr);
-  EXPECT_EQ(Generate(*model, request, *arena), reference);
-  EXPECT_EQ(Generate(*model, request, *arena, {1, 5, 17}), reference);
-  EXPECT_EQ((*arena)->pool->used_blocks(), 0);
+  EXPECT_EQ(Generate(*model, request, arena), reference);
+  EXPECT_EQ(Generate(*model, request, arena, {1, 5, 17}), reference);
+  EXPECT_EQ(arena->pool->used_blocks(), 0);
 }
 
 // A sequence scores and evicts on the calling thread (small caches: waking
@@ -237,13 +250,10 @@ TEST(SequenceThreadsTest, CompressionLeavesTheThreadSettingAsItWas) {
 std::vector<std::vector<int32_t>> GenerateTogether(LlamaModel& model,
                                                    const std::vector<GenerateRequest>& requests,
                                                    bool parallel) {
-  const KvCacheOptions co = model.CacheOptions();
-  auto arena = NewKvArena({.kv_heads = co.num_kv_heads, .head_dim = co.head_dim, .dtype = co.dtype},
-                          4 << 20, 16);
-  EXPECT_TRUE(arena.ok()) << arena.status();
+  const std::shared_ptr<KvArena> arena = ModelPool(model, 4 << 20);
   std::vector<std::unique_ptr<Sequence>> seqs;
   for (const auto& r : requests) {
-    auto seq = Sequence::Create(model, nullptr, r, {.kv_arena = *arena});
+    auto seq = Sequence::Create(model, nullptr, r, {.kv_arena = arena});
     EXPECT_TRUE(seq.ok()) << seq.status();
     seqs.push_back(std::move(*seq));
   }
@@ -268,7 +278,7 @@ std::vector<std::vector<int32_t>> GenerateTogether(LlamaModel& model,
   std::vector<std::vector<int32_t>> ids;
   for (auto& s : seqs) ids.push_back(s->Result().output_ids);
   seqs.clear();
-  EXPECT_EQ((*arena)->pool->used_blocks(), 0);
+  EXPECT_EQ(arena->pool->used_blocks(), 0);
   return ids;
 }
 
@@ -278,14 +288,8 @@ TEST(SequenceThreadsTest, ParallelStepsOfABatchEqualSerialOnes) {
   auto model = LoadModel();
   const std::vector<std::string> compressors = {"snapkv", "tova", "streaming_llm", "", "snapkv"};
   std::vector<GenerateRequest> requests;
-  for (size_t s = 0; s < compressors.size(); ++s) {
-    GenerateRequest r;
-    for (size_t i = 0; i < 40 + 7 * s; ++i) r.prompt_ids.push_back(3 + (i * (31 + s)) % 500);
-    r.max_new_tokens = 24;
-    r.ignore_eos = true;
-    if (!compressors[s].empty()) r.compression = {.compressor = compressors[s], .ratio = 0.5};
-    requests.push_back(r);
-  }
+  for (int s = 0; s < static_cast<int>(compressors.size()); ++s)
+    requests.push_back(Request(40 + 7 * s, 31 + s, 24, compressors[s]));
   const int threads = at::get_num_threads();
   at::set_num_threads(2);
   const auto parallel = GenerateTogether(*model, requests, true);
