@@ -309,6 +309,31 @@ absl::StatusOr<std::vector<int64_t>> FlattenPlan(const std::vector<std::vector<i
   return flat;
 }
 
+// Moves each head's kept slots (flat[h * n_keep + i]) to the front of its
+// attention-sum and count rows, in place, and zeroes the rest up to `size`:
+// the rows keep their capacity, so the next Append does not grow them again.
+// A gather into new tensors, then a regrow, was ~40 small libtorch ops per
+// eviction of a guarded sequence: ~10% of the capacity bench's decode time.
+void CompactStatsOnCpu(LayerAttentionStats& st, const std::vector<int64_t>& flat, int64_t n_keep,
+                       int64_t size) {
+  at::Tensor& sum = st.attention_sum;  // [kv_heads, group, capacity], contiguous
+  at::Tensor& count = st.attention_count;
+  KVG_CHECK(sum.is_contiguous() && count.is_contiguous() && sum.scalar_type() == at::kFloat);
+  const int64_t heads = sum.size(0), group = sum.size(1), capacity = sum.size(2);
+  std::vector<float> kept(static_cast<size_t>(n_keep));
+  auto compact = [&](float* row, const int64_t* slots) {
+    for (int64_t i = 0; i < n_keep; ++i) kept[i] = row[slots[i]];
+    std::copy(kept.begin(), kept.end(), row);
+    std::fill(row + n_keep, row + size, 0.0f);
+  };
+  for (int64_t h = 0; h < heads; ++h) {
+    const int64_t* slots = flat.data() + h * n_keep;
+    for (int64_t r = 0; r < group; ++r)
+      compact(sum.data_ptr<float>() + (h * group + r) * capacity, slots);
+    compact(count.data_ptr<float>() + h * capacity, slots);
+  }
+}
+
 }  // namespace
 
 absl::Status SequenceKvCache::Retain(int64_t layer_index,
@@ -328,11 +353,14 @@ absl::Status SequenceKvCache::Retain(int64_t layer_index,
   }
   at::Tensor index = IndexTensor(*flat, heads, n_keep);
   layer.store->Gather(index);
-  if (layer.stats.attention_sum.defined()) {
-    const int64_t group = layer.stats.attention_sum.size(1);
+  LayerAttentionStats& st = layer.stats;
+  if (st.attention_sum.defined() && st.attention_sum.device().is_cpu()) {
+    CompactStatsOnCpu(st, *flat, n_keep, layer.size);
+  } else if (st.attention_sum.defined()) {
+    const int64_t group = st.attention_sum.size(1);
     at::Tensor sum_index = index.view({heads, 1, n_keep}).expand({heads, group, n_keep});
-    layer.stats.attention_sum = at::gather(AttentionSum(layer_index), 2, sum_index);
-    layer.stats.attention_count = at::gather(AttentionCount(layer_index), 1, index);
+    st.attention_sum = at::gather(AttentionSum(layer_index), 2, sum_index);
+    st.attention_count = at::gather(AttentionCount(layer_index), 1, index);
   }
   evicted_slots_ += heads * (layer.size - n_keep);
   layer.size = n_keep;

@@ -46,19 +46,29 @@ double SecondsSince(std::chrono::steady_clock::time_point t) {
 
 // Mean received attention of every position over the layers and heads that
 // retain it, indexed by position (only when the cache gathers attention sums).
+// Read through the stats' strides: this runs on every eviction of a guarded
+// sequence, and tensor ops per layer cost more than the arithmetic.
 std::vector<std::pair<double, int>> PositionAttention(const SequenceKvCache& cache) {
   std::vector<std::pair<double, int>> out(static_cast<size_t>(cache.num_positions()));
   for (int64_t l = 0; l < cache.options().num_layers; ++l) {
-    at::Tensor sum = cache.AttentionSum(l);
+    at::Tensor sum = cache.AttentionSum(l);  // [kv_heads, group, retained]
     if (!sum.defined()) return {};
-    at::Tensor mean =
-        (sum.mean(1) / cache.AttentionCount(l).clamp_min(1)).to(at::kCPU).contiguous();
+    at::Tensor count = cache.AttentionCount(l);  // [kv_heads, retained]
+    if (!sum.device().is_cpu()) {
+      sum = sum.to(at::kCPU).contiguous();
+      count = count.to(at::kCPU).contiguous();
+    }
+    const float* s = sum.data_ptr<float>();
+    const float* c = count.data_ptr<float>();
+    const int64_t group = sum.size(1);
     const auto& positions = cache.Positions(l);
-    const float* m = mean.data_ptr<float>();
     for (size_t h = 0; h < positions.size(); ++h) {
       for (size_t i = 0; i < positions[h].size(); ++i) {
-        auto& [total, n] = out[static_cast<size_t>(positions[h][i])];
-        total += m[h * positions[h].size() + i];
+        double total = 0;  // the mean over the group's query heads, as sum.mean(1)
+        for (int64_t r = 0; r < group; ++r) total += s[h * sum.stride(0) + r * sum.stride(1) + i];
+        const float seen = std::max(c[h * count.stride(0) + i], 1.0f);
+        auto& [acc, n] = out[static_cast<size_t>(positions[h][i])];
+        acc += static_cast<float>(static_cast<float>(total / group) / seen);
         ++n;
       }
     }
