@@ -59,6 +59,7 @@ ABSL_FLAG(double, pool_sequences, 8,
 ABSL_FLAG(int, max_concurrent, 256, "the scheduler's upper bound (the pool decides below it)");
 ABSL_FLAG(int, threads, 2, "CPU intra-op threads");
 ABSL_FLAG(int, guard_lag, 0, "guarded arms: 0 = strict, 1 = directives one step later");
+ABSL_FLAG(int, guard_interval, 1, "guarded arms: exchange with the guard every N steps");
 ABSL_FLAG(int, repeats, 3, "rounds over all arms; each arm reports its median round");
 ABSL_FLAG(std::string, out, "reports/capacity", "report directory");
 
@@ -279,6 +280,7 @@ ArmResult RunArm(const Testbed& bed, const Arm& arm) {
                               .max_queue = arm.max_queue,
                               .guard_deadline = std::chrono::milliseconds(200),
                               .guard_lag = absl::GetFlag(FLAGS_guard_lag),
+                              .guard_interval = absl::GetFlag(FLAGS_guard_interval),
                               .guard_probe_tokens = arm.guarded ? 16 : 0,
                               .kv_arena = *arena};
   so.on_step = [&](const server::StepTiming& t) {

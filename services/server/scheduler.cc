@@ -444,7 +444,7 @@ bool Scheduler::RunStep() {
   const auto t1 = Clock::now();
   if (metrics_) metrics_->DecodeStep(Seconds(t1 - t0), static_cast<int64_t>(items.size()));
   for (auto& r : *reports.mutable_reports()) *pending_.add_reports() = std::move(r);
-  const GuardOutcome guard = ExchangeGuard(stepped);
+  const GuardOutcome guard = ExchangeDue(stepped) ? ExchangeGuard(stepped) : GuardOutcome::kNone;
   if (options_.on_step) {
     options_.on_step({.batch = static_cast<int64_t>(items.size()),
                       .prefills = prefills,
@@ -499,6 +499,18 @@ v1::StepReport Scheduler::Report(const Active& a, const engine::StepResult& r,
                          .cache_version = a.cache_version,
                          .mode = a.mode,
                          .logits = logits});
+}
+
+// Every guard_interval steps; every step while a sequence is held back for
+// its probe; and when nothing is left running (the last reports and ends go
+// out at once instead of waiting for new work).
+bool Scheduler::ExchangeDue(const std::vector<Active*>& stepped) {
+  if (++steps_since_exchange_ < options_.guard_interval && !stepped.empty() &&
+      std::none_of(active_.begin(), active_.end(), [](const auto& a) { return a->holding; })) {
+    return false;
+  }
+  steps_since_exchange_ = 0;
+  return true;
 }
 
 Scheduler::GuardOutcome Scheduler::ExchangeGuard(std::vector<Active*>& stepped) {

@@ -81,6 +81,12 @@ struct SchedulerOptions {
   int max_queue = 64;
   std::chrono::milliseconds guard_deadline{50};
   int guard_lag = 0;  // 0 = strict, 1 = apply one step later
+  // Exchange with the guard every N steps: the guard still reads every step's
+  // report, N at a time, and its directives arrive up to N - 1 steps later (at
+  // lag 1, one exchange = N steps later still). Every step while a sequence is
+  // in its probe (hold-back), so admission restarts are decided as at N = 1.
+  // Fewer round trips cost the guard and the server less CPU.
+  int guard_interval = 1;
   FailSafePolicy fail_safe = FailSafePolicy::kSafe;
   double r_safe = 0.0;  // ratio under the SAFE fail-safe
   int report_top_logprobs = 20;
@@ -147,6 +153,7 @@ class Scheduler {
   void Preempt(Active& victim);
   void PublishGauges();
   enum class GuardOutcome { kNone, kAnswered, kMissed };
+  bool ExchangeDue(const std::vector<Active*>& stepped);
   GuardOutcome ExchangeGuard(std::vector<Active*>& stepped);
   void ApplyDirective(Active& a, const v1::Directive& d);
   absl::Status StartSequence(Active& a);
@@ -174,7 +181,8 @@ class Scheduler {
 
   // Owned by the loop thread.
   std::vector<std::unique_ptr<Active>> active_;
-  v1::StepBatch pending_;  // starts / ends waiting for the next batch
+  v1::StepBatch pending_;  // starts, reports and ends waiting for the next exchange
+  int steps_since_exchange_ = 0;
   uint64_t batch_id_ = 0;
   std::chrono::steady_clock::time_point last_send_;  // of the latest batch (lag-1 round trips)
   uint64_t next_cache_id_ = 0;

@@ -44,6 +44,9 @@ ABSL_FLAG(int, guard_deadline_ms, 50, "how long a decode step waits for the guar
 ABSL_FLAG(int, guard_connect_wait_ms, 5000,
           "at startup, wait up to this long for the guard stream before serving");
 ABSL_FLAG(int, guard_lag, 0, "0 = apply step t's directive before step t+1; 1 = one step later");
+ABSL_FLAG(int, guard_interval, 1,
+          "exchange with the guard every N steps (N reports a session per batch; every step "
+          "during the probe); directives arrive up to N - 1 steps later");
 ABSL_FLAG(std::string, fail_safe, "safe", "on a missed guard deadline or lost stream: hold | safe");
 ABSL_FLAG(double, r_safe, 0.0, "compression ratio in SAFE mode under the fail-safe policy");
 ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9091",
@@ -155,6 +158,7 @@ absl::StatusOr<server::SchedulerOptions> MakeSchedulerOptions(const engine::Llam
   so.max_queue = absl::GetFlag(FLAGS_max_queue);
   so.guard_deadline = std::chrono::milliseconds(absl::GetFlag(FLAGS_guard_deadline_ms));
   so.guard_lag = absl::GetFlag(FLAGS_guard_lag);
+  so.guard_interval = absl::GetFlag(FLAGS_guard_interval);
   so.fail_safe = absl::GetFlag(FLAGS_fail_safe) == "hold" ? server::FailSafePolicy::kHold
                                                           : server::FailSafePolicy::kSafe;
   so.r_safe = absl::GetFlag(FLAGS_r_safe);
@@ -259,6 +263,8 @@ int main(int argc, char** argv) {
   if (fail_safe != "hold" && fail_safe != "safe") return Fail("--fail_safe must be hold or safe");
   if (absl::GetFlag(FLAGS_guard_lag) != 0 && absl::GetFlag(FLAGS_guard_lag) != 1)
     return Fail("--guard_lag must be 0 or 1");
+  if (absl::GetFlag(FLAGS_guard_interval) < 1 || absl::GetFlag(FLAGS_guard_interval) > 64)
+    return Fail("--guard_interval must be 1..64");
   if (absl::GetFlag(FLAGS_threads) > 0) {
     at::set_num_threads(absl::GetFlag(FLAGS_threads));
     SetBlasThreads(absl::GetFlag(FLAGS_threads));

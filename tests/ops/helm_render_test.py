@@ -443,6 +443,7 @@ BAD_VALUES = [
     ("scrape interval", {"serviceMonitor": {"interval": 15}}),
     ("runbook url", {"prometheusRule": {"runbookUrl": "docs/runbook.md"}}),
     ("guard lag", {"server": {"guardLag": 2}}),
+    ("guard interval", {"server": {"guardInterval": 0}}),
     ("native sidecar as a string", {"guard": {"nativeSidecar": "yes"}}),
     ("probe type", {"server": {"probes": {"type": "exec"}}}),
     ("strategy type", {"strategy": {"type": "BlueGreen"}}),

@@ -91,6 +91,11 @@ class ScriptedGuard final : public GuardLink {
     }
     std::lock_guard<std::mutex> lock(mu_);
     answers_[batch.batch_id()] = std::move(answer);
+    reports_per_batch_.push_back(batch.reports_size());
+  }
+  std::vector<int> reports_per_batch() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return reports_per_batch_;
   }
   std::optional<v1::DirectiveBatch> Await(uint64_t batch_id,
                                           std::chrono::steady_clock::time_point) override {
@@ -105,6 +110,7 @@ class ScriptedGuard final : public GuardLink {
   Policy policy_;
   std::mutex mu_;
   std::map<uint64_t, v1::DirectiveBatch> answers_;
+  std::vector<int> reports_per_batch_;
 };
 
 class SchedulerTest : public ::testing::Test {
@@ -261,6 +267,52 @@ TEST_F(SchedulerTest, DirectivesApplyAtLagZeroAndOne) {
           << "lag " << lag << " step " << s;
     }
   }
+}
+
+TEST_F(SchedulerTest, AGuardIntervalBatchesReportsAndDelaysDirectivesButNotTheProbe) {
+  // Every 4 steps: the reports of steps 0-3 go in one batch, and the answer to
+  // step 2 (ratio 0.5) applies from step 4 at lag 0, from step 8 at lag 1.
+  for (int lag : {0, 1}) {
+    ScriptedGuard at_2([](const v1::StepReport& r) -> std::optional<v1::Directive> {
+      if (r.step() != 2) return std::nullopt;
+      v1::Directive d;
+      d.mutable_target_ratio()->set_value(0.5);
+      return d;
+    });
+    Scheduler scheduler(*model_, nullptr, {.guard_lag = lag, .guard_interval = 4}, &at_2, nullptr);
+    auto sink = std::make_shared<RecordingSink>();
+    ASSERT_TRUE(
+        scheduler
+            .Submit(
+                {.request_id = "i", .request = Request(2, 0.25, 12), .guarded = true, .sink = sink})
+            .ok());
+    ASSERT_TRUE(sink->Wait().ok());
+    const std::vector<double> ratios = sink->ratios();
+    ASSERT_EQ(ratios.size(), 12u);
+    const size_t first = lag == 0 ? 4 : 8;
+    for (size_t s = 0; s < ratios.size(); ++s)
+      EXPECT_DOUBLE_EQ(ratios[s], s < first ? 0.25 : 0.5) << "lag " << lag << " step " << s;
+    // Steps 0-3, 4-7, 8-11 (the last batch also carries the session's end).
+    EXPECT_EQ(at_2.reports_per_batch(), (std::vector<int>{4, 4, 4})) << "lag " << lag;
+  }
+  // While tokens are held back for the probe, the guard hears every step.
+  ScriptedGuard quiet([](const v1::StepReport&) { return std::optional<v1::Directive>(); });
+  Scheduler probing(*model_, nullptr, {.guard_interval = 4, .guard_probe_tokens = 6}, &quiet,
+                    nullptr);
+  auto sink = std::make_shared<RecordingSink>();
+  ASSERT_TRUE(
+      probing
+          .Submit(
+              {.request_id = "p", .request = Request(3, 0.25, 12), .guarded = true, .sink = sink})
+          .ok());
+  ASSERT_TRUE(sink->Wait().ok());
+  const std::vector<int> batches = quiet.reports_per_batch();
+  ASSERT_GE(batches.size(), 6u);
+  for (size_t b = 0; b < 6; ++b) EXPECT_EQ(batches[b], 1) << "probe step " << b;
+  int reports = 0;
+  for (int n : batches) reports += n;
+  EXPECT_EQ(reports, 12);
+  EXPECT_LT(batches.size(), 12u);
 }
 
 TEST_F(SchedulerTest, ADirectiveWithoutARatioLeavesTheRatioAlone) {
