@@ -240,14 +240,18 @@ Decision ModeController::Step(const StepInput& in) {
     d.protect_positions.assign(pinned_.begin(), pinned_.end());
   }
   // Admission: within the probe (and the server's hold-back), a high hazard
-  // restarts the session at a lower ratio, once.
-  if (const AdmissionRule* rule = in.admission;
-      rule != nullptr && !restart_requested_ &&
-      step_ < std::min<int64_t>(rule->probe_tokens, in.holdback_tokens) &&
-      in.requested_ratio >= rule->min_requested_ratio - 1e-9 && in.hazard >= rule->threshold) {
+  // restarts the session at a lower ratio, once. Once no restart can come
+  // (no rule applies, or this was the probe's last step), the server may
+  // stream what it holds back.
+  const AdmissionRule* rule = in.admission;
+  const bool applies = rule != nullptr && !restart_requested_ &&
+                       in.requested_ratio >= rule->min_requested_ratio - 1e-9;
+  const int64_t probe = applies ? std::min<int64_t>(rule->probe_tokens, in.holdback_tokens) : 0;
+  if (applies && step_ < probe && in.hazard >= rule->threshold) {
     d.restart_ratio = rule->restart_ratio;
     restart_requested_ = true;
   }
+  d.release_held = in.holdback_tokens > 0 && !d.restart_ratio && step_ + 1 >= probe;
   ++dwell_;
   ++step_;
   return d;

@@ -119,6 +119,7 @@ struct Decision {
   std::vector<int32_t> protect_positions;    // ascending
   std::vector<int32_t> recompute_positions;  // RECOVERY only, by attention
   std::optional<double> restart_ratio;       // admission: restart the session at this ratio
+  bool release_held = false;                 // no restart can come: stream what is held back
 };
 
 // Not thread-safe; one per session.

@@ -153,6 +153,7 @@ void StreamSessions::Decide(Session& s, const v1::StepReport& report, float haza
                                          d.recompute_positions.end());
   out.set_hazard(hazard);
   if (d.restart_ratio) out.mutable_restart_ratio()->set_value(*d.restart_ratio);
+  out.set_release_held(d.release_held);
   if (GuardMetrics* m = engine_.metrics()) {
     m->Hazard(hazard);
     m->ModeStep(d.mode);

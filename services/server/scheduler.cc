@@ -553,6 +553,7 @@ void Scheduler::ApplyDirective(Active& a, const v1::Directive& d) {
     Restart(a, d.restart_ratio().value());
     return;
   }
+  if (d.release_held() && a.holding) Flush(a);  // the guard will not restart it
   if (d.mode() != a.mode && d.mode() != v1::MODE_UNSPECIFIED) {
     if (metrics_) metrics_->ModeTransition(ModeLabel(a.mode), ModeLabel(d.mode()));
     a.mode = d.mode();

@@ -310,6 +310,29 @@ TEST(ControllerTest, AdmissionRestartsOnceWithinTheProbe) {
   EXPECT_TRUE(run({0.9f}, 0.75, 16).empty());              // requested ratio too low
   EXPECT_TRUE(run({0.9f}, 0.875, 0).empty());              // nothing held back
   EXPECT_TRUE(run({0.1f, 0.1f, 0.9f}, 0.875, 2).empty());  // past the hold-back
+  // The server may stream what it holds back once no restart can come.
+  auto released = [&](const AdmissionRule* r, std::vector<float> hazards, double requested,
+                      int64_t holdback) {
+    ModeController c(*config);
+    std::vector<bool> out;
+    for (float h : hazards) {
+      out.push_back(c.Step({.hazard = h,
+                            .requested_ratio = requested,
+                            .holdback_tokens = holdback,
+                            .admission = r})
+                        .release_held);
+    }
+    return out;
+  };
+  const std::vector<float> calm(6, 0.1f);
+  EXPECT_EQ(released(rule, calm, 0.875, 16),
+            std::vector<bool>({false, false, false, true, true, true}));      // after the probe
+  EXPECT_EQ(released(rule, calm, 0.75, 16), std::vector<bool>(6, true));      // rule does not apply
+  EXPECT_EQ(released(nullptr, calm, 0.875, 16), std::vector<bool>(6, true));  // no rule
+  EXPECT_EQ(released(rule, calm, 0.875, 0), std::vector<bool>(6, false));     // nothing held
+  EXPECT_EQ(released(rule, calm, 0.875, 2),
+            std::vector<bool>({false, true, true, true, true, true}));  // the hold-back is shorter
+  EXPECT_EQ(released(rule, {0.1f, 0.9f}, 0.875, 16), std::vector<bool>({false, false}));  // restart
   // The rule survives a JSON round trip; a restart ratio at or above the rule's floor is refused.
   EXPECT_EQ(ControllerConfig::FromJson(config->ToJson())->admission.at("snapkv").threshold, 0.6);
   auto bad = ControllerConfig::FromJson(nlohmann::json::parse(

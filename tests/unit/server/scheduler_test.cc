@@ -270,49 +270,59 @@ TEST_F(SchedulerTest, DirectivesApplyAtLagZeroAndOne) {
 }
 
 TEST_F(SchedulerTest, AGuardIntervalBatchesReportsAndDelaysDirectivesButNotTheProbe) {
+  // One guarded request of 12 tokens; the batches are read once the scheduler
+  // has stopped (its last exchange follows the last token on the loop thread).
+  struct Outcome {
+    std::vector<int32_t> ids;
+    std::vector<double> ratios;
+    std::vector<int> batches;
+  };
+  auto run = [](ScriptedGuard::Policy policy, SchedulerOptions options) {
+    ScriptedGuard guard(std::move(policy));
+    auto sink = std::make_shared<RecordingSink>();
+    {
+      Scheduler scheduler(*model_, nullptr, options, &guard, nullptr);
+      EXPECT_TRUE(scheduler
+                      .Submit({.request_id = "i",
+                               .request = Request(2, 0.25, 12),
+                               .guarded = true,
+                               .sink = sink})
+                      .ok());
+      EXPECT_TRUE(sink->Wait().ok());
+    }
+    return Outcome{sink->ids(), sink->ratios(), guard.reports_per_batch()};
+  };
   // Every 4 steps: the reports of steps 0-3 go in one batch, and the answer to
   // step 2 (ratio 0.5) applies from step 4 at lag 0, from step 8 at lag 1.
+  auto at_2 = [](const v1::StepReport& r) -> std::optional<v1::Directive> {
+    if (r.step() != 2) return std::nullopt;
+    v1::Directive d;
+    d.mutable_target_ratio()->set_value(0.5);
+    return d;
+  };
   for (int lag : {0, 1}) {
-    ScriptedGuard at_2([](const v1::StepReport& r) -> std::optional<v1::Directive> {
-      if (r.step() != 2) return std::nullopt;
-      v1::Directive d;
-      d.mutable_target_ratio()->set_value(0.5);
-      return d;
-    });
-    Scheduler scheduler(*model_, nullptr, {.guard_lag = lag, .guard_interval = 4}, &at_2, nullptr);
-    auto sink = std::make_shared<RecordingSink>();
-    ASSERT_TRUE(
-        scheduler
-            .Submit(
-                {.request_id = "i", .request = Request(2, 0.25, 12), .guarded = true, .sink = sink})
-            .ok());
-    ASSERT_TRUE(sink->Wait().ok());
-    const std::vector<double> ratios = sink->ratios();
-    ASSERT_EQ(ratios.size(), 12u);
+    const Outcome o = run(at_2, {.guard_lag = lag, .guard_interval = 4});
+    ASSERT_EQ(o.ratios.size(), 12u);
     const size_t first = lag == 0 ? 4 : 8;
-    for (size_t s = 0; s < ratios.size(); ++s)
-      EXPECT_DOUBLE_EQ(ratios[s], s < first ? 0.25 : 0.5) << "lag " << lag << " step " << s;
+    for (size_t s = 0; s < o.ratios.size(); ++s)
+      EXPECT_DOUBLE_EQ(o.ratios[s], s < first ? 0.25 : 0.5) << "lag " << lag << " step " << s;
     // Steps 0-3, 4-7, 8-11 (the last batch also carries the session's end).
-    EXPECT_EQ(at_2.reports_per_batch(), (std::vector<int>{4, 4, 4})) << "lag " << lag;
+    EXPECT_EQ(o.batches, (std::vector<int>{4, 4, 4})) << "lag " << lag;
   }
-  // While tokens are held back for the probe, the guard hears every step.
-  ScriptedGuard quiet([](const v1::StepReport&) { return std::optional<v1::Directive>(); });
-  Scheduler probing(*model_, nullptr, {.guard_interval = 4, .guard_probe_tokens = 6}, &quiet,
-                    nullptr);
-  auto sink = std::make_shared<RecordingSink>();
-  ASSERT_TRUE(
-      probing
-          .Submit(
-              {.request_id = "p", .request = Request(3, 0.25, 12), .guarded = true, .sink = sink})
-          .ok());
-  ASSERT_TRUE(sink->Wait().ok());
-  const std::vector<int> batches = quiet.reports_per_batch();
-  ASSERT_GE(batches.size(), 6u);
-  for (size_t b = 0; b < 6; ++b) EXPECT_EQ(batches[b], 1) << "probe step " << b;
-  int reports = 0;
-  for (int n : batches) reports += n;
-  EXPECT_EQ(reports, 12);
-  EXPECT_LT(batches.size(), 12u);
+  // While tokens are held back for the probe (6 steps), the guard hears every step.
+  auto quiet = [](const v1::StepReport&) { return std::optional<v1::Directive>(); };
+  const Outcome probed = run(quiet, {.guard_interval = 4, .guard_probe_tokens = 6});
+  EXPECT_EQ(probed.batches, (std::vector<int>{1, 1, 1, 1, 1, 1, 4, 2}));
+  // A guard that will not restart the request releases the hold at once: the
+  // tokens stream, and the exchanges fall back to every 4 steps from step 1.
+  auto release = [](const v1::StepReport&) {
+    v1::Directive d;
+    d.set_release_held(true);
+    return std::optional<v1::Directive>(d);
+  };
+  const Outcome released = run(release, {.guard_interval = 4, .guard_probe_tokens = 6});
+  EXPECT_EQ(released.batches, (std::vector<int>{1, 4, 4, 3}));
+  EXPECT_EQ(released.ids, probed.ids);
 }
 
 TEST_F(SchedulerTest, ADirectiveWithoutARatioLeavesTheRatioAlone) {
