@@ -396,11 +396,13 @@ std::string Markdown(const std::vector<ArmResult>& results, const Testbed& bed,
   const ArmResult& base = results.front();
   std::string md = absl::StrFormat(
       "KV pool %.2f MiB = %.3g uncompressed sequences of %d tokens (mean prompt + %d new); %s, "
-      "compressor %s (%s), compress every %d steps; %d threads\n\n",
+      "compressor %s (%s), compress every %d steps; %d threads; guarded arms at guard lag %d, "
+      "exchange every %d steps\n\n",
       bed.pool_bytes / 1048576.0, absl::GetFlag(FLAGS_pool_sequences), typical_tokens,
       absl::GetFlag(FLAGS_max_new_tokens), absl::GetFlag(FLAGS_model),
       absl::GetFlag(FLAGS_compressor), absl::GetFlag(FLAGS_compressor_opt),
-      absl::GetFlag(FLAGS_compress_every), absl::GetFlag(FLAGS_threads));
+      absl::GetFlag(FLAGS_compress_every), absl::GetFlag(FLAGS_threads),
+      absl::GetFlag(FLAGS_guard_lag), absl::GetFlag(FLAGS_guard_interval));
   md +=
       "| arm | requests | arrivals/s | concurrent mean | vs uncompressed | max | tokens/s | vs "
       "uncompressed "
