@@ -60,6 +60,8 @@ ABSL_FLAG(int, max_concurrent, 256, "the scheduler's upper bound (the pool decid
 ABSL_FLAG(int, threads, 2, "CPU intra-op threads");
 ABSL_FLAG(int, guard_lag, 0, "guarded arms: 0 = strict, 1 = directives one step later");
 ABSL_FLAG(int, guard_interval, 1, "guarded arms: exchange with the guard every N steps");
+ABSL_FLAG(bool, guard_overlap, true,
+          "guarded arms at lag 0: wait for the answer after the next forward, not before it");
 ABSL_FLAG(int, repeats, 3, "rounds over all arms; each arm reports its median round");
 ABSL_FLAG(std::string, out, "reports/capacity", "report directory");
 
@@ -281,6 +283,7 @@ ArmResult RunArm(const Testbed& bed, const Arm& arm) {
                               .guard_deadline = std::chrono::milliseconds(200),
                               .guard_lag = absl::GetFlag(FLAGS_guard_lag),
                               .guard_interval = absl::GetFlag(FLAGS_guard_interval),
+                              .guard_overlap = absl::GetFlag(FLAGS_guard_overlap),
                               .guard_probe_tokens = arm.guarded ? 16 : 0,
                               .kv_arena = *arena};
   so.on_step = [&](const server::StepTiming& t) {
@@ -396,13 +399,15 @@ std::string Markdown(const std::vector<ArmResult>& results, const Testbed& bed,
   const ArmResult& base = results.front();
   std::string md = absl::StrFormat(
       "KV pool %.2f MiB = %.3g uncompressed sequences of %d tokens (mean prompt + %d new); %s, "
-      "compressor %s (%s), compress every %d steps; %d threads; guarded arms at guard lag %d, "
+      "compressor %s (%s), compress every %d steps; %d threads; guarded arms at guard lag %d%s, "
       "exchange every %d steps\n\n",
       bed.pool_bytes / 1048576.0, absl::GetFlag(FLAGS_pool_sequences), typical_tokens,
       absl::GetFlag(FLAGS_max_new_tokens), absl::GetFlag(FLAGS_model),
       absl::GetFlag(FLAGS_compressor), absl::GetFlag(FLAGS_compressor_opt),
       absl::GetFlag(FLAGS_compress_every), absl::GetFlag(FLAGS_threads),
-      absl::GetFlag(FLAGS_guard_lag), absl::GetFlag(FLAGS_guard_interval));
+      absl::GetFlag(FLAGS_guard_lag),
+      absl::GetFlag(FLAGS_guard_overlap) ? " (overlapped with the next forward)" : "",
+      absl::GetFlag(FLAGS_guard_interval));
   md +=
       "| arm | requests | arrivals/s | concurrent mean | vs uncompressed | max | tokens/s | vs "
       "uncompressed "

@@ -408,12 +408,17 @@ bool Scheduler::RunStep() {
     stats_.active = static_cast<int64_t>(batch.size());
     stats_.preempted = static_cast<int64_t>(active_.size() - batch.size());
   }
-  if (batch.empty()) return false;
+  if (batch.empty()) {
+    if (awaiting_ != 0) AwaitOverlapped();  // nothing to overlap with
+    return false;
+  }
   const auto t0 = Clock::now();
   std::vector<engine::ForwardItem> items;
+  std::vector<engine::Sequence*> sequences;
   int64_t prefills = 0;
   for (Active* a : batch) {
     items.push_back(*a->seq->NextForward());
+    sequences.push_back(a->seq.get());
     prefills += items.back().tokens.size() > 1 ? 1 : 0;
   }
   auto logits = model_.Forward(items);
@@ -422,20 +427,26 @@ bool Scheduler::RunStep() {
     return false;
   }
   at::Tensor host = logits->to(at::kCPU).contiguous();
-  std::vector<engine::Sequence*> sequences;
-  for (Active* a : batch) sequences.push_back(a->seq.get());
+  // Overlapped: the directives answering the last exchange, which the guard
+  // computed while this forward ran, apply before this step's compression.
+  Clock::duration awaited{};
+  GuardOutcome guard = GuardOutcome::kNone;
+  if (awaiting_ != 0) {
+    const auto w = Clock::now();
+    guard = AwaitOverlapped();
+    awaited = Clock::now() - w;
+    DropRestarted(batch, sequences, host);
+  }
   auto results = engine::AfterForwardAll(sequences, host.data_ptr<float>(), host.size(1));
   std::vector<Active*> stepped;
   v1::StepBatch reports;
   for (size_t i = 0; i < batch.size(); ++i) {
-    Active& a = *batch[i];
-    const float* row = host[static_cast<int64_t>(i)].data_ptr<float>();
-    auto& r = results[i];
-    if (!r.ok()) {
-      Complete(a, r.status());
+    if (!results[i].ok()) {
+      Complete(*batch[i], results[i].status());
       continue;
     }
-    EmitStep(a, *r, row, reports, stepped);
+    EmitStep(*batch[i], *results[i], host[static_cast<int64_t>(i)].data_ptr<float>(), reports,
+             stepped);
   }
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -444,15 +455,39 @@ bool Scheduler::RunStep() {
   const auto t1 = Clock::now();
   if (metrics_) metrics_->DecodeStep(Seconds(t1 - t0), static_cast<int64_t>(items.size()));
   for (auto& r : *reports.mutable_reports()) *pending_.add_reports() = std::move(r);
-  const GuardOutcome guard = ExchangeDue(stepped) ? ExchangeGuard(stepped) : GuardOutcome::kNone;
+  if (ExchangeDue(stepped)) {
+    const GuardOutcome exchanged = ExchangeGuard(stepped);
+    if (exchanged != GuardOutcome::kNone) guard = exchanged;
+  }
   if (options_.on_step) {
     options_.on_step({.batch = static_cast<int64_t>(items.size()),
                       .prefills = prefills,
-                      .compute_s = Seconds(t1 - t0),
-                      .guard_s = Seconds(Clock::now() - t1),
+                      .compute_s = Seconds(t1 - t0 - awaited),
+                      .guard_s = Seconds(Clock::now() - t1 + awaited),
                       .guard_missed = guard == GuardOutcome::kMissed});
   }
   return true;
+}
+
+// A sequence the overlapped directives restarted has a new Sequence (its
+// prompt prefills next step): its row of this forward is dropped.
+void Scheduler::DropRestarted(std::vector<Active*>& batch,
+                              std::vector<engine::Sequence*>& sequences, at::Tensor& host) {
+  std::vector<int64_t> kept;
+  for (size_t i = 0; i < batch.size(); ++i) {
+    if (!batch[i]->done && batch[i]->seq.get() == sequences[i])
+      kept.push_back(static_cast<int64_t>(i));
+  }
+  if (kept.size() == batch.size()) return;
+  std::vector<Active*> b;
+  std::vector<engine::Sequence*> s;
+  for (int64_t i : kept) {
+    b.push_back(batch[i]);
+    s.push_back(sequences[i]);
+  }
+  host = host.index_select(0, at::tensor(kept, at::kLong)).contiguous();
+  batch = std::move(b);
+  sequences = std::move(s);
 }
 
 // One sequence's step after the forward: metrics, the streamed chunk, the
@@ -526,20 +561,41 @@ Scheduler::GuardOutcome Scheduler::ExchangeGuard(std::vector<Active*>& stepped) 
   last_send_ = t0;
   const bool had_reports = pending_.reports_size() > 0;
   guard_->Send(std::exchange(pending_, v1::StepBatch()));
-  if (!had_reports) return GuardOutcome::kNone;
-  const uint64_t wait_id = options_.guard_lag > 0 ? sent_id - 1 : sent_id;
-  if (wait_id == 0 || stepped.empty()) return GuardOutcome::kNone;
-  auto reply = guard_->Await(wait_id, t0 + options_.guard_deadline);
-  if (!reply) {
-    ApplyFailSafe(stepped, guard_->connected() ? "deadline" : "disconnected");
-    return GuardOutcome::kMissed;
+  if (!had_reports || stepped.empty()) return GuardOutcome::kNone;
+  if (options_.guard_lag == 0 && options_.guard_overlap) {
+    awaiting_ = sent_id;  // awaited after the next forward (AwaitOverlapped)
+    return GuardOutcome::kNone;
   }
+  const uint64_t wait_id = options_.guard_lag > 0 ? sent_id - 1 : sent_id;
+  if (wait_id == 0) return GuardOutcome::kNone;
+  auto reply = guard_->Await(wait_id, t0 + options_.guard_deadline);
   // From the answered batch's send to its directives being applied: at lag 1
   // that batch left one step earlier (an upper bound on the network round trip).
-  if (metrics_)
-    metrics_->GuardRoundTrip(Seconds(Clock::now() - (options_.guard_lag > 0 ? previous_send : t0)));
+  return ApplyReply(reply, stepped, options_.guard_lag > 0 ? previous_send : t0);
+}
+
+// The sequences are looked up again by session: between the exchange and
+// now, some may have been cancelled (and freed) or preempted.
+Scheduler::GuardOutcome Scheduler::AwaitOverlapped() {
+  const uint64_t id = std::exchange(awaiting_, 0);
+  auto reply = guard_->Await(id, last_send_ + options_.guard_deadline);
+  std::vector<Active*> live;
+  for (auto& a : active_) {
+    if (!a->done && a->seq && a->sub.guarded) live.push_back(a.get());
+  }
+  return ApplyReply(reply, live, last_send_);
+}
+
+Scheduler::GuardOutcome Scheduler::ApplyReply(const std::optional<v1::DirectiveBatch>& reply,
+                                              std::vector<Active*>& targets,
+                                              Clock::time_point sent) {
+  if (!reply) {
+    ApplyFailSafe(targets, guard_->connected() ? "deadline" : "disconnected");
+    return GuardOutcome::kMissed;
+  }
+  if (metrics_) metrics_->GuardRoundTrip(Seconds(Clock::now() - sent));
   std::map<std::string, Active*> by_id;
-  for (Active* a : stepped) by_id[a->session_id] = a;
+  for (Active* a : targets) by_id[a->session_id] = a;
   for (const v1::Directive& d : reply->directives()) {
     auto it = by_id.find(d.session_id());
     if (it != by_id.end()) ApplyDirective(*it->second, d);
@@ -585,6 +641,7 @@ void Scheduler::ApplyFailSafe(std::vector<Active*>& stepped, const char* reason)
   }
   if (metrics_) metrics_->FailSafe(reason);
   for (Active* a : stepped) {
+    if (!a->sub.guarded) continue;  // a static request never hears the guard
     ++a->fail_safe_events;
     if (options_.fail_safe == FailSafePolicy::kHold) continue;
     if (a->mode != v1::MODE_SAFE && metrics_) metrics_->ModeTransition(ModeLabel(a->mode), "safe");

@@ -19,7 +19,11 @@
 //                    directives (mode, ratio, protected and recompute
 //                    positions, restart) before the next step; strict (lag 0)
 //                    waits for this step's answer, lag 1 applies the previous
-//                    step's so the round trip overlaps the step
+//                    step's so the round trip overlaps the step. Overlapped
+//                    (lag 0, guard_overlap) waits after the next forward
+//                    instead (AwaitOverlapped): the round trip runs beside
+//                    the forward, and the answer still lands before that
+//                    step's compression and sampling
 //
 // The KV pool (--kv_cache_bytes) turns compression into capacity. Admission
 // reserves each request's projected footprint: the blocks its retained
@@ -46,6 +50,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -56,8 +61,13 @@
 #include "services/server/metrics.h"
 #include "services/server/stream_events.h"
 
+namespace at {
+class Tensor;
+}  // namespace at
+
 namespace kvguard::engine {
 class LlamaModel;
+class Sequence;
 struct KvArena;
 class Tokenizer;
 struct StepResult;
@@ -87,6 +97,12 @@ struct SchedulerOptions {
   // in its probe (hold-back), so admission restarts are decided as at N = 1.
   // Fewer round trips cost the guard and the server less CPU.
   int guard_interval = 1;
+  // At lag 0: wait for the guard's answer after the next forward rather than
+  // before it. Ratio, mode, protection and restarts still act on that step
+  // (compression and sampling follow the forward, and a restarted sequence's
+  // row is dropped), so what streams is what strict streams, except that a
+  // RECOVERY restore reaches the forward one token later.
+  bool guard_overlap = false;  // the server's flag defaults to true
   FailSafePolicy fail_safe = FailSafePolicy::kSafe;
   double r_safe = 0.0;  // ratio under the SAFE fail-safe
   int report_top_logprobs = 20;
@@ -155,6 +171,12 @@ class Scheduler {
   enum class GuardOutcome { kNone, kAnswered, kMissed };
   bool ExchangeDue(const std::vector<Active*>& stepped);
   GuardOutcome ExchangeGuard(std::vector<Active*>& stepped);
+  GuardOutcome AwaitOverlapped();  // the answer to the batch sent last step
+  GuardOutcome ApplyReply(const std::optional<v1::DirectiveBatch>& reply,
+                          std::vector<Active*>& targets,
+                          std::chrono::steady_clock::time_point sent);
+  void DropRestarted(std::vector<Active*>& batch, std::vector<engine::Sequence*>& sequences,
+                     at::Tensor& host);
   void ApplyDirective(Active& a, const v1::Directive& d);
   absl::Status StartSequence(Active& a);
   void Restart(Active& a, double ratio);
@@ -184,6 +206,7 @@ class Scheduler {
   v1::StepBatch pending_;  // starts, reports and ends waiting for the next exchange
   int steps_since_exchange_ = 0;
   uint64_t batch_id_ = 0;
+  uint64_t awaiting_ = 0;  // overlapped: the batch whose answer the next forward waits for
   std::chrono::steady_clock::time_point last_send_;  // of the latest batch (lag-1 round trips)
   uint64_t next_cache_id_ = 0;
   uint64_t next_session_ = 0;  // guard session keys are the server's, not the client's ids

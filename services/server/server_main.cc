@@ -44,6 +44,10 @@ ABSL_FLAG(int, guard_deadline_ms, 50, "how long a decode step waits for the guar
 ABSL_FLAG(int, guard_connect_wait_ms, 5000,
           "at startup, wait up to this long for the guard stream before serving");
 ABSL_FLAG(int, guard_lag, 0, "0 = apply step t's directive before step t+1; 1 = one step later");
+ABSL_FLAG(bool, guard_overlap, true,
+          "at lag 0, wait for the guard's answer after the next forward instead of before it (the "
+          "round trip runs beside the forward; ratio, mode and restarts still act on that step, a "
+          "RECOVERY restore one token later); false = wait before it; no effect at lag 1");
 ABSL_FLAG(int, guard_interval, 1,
           "exchange with the guard every N steps (N reports a session per batch; every step "
           "during the probe); directives arrive up to N - 1 steps later");
@@ -159,6 +163,7 @@ absl::StatusOr<server::SchedulerOptions> MakeSchedulerOptions(const engine::Llam
   so.guard_deadline = std::chrono::milliseconds(absl::GetFlag(FLAGS_guard_deadline_ms));
   so.guard_lag = absl::GetFlag(FLAGS_guard_lag);
   so.guard_interval = absl::GetFlag(FLAGS_guard_interval);
+  so.guard_overlap = absl::GetFlag(FLAGS_guard_overlap);
   so.fail_safe = absl::GetFlag(FLAGS_fail_safe) == "hold" ? server::FailSafePolicy::kHold
                                                           : server::FailSafePolicy::kSafe;
   so.r_safe = absl::GetFlag(FLAGS_r_safe);

@@ -444,6 +444,7 @@ BAD_VALUES = [
     ("runbook url", {"prometheusRule": {"runbookUrl": "docs/runbook.md"}}),
     ("guard lag", {"server": {"guardLag": 2}}),
     ("guard interval", {"server": {"guardInterval": 0}}),
+    ("guard overlap", {"server": {"guardOverlap": "yes"}}),
     ("native sidecar as a string", {"guard": {"nativeSidecar": "yes"}}),
     ("probe type", {"server": {"probes": {"type": "exec"}}}),
     ("strategy type", {"strategy": {"type": "BlueGreen"}}),

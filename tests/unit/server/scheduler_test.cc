@@ -241,6 +241,8 @@ TEST_F(SchedulerTest, GrowthPastTheReservationPreemptsAndChangesNoOutput) {
 
 TEST_F(SchedulerTest, DirectivesApplyAtLagZeroAndOne) {
   // Report of step 2 answers ratio 0.5; at lag 0 step 3 runs under it, at lag 1 step 4.
+  // Overlapped, the answer is awaited after step 3's forward, before its
+  // compression: the stream is the strict one.
   ScriptedGuard at_2([](const v1::StepReport& r) -> std::optional<v1::Directive> {
     if (r.step() != 2) return std::nullopt;
     v1::Directive d;
@@ -248,8 +250,11 @@ TEST_F(SchedulerTest, DirectivesApplyAtLagZeroAndOne) {
     d.mutable_target_ratio()->set_value(0.5);
     return d;
   });
-  for (int lag : {0, 1}) {
-    Scheduler scheduler(*model_, nullptr, {.guard_lag = lag}, &at_2, nullptr);
+  std::vector<std::vector<int32_t>> ids;
+  for (const auto& [lag, overlap] :
+       {std::pair(0, false), std::pair(0, true), std::pair(1, false)}) {
+    Scheduler scheduler(*model_, nullptr, {.guard_lag = lag, .guard_overlap = overlap}, &at_2,
+                        nullptr);
     auto sink = std::make_shared<RecordingSink>();
     ASSERT_TRUE(
         scheduler
@@ -262,10 +267,87 @@ TEST_F(SchedulerTest, DirectivesApplyAtLagZeroAndOne) {
     ASSERT_EQ(ratios.size(), 8u);
     const size_t first = 3 + lag;
     for (size_t s = 0; s < ratios.size(); ++s) {
-      EXPECT_DOUBLE_EQ(ratios[s], s < first ? 0.25 : 0.5) << "lag " << lag << " step " << s;
+      EXPECT_DOUBLE_EQ(ratios[s], s < first ? 0.25 : 0.5)
+          << "lag " << lag << " overlap " << overlap << " step " << s;
       EXPECT_EQ(modes[s], s < first ? v1::MODE_NORMAL : v1::MODE_ALERT)
-          << "lag " << lag << " step " << s;
+          << "lag " << lag << " overlap " << overlap << " step " << s;
     }
+    ids.push_back(sink->ids());
+  }
+  EXPECT_EQ(ids[1], ids[0]);
+}
+
+TEST_F(SchedulerTest, AnOverlappedRestartDropsTheForwardAndStreamsWhatStrictStreams) {
+  // The guard restarts every held request at ratio 0 on its step-3 report. The
+  // strict scheduler restarts before the next forward; the overlapped one after
+  // it, dropping that row. Two requests, so the batch keeps a row that is not
+  // dropped; a third, unguarded, never hears the guard.
+  ScriptedGuard restart_at_3([](const v1::StepReport& r) -> std::optional<v1::Directive> {
+    if (r.step() != 3 || r.session_id().find("#restart") != std::string::npos) return std::nullopt;
+    v1::Directive d;
+    d.mutable_restart_ratio()->set_value(0.0);
+    return d;
+  });
+  std::vector<std::vector<int32_t>> outputs[2];
+  for (bool overlap : {false, true}) {
+    Scheduler scheduler(*model_, nullptr, {.guard_overlap = overlap, .guard_probe_tokens = 6},
+                        &restart_at_3, nullptr);
+    std::vector<std::shared_ptr<RecordingSink>> sinks;
+    for (int i = 0; i < 3; ++i) {
+      sinks.push_back(std::make_shared<RecordingSink>());
+      ASSERT_TRUE(scheduler
+                      .Submit({.request_id = "r" + std::to_string(i),
+                               .request = Request(6 + i, 0.75, 10),
+                               .guarded = i < 2,
+                               .sink = sinks.back()})
+                      .ok());
+    }
+    for (auto& sink : sinks) {
+      ASSERT_TRUE(sink->Wait().ok());
+      outputs[overlap].push_back(sink->ids());
+      EXPECT_EQ(sink->ids().size(), 10u) << "overlap " << overlap;
+    }
+    // The restarted requests stream at ratio 0 from their first token.
+    for (int i = 0; i < 2; ++i)
+      EXPECT_DOUBLE_EQ(sinks[i]->ratios().front(), 0.0) << "overlap " << overlap;
+    EXPECT_DOUBLE_EQ(sinks[2]->ratios().back(), 0.75);
+  }
+  EXPECT_EQ(outputs[1], outputs[0]);
+  const Run uncompressed = RunAll({Request(6, 0, 10), Request(7, 0, 10)}, {});
+  EXPECT_EQ(outputs[1][0], uncompressed.ids[0]);
+  EXPECT_EQ(outputs[1][1], uncompressed.ids[1]);
+}
+
+TEST_F(SchedulerTest, AGuardThatMissesItsDeadlineSendsOnlyGuardedRequestsSafe) {
+  // A guard that never answers: after the deadline the guarded request runs
+  // SAFE (ratio 0); the unguarded one in the same batch keeps its ratio.
+  class SilentGuard final : public GuardLink {
+   public:
+    void Send(v1::StepBatch) override {}
+    std::optional<v1::DirectiveBatch> Await(uint64_t,
+                                            std::chrono::steady_clock::time_point) override {
+      return std::nullopt;
+    }
+    bool connected() const override { return true; }
+  } silent;
+  for (bool overlap : {false, true}) {
+    Scheduler scheduler(*model_, nullptr, {.guard_overlap = overlap}, &silent, nullptr);
+    auto guarded = std::make_shared<RecordingSink>(), plain = std::make_shared<RecordingSink>();
+    ASSERT_TRUE(scheduler
+                    .Submit({.request_id = "g",
+                             .request = Request(1, 0.5, 6),
+                             .guarded = true,
+                             .sink = guarded})
+                    .ok());
+    ASSERT_TRUE(
+        scheduler.Submit({.request_id = "p", .request = Request(2, 0.5, 6), .sink = plain}).ok());
+    ASSERT_TRUE(guarded->Wait().ok());
+    ASSERT_TRUE(plain->Wait().ok());
+    EXPECT_EQ(guarded->modes().back(), v1::MODE_SAFE) << "overlap " << overlap;
+    EXPECT_DOUBLE_EQ(guarded->ratios().back(), 0.0) << "overlap " << overlap;
+    EXPECT_EQ(plain->modes().back(), v1::MODE_NORMAL) << "overlap " << overlap;
+    EXPECT_DOUBLE_EQ(plain->ratios().back(), 0.5) << "overlap " << overlap;
+    EXPECT_GT(scheduler.stats().fail_safe_steps, 0);
   }
 }
 
