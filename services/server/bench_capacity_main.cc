@@ -62,6 +62,7 @@ ABSL_FLAG(int, guard_lag, 0, "guarded arms: 0 = strict, 1 = directives one step 
 ABSL_FLAG(int, guard_interval, 1, "guarded arms: exchange with the guard every N steps");
 ABSL_FLAG(bool, guard_overlap, true,
           "guarded arms at lag 0: wait for the answer after the next forward, not before it");
+ABSL_FLAG(bool, burst, true, "also run the 2x-overload burst arms at ratio 0.75");
 ABSL_FLAG(int, repeats, 3, "rounds over all arms; each arm reports its median round");
 ABSL_FLAG(std::string, out, "reports/capacity", "report directory");
 
@@ -507,7 +508,7 @@ void WriteReport(const std::vector<ArmResult>& results, const std::vector<Paired
 }
 
 // Every requested ratio static, and guarded where a guard is given; then the
-// 2x-overload burst at 0.75 (twice what the queue takes, all at once).
+// 2x-overload burst at 0.75 (twice what the queue takes, all at once) unless --noburst.
 absl::StatusOr<std::vector<Arm>> MakeArms(int requests, bool with_guard) {
   std::vector<Arm> arms;
   const double rate = absl::GetFlag(FLAGS_rate);
@@ -526,7 +527,7 @@ absl::StatusOr<std::vector<Arm>> MakeArms(int requests, bool with_guard) {
     }
   }
   for (bool guarded : {false, true}) {
-    if (guarded && !with_guard) continue;
+    if (!absl::GetFlag(FLAGS_burst) || (guarded && !with_guard)) continue;
     arms.push_back({.ratio = 0.75,
                     .guarded = guarded,
                     .requests = requests,

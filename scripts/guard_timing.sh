@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# How late may the guard's directives land? Guarded ratio-0.875 runs on the
+# held-out test prompts, once per exchange timing (strict, overlapped, lag 1,
+# each every step and every 4 steps), each with a fresh kvguard-guard on
+# loopback and its static arm beside it; then a table pairing every timing's
+# CFR with strict's and static's by prompt. Writes reports/capacity/guard_timing/.
+#   scripts/guard_timing.sh [--requests 480] [extra kvguard-bench-capacity flags]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=build/bin
+OUT=reports/capacity/guard_timing
+REQUESTS=480
+if [[ "${1:-}" == "--requests" ]]; then REQUESTS=$2; shift 2; fi
+TIMINGS=(
+  "strict:--guard_overlap=false"
+  "overlapped:--guard_overlap=true"
+  "lag1:--guard_lag=1"
+  "strict_every4:--guard_overlap=false --guard_interval=4"
+  "overlapped_every4:--guard_overlap=true --guard_interval=4"
+  "lag1_every4:--guard_lag=1 --guard_interval=4"
+)
+GUARD_PID=
+cleanup() { [[ -n "$GUARD_PID" ]] && kill "$GUARD_PID" 2>/dev/null; wait 2>/dev/null || true; }
+trap cleanup EXIT
+start=$(date +%s)
+i=0
+for timing in "${TIMINGS[@]}"; do
+  name=${timing%%:*}
+  read -r -a flags <<<"${timing#*:}"
+  dir=$OUT/$name
+  mkdir -p "$dir"
+  "$BIN/kvguard-guard" --listen 127.0.0.1:0 --metrics_listen "" --model models/hazard/hazard.json \
+    --config models/hazard/controller.json >"$dir/guard.log" 2>&1 &
+  GUARD_PID=$!
+  for _ in $(seq 100); do grep -q "listening on" "$dir/guard.log" && break; sleep 0.1; done
+  GUARD=$(grep -o 'listening on [0-9.]*:[0-9]*' "$dir/guard.log" | head -1 | awk '{print $3}')
+  "$BIN/kvguard-bench-capacity" --model models/arith-fewshot --guard "$GUARD" --ratios 0.875 \
+    --requests "$REQUESTS" --repeats 1 --noburst --out "$dir" "${flags[@]}" "$@" >"$dir/bench.log" 2>&1
+  # The guard process's CPU seconds (utime + stime) over the run.
+  awk '{printf "%.2f\n", ($14 + $15) / 100}' "/proc/$GUARD_PID/stat" >"$dir/guard_cpu_s.txt"
+  kill "$GUARD_PID"
+  wait "$GUARD_PID" 2>/dev/null || true
+  GUARD_PID=
+  rm -f "$dir/guard.log"
+  i=$((i + 1))
+  now=$(date +%s)
+  echo "[$i/${#TIMINGS[@]}] $name done; $((now - start)) s elapsed, ETA $(((now - start) * (${#TIMINGS[@]} - i) / i)) s"
+done
+python3 scripts/guard_timing_table.py "$OUT" "${TIMINGS[@]%%:*}"
