@@ -115,10 +115,22 @@ absl::StatusOr<std::unique_ptr<Sequence>> Sequence::Create(LlamaModel& model,
 }
 
 int64_t Sequence::BlocksForNextStep() const {
-  return finished_ ? 0 : cache_->BlocksToAppend(static_cast<int64_t>(item_.tokens.size()));
+  if (finished_) return 0;
+  if (rebuilt_) {  // the current cache's blocks return as the rebuilt one fills
+    return std::max<int64_t>(
+        0, rebuilt_->BlocksToAppend(static_cast<int64_t>(history_.size())) - cache_->BlocksHeld());
+  }
+  return cache_->BlocksToAppend(static_cast<int64_t>(item_.tokens.size()));
 }
 
-ForwardItem* Sequence::NextForward() { return finished_ ? nullptr : &item_; }
+ForwardItem* Sequence::NextForward() {
+  if (finished_) return nullptr;
+  if (rebuilt_) {
+    cache_ = std::move(rebuilt_);  // the old cache's blocks go back to the pool
+    item_ = ForwardItem{.cache = cache_.get(), .tokens = history_};
+  }
+  return &item_;
+}
 
 double Sequence::ratio() const { return compression_ ? compression_->ratio() : 0.0; }
 
@@ -243,24 +255,25 @@ void Sequence::Cancel() {
   finished_ = true;
   result_.finish_reason = FinishReason::kCancelled;
   cache_ = std::make_unique<SequenceKvCache>(KvCacheOptions{});  // frees the KV now
+  rebuilt_.reset();
   item_.cache = cache_.get();
 }
 
-absl::StatusOr<int64_t> Sequence::Recompute(const std::vector<int32_t>& positions) {
-  if (finished_) return 0;
-  std::vector<int32_t> wanted;
-  for (int32_t p : positions) {
-    if (p >= 0 && p < cache_->num_positions()) wanted.push_back(p);
-  }
-  // RECOVERY grows the cache: in a pool, only when the blocks are free.
+absl::StatusOr<int64_t> Sequence::Rebuild() {
+  if (finished_ || rebuilt_) return 0;
+  const int64_t lacking =
+      cache_->num_positions() - static_cast<int64_t>(cache_->WholePositions().size());
+  if (lacking == 0) return 0;
+  auto fresh = std::make_unique<SequenceKvCache>(cache_->options());
   const auto& arena = cache_->options().arena;
-  if (arena != nullptr && cache_->BlocksToAppend(static_cast<int64_t>(
-                              cache_->RestorableSet(wanted).size())) > arena->pool->free_blocks()) {
-    return absl::ResourceExhaustedError("KV pool has no room to recompute evicted positions");
+  if (arena != nullptr &&
+      fresh->BlocksToAppend(static_cast<int64_t>(history_.size())) - cache_->BlocksHeld() >
+          arena->pool->free_blocks()) {
+    return absl::ResourceExhaustedError("KV pool has no room to rebuild the cache");
   }
-  KVG_ASSIGN_OR_RETURN(const int64_t restored, model_.Recompute(*cache_, wanted));
-  result_.recomputed_positions += restored;
-  return restored;
+  rebuilt_ = std::move(fresh);
+  result_.recomputed_positions += lacking;
+  return lacking;
 }
 
 GenerateResult Sequence::Result() const {

@@ -9,7 +9,7 @@
 //     ForwardItem* item = seq->NextForward();           // prompt first, then the last token
 //     ... model.Forward(batch of items) ...
 //     KVG_ASSIGN_OR_RETURN(StepResult r, seq->AfterForward(logits_row));
-//     ... stream r.text_delta; guard directives: seq->SetRatio(), SetProtected(), Recompute() ...
+//     ... stream r.text_delta; guard directives: seq->SetRatio(), SetProtected(), Rebuild() ...
 //   }
 //   GenerateResult result = seq->Result();
 //
@@ -86,9 +86,13 @@ class Sequence {
   void SetProtected(std::set<int32_t> positions) { protected_ = std::move(positions); }
   // Holds eviction while set (SAFE mode: the ratio relaxes but nothing more is evicted).
   void SetEvictionPaused(bool paused) { eviction_paused_ = paused; }
-  // RECOVERY: recomputes the KV of fully evicted `positions` from their token
-  // ids and puts them back. Returns how many were restored.
-  absl::StatusOr<int64_t> Recompute(const std::vector<int32_t>& positions);
+  // RECOVERY by rebuilding: the next forward prefills the whole history
+  // (prompt and generated tokens) into a fresh cache, so every position's
+  // entries are back, exactly as an uncompressed run holds them. Takes effect
+  // at NextForward() (safe to call between a forward and its AfterForward);
+  // in a pool, only when the blocks would be free. Returns the positions that
+  // some head lacked.
+  absl::StatusOr<int64_t> Rebuild();
 
   [[nodiscard]] GenerateResult Result() const;
   [[nodiscard]] const SequenceKvCache& cache() const { return *cache_; }
@@ -108,6 +112,7 @@ class Sequence {
   GenerateRequest request_;
   SequenceOptions options_;
   std::unique_ptr<SequenceKvCache> cache_;
+  std::unique_ptr<SequenceKvCache> rebuilt_;  // replaces cache_ at the next NextForward()
   std::unique_ptr<compress::CacheCompression> compression_;
   std::unique_ptr<Sampler> sampler_;
   std::unique_ptr<IncrementalDecoder> decoder_;

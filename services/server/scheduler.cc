@@ -624,9 +624,13 @@ void Scheduler::ApplyDirective(Active& a, const v1::Directive& d) {
   a.seq->SetProtected(
       std::set<int32_t>(d.protect_positions().begin(), d.protect_positions().end()));
   a.seq->SetEvictionPaused(a.mode == v1::MODE_SAFE || a.mode == v1::MODE_RECOVERY);
+  // RECOVERY: the guard names evicted positions it wants back; the server
+  // rebuilds the whole cache with the next forward. Restoring just those into
+  // a per-head compressed cache took nearly every evicted position anyway
+  // (each layer's heads must hold equal counts), cost ~4x a fresh prefill
+  // against the compressed cache, and was not exact.
   if (d.recompute_positions_size() > 0) {
-    std::vector<int32_t> positions(d.recompute_positions().begin(), d.recompute_positions().end());
-    auto restored = a.seq->Recompute(positions);
+    auto restored = a.seq->Rebuild();
     if (restored.ok() && *restored > 0) {
       ++a.cache_version;
       if (metrics_) metrics_->Recovered(*restored);

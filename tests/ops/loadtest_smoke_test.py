@@ -75,7 +75,11 @@ def check_run(r, problems):
     for k in ("accuracy", "wrong_answer_rate"):
         if not 0 <= r[k] <= 1:
             problems.append(f"{name}: {k} = {r[k]}")
-    if not 0 < r["kv_saved_fraction"] < 1:
+    # Unguarded runs compress at 0.5. A guarded run may give every saving back: on this random
+    # model the guard sends requests to RECOVERY, which rebuilds the whole cache, and 24 tokens
+    # end before eviction resumes.
+    lowest_saved = 0 if r["guard"] == "true" else 1e-9
+    if not lowest_saved <= r["kv_saved_fraction"] < 1:
         problems.append(f"{name}: kv_saved_fraction {r['kv_saved_fraction']} (compressed at 0.5, expected in (0,1))")
     if r["fail_safe_events"] < 0:
         problems.append(f"{name}: fail_safe_events {r['fail_safe_events']}")

@@ -1,6 +1,6 @@
 // RECOVERY: recomputed KV entries equal those of an uncompressed run when the
-// prefix before them is intact; the sequence step protocol streams text
-// safely and frees KV on cancel.
+// prefix before them is intact, and a rebuilt cache holds the whole history;
+// the sequence step protocol streams text safely and frees KV on cancel.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
@@ -21,7 +21,8 @@ std::unique_ptr<LlamaModel> LoadModel(const std::string& name) {
 }
 
 // Entry of `position` in head h of layer l, or an undefined tensor.
-at::Tensor EntryAt(const SequenceKvCache& cache, int64_t l, int64_t h, int32_t position, bool keys) {
+at::Tensor EntryAt(const SequenceKvCache& cache, int64_t l, int64_t h, int32_t position,
+                   bool keys) {
   const auto& pos = cache.Positions(l)[h];
   auto it = std::find(pos.begin(), pos.end(), position);
   if (it == pos.end()) return {};
@@ -45,7 +46,9 @@ TEST_P(RecoveryTest, RecomputedEntriesMatchUncompressedRun) {
     for (int64_t s = 0; s < 40; ++s) {
       if (s < 30 || s > 35) keep.push_back(s);
     }
-    ASSERT_TRUE(evicted.Retain(l, std::vector<std::vector<int64_t>>(model->config().num_kv_heads, keep)).ok());
+    ASSERT_TRUE(
+        evicted.Retain(l, std::vector<std::vector<int64_t>>(model->config().num_kv_heads, keep))
+            .ok());
   }
   ASSERT_TRUE(model->Recompute(evicted, gone).ok());
   for (int64_t l = 0; l < model->config().num_layers; ++l) {
@@ -55,8 +58,10 @@ TEST_P(RecoveryTest, RecomputedEntriesMatchUncompressedRun) {
       for (int32_t p : gone) {
         at::Tensor k = EntryAt(evicted, l, h, p, true), v = EntryAt(evicted, l, h, p, false);
         ASSERT_TRUE(k.defined());
-        EXPECT_TRUE(at::allclose(k, EntryAt(full, l, h, p, true), 1e-4, 1e-5)) << l << " " << h << " " << p;
-        EXPECT_TRUE(at::allclose(v, EntryAt(full, l, h, p, false), 1e-4, 1e-5)) << l << " " << h << " " << p;
+        EXPECT_TRUE(at::allclose(k, EntryAt(full, l, h, p, true), 1e-4, 1e-5))
+            << l << " " << h << " " << p;
+        EXPECT_TRUE(at::allclose(v, EntryAt(full, l, h, p, false), 1e-4, 1e-5))
+            << l << " " << h << " " << p;
       }
     }
   }
@@ -105,8 +110,10 @@ TEST_P(RecoveryTest, RestoresPositionsMissingFromSomeHeadsOnly) {
       for (int32_t p = 28; p < 40; ++p) {
         at::Tensor k = EntryAt(evicted, l, h, p, true), v = EntryAt(evicted, l, h, p, false);
         ASSERT_TRUE(k.defined()) << l << " " << h << " " << p;
-        EXPECT_TRUE(at::allclose(k, EntryAt(full, l, h, p, true), 1e-4, 1e-5)) << l << " " << h << " " << p;
-        EXPECT_TRUE(at::allclose(v, EntryAt(full, l, h, p, false), 1e-4, 1e-5)) << l << " " << h << " " << p;
+        EXPECT_TRUE(at::allclose(k, EntryAt(full, l, h, p, true), 1e-4, 1e-5))
+            << l << " " << h << " " << p;
+        EXPECT_TRUE(at::allclose(v, EntryAt(full, l, h, p, false), 1e-4, 1e-5))
+            << l << " " << h << " " << p;
       }
     }
   }
@@ -138,7 +145,9 @@ TEST_P(RecoveryTest, InsertRefusesUnequalHeads) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, RecoveryTest, ::testing::Values("tiny-llama", "tiny-qwen3"),
-                         [](const auto& info) { return info.param == "tiny-llama" ? "llama" : "qwen3"; });
+                         [](const auto& info) {
+                           return info.param == "tiny-llama" ? "llama" : "qwen3";
+                         });
 
 TEST(SequenceTest, StopStringsNeverStreamAndTextIsUtf8Safe) {
   auto ckpt = OpenCheckpoint(testing::DataPath("models/tiny-qwen2"));
@@ -173,6 +182,53 @@ TEST(SequenceTest, StopStringsNeverStreamAndTextIsUtf8Safe) {
   }
   EXPECT_EQ(streamed2, full.substr(0, full.find(stop)));
   EXPECT_EQ((*seq2)->Result().finish_reason, FinishReason::kStop);
+}
+
+// RECOVERY by rebuilding: after Rebuild() the next forward prefills the whole
+// history into a fresh cache. Every position is held again, and that forward's
+// logits are those of a fresh uncompressed sequence whose prompt is the
+// history; the sequence then decodes on from there.
+TEST(SequenceTest, RebuildPrefillsTheWholeHistoryIntoAFreshCache) {
+  auto model = LoadModel("tiny-llama");
+  GenerateRequest req;
+  for (int i = 0; i < 48; ++i) req.prompt_ids.push_back(3 + (i * 37) % 500);
+  req.max_new_tokens = 12;
+  req.ignore_eos = true;
+  req.compression = {.compressor = "snapkv", .options = {"window_size=8"}, .ratio = 0.75};
+  auto seq = Sequence::Create(*model, nullptr, req, {});
+  ASSERT_TRUE(seq.ok());
+  auto step = [&](Sequence& s) {
+    ForwardItem* item = s.NextForward();
+    auto logits = model->Forward({item, 1});
+    EXPECT_TRUE(logits.ok());
+    at::Tensor row = (*logits)[0].contiguous();
+    auto r = s.AfterForward(row.data_ptr<float>());
+    EXPECT_TRUE(r.ok());
+    return row;
+  };
+  for (int i = 0; i < 5; ++i) step(**seq);
+  const SequenceKvCache& before = (*seq)->cache();
+  const int64_t positions = before.num_positions();  // 48 + 4: the 5th token is not in yet
+  ASSERT_LT(before.RetainedSlots(0), positions);
+  auto lacking = (*seq)->Rebuild();
+  ASSERT_TRUE(lacking.ok());
+  EXPECT_EQ(*lacking, positions - static_cast<int64_t>(before.WholePositions().size()));
+  EXPECT_EQ((*seq)->cache().num_positions(), positions);  // nothing changes before the forward
+  (*seq)->SetEvictionPaused(true);
+  std::vector<int32_t> history = req.prompt_ids;
+  for (int32_t id : (*seq)->Result().output_ids) history.push_back(id);
+  GenerateRequest plain = req;
+  plain.prompt_ids = history;
+  plain.compression = {};
+  auto reference = Sequence::Create(*model, nullptr, plain, {});
+  ASSERT_TRUE(reference.ok());
+  const at::Tensor rebuilt = step(**seq), fresh = step(**reference);
+  EXPECT_TRUE(at::allclose(rebuilt, fresh, 1e-5, 1e-5));
+  for (int64_t l = 0; l < model->config().num_layers; ++l)
+    EXPECT_EQ((*seq)->cache().RetainedSlots(l), positions + 1) << l;
+  EXPECT_EQ((*seq)->Result().recomputed_positions, *lacking);
+  while (!(*seq)->finished()) step(**seq);
+  EXPECT_EQ((*seq)->Result().output_ids.size(), 12u);
 }
 
 TEST(SequenceTest, CancelFreesKv) {

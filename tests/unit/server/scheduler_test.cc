@@ -29,6 +29,7 @@ class RecordingSink final : public ResponseSink {
     ids_.push_back(e.token_id);
     ratios_.push_back(e.ratio);
     modes_.push_back(e.mode);
+    retained_.push_back(e.retained_tokens);
   }
   void Complete(CompletionEvent e) override {
     std::lock_guard<std::mutex> lock(mu_);
@@ -61,6 +62,10 @@ class RecordingSink final : public ResponseSink {
     std::lock_guard<std::mutex> lock(mu_);
     return modes_;
   }
+  std::vector<int64_t> retained() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return retained_;
+  }
 
  private:
   int cancel_after_;
@@ -69,6 +74,7 @@ class RecordingSink final : public ResponseSink {
   std::vector<int32_t> ids_;
   std::vector<double> ratios_;
   std::vector<v1::Mode> modes_;
+  std::vector<int64_t> retained_;
   CompletionEvent complete_;
   absl::Status status_;
   bool finished_ = false;
@@ -348,6 +354,47 @@ TEST_F(SchedulerTest, AGuardThatMissesItsDeadlineSendsOnlyGuardedRequestsSafe) {
     EXPECT_EQ(plain->modes().back(), v1::MODE_NORMAL) << "overlap " << overlap;
     EXPECT_DOUBLE_EQ(plain->ratios().back(), 0.5) << "overlap " << overlap;
     EXPECT_GT(scheduler.stats().fail_safe_steps, 0);
+  }
+}
+
+TEST_F(SchedulerTest, RecoveryRebuildsTheWholeCacheWithTheNextForward) {
+  // RECOVERY on the step-4 report: eviction stops and the cache is rebuilt
+  // from the token history, so from then on a step holds every position (the
+  // 48 prompt tokens and one per earlier step). Strict rebuilds with step 5's forward;
+  // overlapped, the directive lands after that forward, so with step 6's.
+  ScriptedGuard recover_at_4([](const v1::StepReport& r) -> std::optional<v1::Directive> {
+    if (r.step() < 4) return std::nullopt;
+    v1::Directive d;
+    d.set_mode(v1::MODE_RECOVERY);
+    if (r.step() == 4) d.add_recompute_positions(3);
+    return d;
+  });
+  for (bool overlap : {false, true}) {
+    auto arena = Pool(12 * Layers());
+    {
+      Scheduler scheduler(*model_, nullptr, {.guard_overlap = overlap, .kv_arena = arena},
+                          &recover_at_4, nullptr);
+      auto sink = std::make_shared<RecordingSink>();
+      ASSERT_TRUE(scheduler
+                      .Submit({.request_id = "rec",
+                               .request = Request(3, 0.75, 10),
+                               .guarded = true,
+                               .sink = sink})
+                      .ok());
+      ASSERT_TRUE(sink->Wait().ok());
+      const std::vector<int64_t> retained = sink->retained();
+      ASSERT_EQ(retained.size(), 10u);
+      const size_t rebuilt = overlap ? 6 : 5;
+      for (size_t s = 0; s < retained.size(); ++s) {
+        if (s < rebuilt)
+          EXPECT_LT(retained[s], 48 + static_cast<int64_t>(s))
+              << "overlap " << overlap << " step " << s;
+        else
+          EXPECT_EQ(retained[s], 48 + static_cast<int64_t>(s))
+              << "overlap " << overlap << " step " << s;
+      }
+    }
+    EXPECT_EQ(arena->pool->used_blocks(), 0);
   }
 }
 
