@@ -37,8 +37,14 @@
 namespace kvguard::engine {
 
 struct SequenceOptions {
-  int32_t report_top_logprobs = 0;    // top logprobs to compute for the guard (e.g. 20)
-  bool gather_attention = false;      // accumulate received attention (RECOVERY anchors)
+  int32_t report_top_logprobs = 0;  // top logprobs to compute for the guard (e.g. 20)
+  // List the positions each step evicts (StepResult::evicted_positions): the
+  // guard counts them and names them back for RECOVERY.
+  bool report_evictions = false;
+  // Also accumulate the attention every entry receives and report what the
+  // evicted ones had received (research traces); implies report_evictions.
+  // It costs every forward of the sequence, prefill included.
+  bool gather_attention = false;
   std::shared_ptr<KvArena> kv_arena;  // the server's KV pool; null = unpooled
 };
 
@@ -52,7 +58,7 @@ struct StepResult {
   KvCacheStats kv;
   double ratio = 0;                        // ratio in force after this step's compression
   std::vector<int32_t> evicted_positions;  // gone from every layer and head this step
-  std::vector<float> evicted_attention;    // mean attention each had received
+  std::vector<float> evicted_attention;    // mean attention each had received (gather_attention)
 };
 
 class Sequence {
@@ -93,6 +99,9 @@ class Sequence {
   // in a pool, only when the blocks would be free. Returns the positions that
   // some head lacked.
   absl::StatusOr<int64_t> Rebuild();
+  // A rebuild waits for the next NextForward(): a forward run before it used
+  // the old cache, and its AfterForward is better skipped (the step is redone).
+  [[nodiscard]] bool rebuilding() const { return rebuilt_ != nullptr; }
 
   [[nodiscard]] GenerateResult Result() const;
   [[nodiscard]] const SequenceKvCache& cache() const { return *cache_; }

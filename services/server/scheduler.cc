@@ -319,7 +319,9 @@ absl::Status Scheduler::StartSequence(Active& a) {
   const engine::GenerateRequest& request = a.sub.request;
   engine::SequenceOptions so{
       .report_top_logprobs = a.sub.guarded ? options_.report_top_logprobs : 0,
-      .gather_attention = a.sub.guarded,
+      // Not gather_attention: RECOVERY rebuilds the whole cache, so the
+      // guard's ranking of evicted positions by attention changes nothing.
+      .report_evictions = a.sub.guarded,
       .kv_arena = options_.kv_arena};
   KVG_ASSIGN_OR_RETURN(a.seq, engine::Sequence::Create(model_, tokenizer_, request, so));
   if (options_.kv_arena != nullptr)
@@ -435,7 +437,7 @@ bool Scheduler::RunStep() {
     const auto w = Clock::now();
     guard = AwaitOverlapped();
     awaited = Clock::now() - w;
-    DropRestarted(batch, sequences, host);
+    DropStaleRows(batch, sequences, host);
   }
   auto results = engine::AfterForwardAll(sequences, host.data_ptr<float>(), host.size(1));
   std::vector<Active*> stepped;
@@ -469,13 +471,14 @@ bool Scheduler::RunStep() {
   return true;
 }
 
-// A sequence the overlapped directives restarted has a new Sequence (its
-// prompt prefills next step): its row of this forward is dropped.
-void Scheduler::DropRestarted(std::vector<Active*>& batch,
+// Rows of this forward that the overlapped directives made stale are dropped:
+// a restarted sequence has a new Sequence (its prompt prefills next step), and
+// one sent to RECOVERY redoes the step on its rebuilt cache, as strict would.
+void Scheduler::DropStaleRows(std::vector<Active*>& batch,
                               std::vector<engine::Sequence*>& sequences, at::Tensor& host) {
   std::vector<int64_t> kept;
   for (size_t i = 0; i < batch.size(); ++i) {
-    if (!batch[i]->done && batch[i]->seq.get() == sequences[i])
+    if (!batch[i]->done && batch[i]->seq.get() == sequences[i] && !sequences[i]->rebuilding())
       kept.push_back(static_cast<int64_t>(i));
   }
   if (kept.size() == batch.size()) return;

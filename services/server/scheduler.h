@@ -98,10 +98,10 @@ struct SchedulerOptions {
   // Fewer round trips cost the guard and the server less CPU.
   int guard_interval = 1;
   // At lag 0: wait for the guard's answer after the next forward rather than
-  // before it. Ratio, mode, protection and restarts still act on that step
-  // (compression and sampling follow the forward, and a restarted sequence's
-  // row is dropped), so what streams is what strict streams, except that a
-  // RECOVERY restore reaches the forward one token later.
+  // before it. Ratio, mode and protection still act on that step (compression
+  // and sampling follow the forward); a sequence the answer restarts or sends
+  // to RECOVERY drops its row and redoes the step on its new cache. What
+  // streams is what strict streams; a dropped row costs that sequence a step.
   bool guard_overlap = false;  // the server's flag defaults to true
   FailSafePolicy fail_safe = FailSafePolicy::kSafe;
   double r_safe = 0.0;  // ratio under the SAFE fail-safe
@@ -175,7 +175,7 @@ class Scheduler {
   GuardOutcome ApplyReply(const std::optional<v1::DirectiveBatch>& reply,
                           std::vector<Active*>& targets,
                           std::chrono::steady_clock::time_point sent);
-  void DropRestarted(std::vector<Active*>& batch, std::vector<engine::Sequence*>& sequences,
+  void DropStaleRows(std::vector<Active*>& batch, std::vector<engine::Sequence*>& sequences,
                      at::Tensor& host);
   void ApplyDirective(Active& a, const v1::Directive& d);
   absl::Status StartSequence(Active& a);

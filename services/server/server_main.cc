@@ -46,8 +46,8 @@ ABSL_FLAG(int, guard_connect_wait_ms, 5000,
 ABSL_FLAG(int, guard_lag, 0, "0 = apply step t's directive before step t+1; 1 = one step later");
 ABSL_FLAG(bool, guard_overlap, true,
           "at lag 0, wait for the guard's answer after the next forward instead of before it (the "
-          "round trip runs beside the forward; ratio, mode and restarts still act on that step, a "
-          "RECOVERY restore one token later); false = wait before it; no effect at lag 1");
+          "round trip runs beside the forward; what streams is what strict streams, a restart or "
+          "RECOVERY redoing that sequence's step); false = wait before it; no effect at lag 1");
 ABSL_FLAG(int, guard_interval, 1,
           "exchange with the guard every N steps (N reports a session per batch; every step "
           "during the probe); directives arrive up to N - 1 steps later");

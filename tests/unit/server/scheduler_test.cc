@@ -360,8 +360,10 @@ TEST_F(SchedulerTest, AGuardThatMissesItsDeadlineSendsOnlyGuardedRequestsSafe) {
 TEST_F(SchedulerTest, RecoveryRebuildsTheWholeCacheWithTheNextForward) {
   // RECOVERY on the step-4 report: eviction stops and the cache is rebuilt
   // from the token history, so from then on a step holds every position (the
-  // 48 prompt tokens and one per earlier step). Strict rebuilds with step 5's forward;
-  // overlapped, the directive lands after that forward, so with step 6's.
+  // 48 prompt tokens and one per earlier step), from step 5 on. Strict
+  // rebuilds with step 5's forward; overlapped, the directive lands after it,
+  // so that row is dropped and step 5 redone on the rebuilt cache: the same
+  // stream either way.
   ScriptedGuard recover_at_4([](const v1::StepReport& r) -> std::optional<v1::Directive> {
     if (r.step() < 4) return std::nullopt;
     v1::Directive d;
@@ -369,6 +371,7 @@ TEST_F(SchedulerTest, RecoveryRebuildsTheWholeCacheWithTheNextForward) {
     if (r.step() == 4) d.add_recompute_positions(3);
     return d;
   });
+  std::vector<int32_t> ids[2];
   for (bool overlap : {false, true}) {
     auto arena = Pool(12 * Layers());
     {
@@ -384,7 +387,8 @@ TEST_F(SchedulerTest, RecoveryRebuildsTheWholeCacheWithTheNextForward) {
       ASSERT_TRUE(sink->Wait().ok());
       const std::vector<int64_t> retained = sink->retained();
       ASSERT_EQ(retained.size(), 10u);
-      const size_t rebuilt = overlap ? 6 : 5;
+      ids[overlap] = sink->ids();
+      const size_t rebuilt = 5;
       for (size_t s = 0; s < retained.size(); ++s) {
         if (s < rebuilt)
           EXPECT_LT(retained[s], 48 + static_cast<int64_t>(s))
@@ -396,6 +400,7 @@ TEST_F(SchedulerTest, RecoveryRebuildsTheWholeCacheWithTheNextForward) {
     }
     EXPECT_EQ(arena->pool->used_blocks(), 0);
   }
+  EXPECT_EQ(ids[1], ids[0]);
 }
 
 TEST_F(SchedulerTest, AGuardIntervalBatchesReportsAndDelaysDirectivesButNotTheProbe) {
