@@ -146,13 +146,12 @@ absl::Status Sequence::Compress(std::vector<int32_t>& evicted,
     if (at_step == step_) KVG_RETURN_IF_ERROR(compression_->set_ratio(ratio));
   }
   const int64_t evicted_before = cache_->Stats().evicted_slots;
-  // Which positions leave (and the attention they had), only on steps that may evict.
-  const bool track =
-      (options_.report_evictions || options_.gather_attention) && compression_->Due(step_ == 0);
+  // Which positions leave, and the attention they had, only on steps that may evict.
+  const bool track = options_.gather_attention && compression_->Due(step_ == 0);
   std::vector<std::pair<double, int>> attention;
   std::set<int32_t> before;
   if (track) {
-    if (options_.gather_attention) attention = PositionAttention(*cache_);
+    attention = PositionAttention(*cache_);
     before = cache_->WholePositions();
   }
   compress::RopeFn rope = [this](int64_t f, int64_t n) { return model_.RopeCosSin(f, n); };
@@ -163,7 +162,6 @@ absl::Status Sequence::Compress(std::vector<int32_t>& evicted,
   for (int32_t p : before) {
     if (after.count(p)) continue;
     evicted.push_back(p);
-    if (!options_.gather_attention) continue;
     const auto [total, n] =
         static_cast<size_t>(p) < attention.size() ? attention[p] : std::pair(0.0, 0);
     evicted_attention.push_back(n ? static_cast<float>(total / n) : 0.0f);

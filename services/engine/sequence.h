@@ -38,12 +38,9 @@ namespace kvguard::engine {
 
 struct SequenceOptions {
   int32_t report_top_logprobs = 0;  // top logprobs to compute for the guard (e.g. 20)
-  // List the positions each step evicts (StepResult::evicted_positions): the
-  // guard counts them and names them back for RECOVERY.
-  bool report_evictions = false;
-  // Also accumulate the attention every entry receives and report what the
-  // evicted ones had received (research traces); implies report_evictions.
-  // It costs every forward of the sequence, prefill included.
+  // Accumulate the attention every entry receives, and list the positions
+  // each step evicts with the attention they had received: the guard counts
+  // them, and ranks them to pin after RECOVERY. Costs every forward.
   bool gather_attention = false;
   std::shared_ptr<KvArena> kv_arena;  // the server's KV pool; null = unpooled
 };
@@ -58,7 +55,7 @@ struct StepResult {
   KvCacheStats kv;
   double ratio = 0;                        // ratio in force after this step's compression
   std::vector<int32_t> evicted_positions;  // gone from every layer and head this step
-  std::vector<float> evicted_attention;    // mean attention each had received (gather_attention)
+  std::vector<float> evicted_attention;    // mean attention each had received
 };
 
 class Sequence {

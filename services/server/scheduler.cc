@@ -319,9 +319,9 @@ absl::Status Scheduler::StartSequence(Active& a) {
   const engine::GenerateRequest& request = a.sub.request;
   engine::SequenceOptions so{
       .report_top_logprobs = a.sub.guarded ? options_.report_top_logprobs : 0,
-      // Not gather_attention: RECOVERY rebuilds the whole cache, so the
-      // guard's ranking of evicted positions by attention changes nothing.
-      .report_evictions = a.sub.guarded,
+      // The guard ranks evicted positions by the attention they had
+      // received and pins the top ones after RECOVERY (never evicted again).
+      .gather_attention = a.sub.guarded,
       .kv_arena = options_.kv_arena};
   KVG_ASSIGN_OR_RETURN(a.seq, engine::Sequence::Create(model_, tokenizer_, request, so));
   if (options_.kv_arena != nullptr)

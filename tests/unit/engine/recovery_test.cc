@@ -231,34 +231,6 @@ TEST(SequenceTest, RebuildPrefillsTheWholeHistoryIntoAFreshCache) {
   EXPECT_EQ((*seq)->Result().output_ids.size(), 12u);
 }
 
-// What a guarded sequence reports of its evictions: the positions always,
-// the attention they had received only when it gathers attention (which
-// also makes every forward accumulate it).
-TEST(SequenceTest, ReportsEvictedPositionsWithAttentionOnlyWhenGathered) {
-  auto model = LoadModel("tiny-llama");
-  GenerateRequest req;
-  for (int i = 0; i < 48; ++i) req.prompt_ids.push_back(3 + (i * 41) % 500);
-  req.max_new_tokens = 1;
-  req.compression = {.compressor = "snapkv", .options = {"window_size=8"}, .ratio = 0.5};
-  std::vector<int32_t> evicted[2];
-  for (bool gather : {false, true}) {
-    auto seq = Sequence::Create(*model, nullptr, req,
-                                {.report_evictions = true, .gather_attention = gather});
-    ASSERT_TRUE(seq.ok());
-    EXPECT_EQ((*seq)->cache().options().needs.attention_sums, gather);
-    ForwardItem* item = (*seq)->NextForward();
-    auto logits = model->Forward({item, 1});
-    ASSERT_TRUE(logits.ok());
-    at::Tensor row = (*logits)[0].contiguous();
-    auto r = (*seq)->AfterForward(row.data_ptr<float>());
-    ASSERT_TRUE(r.ok());
-    EXPECT_FALSE(r->evicted_positions.empty());
-    EXPECT_EQ(r->evicted_attention.size(), gather ? r->evicted_positions.size() : 0u);
-    evicted[gather] = r->evicted_positions;
-  }
-  EXPECT_EQ(evicted[0], evicted[1]);
-}
-
 TEST(SequenceTest, CancelFreesKv) {
   auto model = LoadModel("tiny-llama");
   GenerateRequest req;
