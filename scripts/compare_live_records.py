@@ -12,20 +12,14 @@ differ only where the code under test acts.
 import argparse
 import gzip
 import json
-import random
+
+from paired_bootstrap import mean_ci
 
 
 def load(path):
     opener = gzip.open if path.endswith(".gz") else open
     with opener(path, "rt") as f:
         return {(r["compressor"], r["arm"], r["prompt_id"]): r for r in map(json.loads, f)}
-
-
-def paired(diffs, resamples=2000):
-    n = len(diffs)
-    rng = random.Random(1)
-    means = sorted(sum(diffs[rng.randrange(n)] for _ in diffs) / n for _ in range(resamples))
-    return sum(diffs) / n, means[int(0.025 * resamples)], means[int(0.975 * resamples) - 1]
 
 
 def main():
@@ -45,7 +39,7 @@ def main():
         row = [comp, arm, str(len(keys))]
         for field in ("catastrophic", "correct"):
             d = [float(after[k][field]) - float(before[k][field]) for k in keys]
-            m, lo, hi = paired(d)
+            m, lo, hi = mean_ci(d, seed=1)
             row += [f"{m:+.3f} [{lo:+.3f}, {hi:+.3f}]", str(sum(1 for x in d if x))]
         s = sum(after[k]["savings_integrated"] - before[k]["savings_integrated"] for k in keys)
         row.append(f"{s / len(keys):+.3f}")

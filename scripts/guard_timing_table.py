@@ -12,10 +12,9 @@ DIR/timing.{md,json,csv,svg}.
 import csv
 import json
 import os
-import random
 import sys
 
-RESAMPLES = 2000
+from paired_bootstrap import mean_ci
 
 
 def outcomes(path, arm, column):
@@ -27,10 +26,7 @@ def outcomes(path, arm, column):
 def paired(a, b):
     """mean(a - b) over shared prompts and its 95% paired bootstrap interval."""
     ids = sorted(set(a) & set(b))
-    d = [a[i] - b[i] for i in ids]
-    rng = random.Random(2026)
-    means = sorted(sum(d[rng.randrange(len(d))] for _ in d) / len(d) for _ in range(RESAMPLES))
-    return sum(d) / len(d), means[int(0.025 * RESAMPLES)], means[int(0.975 * RESAMPLES) - 1]
+    return mean_ci([a[i] - b[i] for i in ids], seed=2026)
 
 
 def arm_of(rows, guarded):

@@ -114,12 +114,15 @@ absl::StatusOr<std::unique_ptr<Sequence>> Sequence::Create(LlamaModel& model,
   return s;
 }
 
+// What a rebuild takes from the pool beyond what it gives back: the fresh
+// cache fills with the whole history as the current cache's blocks return.
+int64_t Sequence::RebuildBlocks(const SequenceKvCache& fresh) const {
+  return fresh.BlocksToAppend(static_cast<int64_t>(history_.size())) - cache_->BlocksHeld();
+}
+
 int64_t Sequence::BlocksForNextStep() const {
   if (finished_) return 0;
-  if (rebuilt_) {  // the current cache's blocks return as the rebuilt one fills
-    return std::max<int64_t>(
-        0, rebuilt_->BlocksToAppend(static_cast<int64_t>(history_.size())) - cache_->BlocksHeld());
-  }
+  if (rebuilt_) return std::max<int64_t>(0, RebuildBlocks(*rebuilt_));
   return cache_->BlocksToAppend(static_cast<int64_t>(item_.tokens.size()));
 }
 
@@ -266,9 +269,7 @@ absl::StatusOr<int64_t> Sequence::Rebuild() {
   if (lacking == 0) return 0;
   auto fresh = std::make_unique<SequenceKvCache>(cache_->options());
   const auto& arena = cache_->options().arena;
-  if (arena != nullptr &&
-      fresh->BlocksToAppend(static_cast<int64_t>(history_.size())) - cache_->BlocksHeld() >
-          arena->pool->free_blocks()) {
+  if (arena != nullptr && RebuildBlocks(*fresh) > arena->pool->free_blocks()) {
     return absl::ResourceExhaustedError("KV pool has no room to rebuild the cache");
   }
   rebuilt_ = std::move(fresh);

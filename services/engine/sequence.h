@@ -112,6 +112,7 @@ class Sequence {
   absl::Status Compress(std::vector<int32_t>& evicted, std::vector<float>& evicted_attention);
   void CheckStop(const SampledToken& token, StepResult& r);
   std::string TakeText(bool final);
+  [[nodiscard]] int64_t RebuildBlocks(const SequenceKvCache& fresh) const;
 
   LlamaModel& model_;
   const Tokenizer* tokenizer_;

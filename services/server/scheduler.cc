@@ -641,13 +641,13 @@ void Scheduler::ApplyDirective(Active& a, const v1::Directive& d) {
   }
 }
 
-void Scheduler::ApplyFailSafe(std::vector<Active*>& stepped, const char* reason) {
+void Scheduler::ApplyFailSafe(std::vector<Active*>& targets, const char* reason) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     ++stats_.fail_safe_steps;
   }
   if (metrics_) metrics_->FailSafe(reason);
-  for (Active* a : stepped) {
+  for (Active* a : targets) {
     if (!a->sub.guarded) continue;  // a static request never hears the guard
     ++a->fail_safe_events;
     if (options_.fail_safe == FailSafePolicy::kHold) continue;

@@ -183,7 +183,7 @@ class Scheduler {
   void Emit(Active& a, TokenEvent event);
   void Flush(Active& a);
   void Send(Active& a, TokenEvent event);
-  void ApplyFailSafe(std::vector<Active*>& stepped, const char* reason);
+  void ApplyFailSafe(std::vector<Active*>& targets, const char* reason);
   void Complete(Active& a, const absl::Status& status);
   v1::StepReport Report(const Active& a, const engine::StepResult& r, const float* logits) const;
 

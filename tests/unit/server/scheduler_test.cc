@@ -152,6 +152,16 @@ class SchedulerTest : public ::testing::Test {
     return r;
   }
 
+  // A guarded request under `id`, streaming into `sink`.
+  static absl::Status SubmitGuarded(Scheduler& scheduler, std::string id,
+                                    engine::GenerateRequest request,
+                                    std::shared_ptr<RecordingSink> sink) {
+    return scheduler.Submit({.request_id = std::move(id),
+                             .request = std::move(request),
+                             .guarded = true,
+                             .sink = std::move(sink)});
+  }
+
   struct Run {
     std::vector<std::vector<int32_t>> ids;
     std::vector<absl::Status> status;
@@ -262,11 +272,7 @@ TEST_F(SchedulerTest, DirectivesApplyAtLagZeroAndOne) {
     Scheduler scheduler(*model_, nullptr, {.guard_lag = lag, .guard_overlap = overlap}, &at_2,
                         nullptr);
     auto sink = std::make_shared<RecordingSink>();
-    ASSERT_TRUE(
-        scheduler
-            .Submit(
-                {.request_id = "d", .request = Request(1, 0.25, 8), .guarded = true, .sink = sink})
-            .ok());
+    ASSERT_TRUE(SubmitGuarded(scheduler, "d", Request(1, 0.25, 8), sink).ok());
     ASSERT_TRUE(sink->Wait().ok());
     const std::vector<double> ratios = sink->ratios();
     const std::vector<v1::Mode> modes = sink->modes();
@@ -339,12 +345,7 @@ TEST_F(SchedulerTest, AGuardThatMissesItsDeadlineSendsOnlyGuardedRequestsSafe) {
   for (bool overlap : {false, true}) {
     Scheduler scheduler(*model_, nullptr, {.guard_overlap = overlap}, &silent, nullptr);
     auto guarded = std::make_shared<RecordingSink>(), plain = std::make_shared<RecordingSink>();
-    ASSERT_TRUE(scheduler
-                    .Submit({.request_id = "g",
-                             .request = Request(1, 0.5, 6),
-                             .guarded = true,
-                             .sink = guarded})
-                    .ok());
+    ASSERT_TRUE(SubmitGuarded(scheduler, "g", Request(1, 0.5, 6), guarded).ok());
     ASSERT_TRUE(
         scheduler.Submit({.request_id = "p", .request = Request(2, 0.5, 6), .sink = plain}).ok());
     ASSERT_TRUE(guarded->Wait().ok());
@@ -378,12 +379,7 @@ TEST_F(SchedulerTest, RecoveryRebuildsTheWholeCacheWithTheNextForward) {
       Scheduler scheduler(*model_, nullptr, {.guard_overlap = overlap, .kv_arena = arena},
                           &recover_at_4, nullptr);
       auto sink = std::make_shared<RecordingSink>();
-      ASSERT_TRUE(scheduler
-                      .Submit({.request_id = "rec",
-                               .request = Request(3, 0.75, 10),
-                               .guarded = true,
-                               .sink = sink})
-                      .ok());
+      ASSERT_TRUE(SubmitGuarded(scheduler, "rec", Request(3, 0.75, 10), sink).ok());
       ASSERT_TRUE(sink->Wait().ok());
       const std::vector<int64_t> retained = sink->retained();
       ASSERT_EQ(retained.size(), 10u);
@@ -416,12 +412,7 @@ TEST_F(SchedulerTest, AGuardIntervalBatchesReportsAndDelaysDirectivesButNotThePr
     auto sink = std::make_shared<RecordingSink>();
     {
       Scheduler scheduler(*model_, nullptr, options, &guard, nullptr);
-      EXPECT_TRUE(scheduler
-                      .Submit({.request_id = "i",
-                               .request = Request(2, 0.25, 12),
-                               .guarded = true,
-                               .sink = sink})
-                      .ok());
+      EXPECT_TRUE(SubmitGuarded(scheduler, "i", Request(2, 0.25, 12), sink).ok());
       EXPECT_TRUE(sink->Wait().ok());
     }
     return Outcome{sink->ids(), sink->ratios(), guard.reports_per_batch()};
@@ -471,11 +462,7 @@ TEST_F(SchedulerTest, ADirectiveWithoutARatioLeavesTheRatioAlone) {
   });
   Scheduler scheduler(*model_, nullptr, {}, &guard, nullptr);
   auto sink = std::make_shared<RecordingSink>();
-  ASSERT_TRUE(
-      scheduler
-          .Submit(
-              {.request_id = "n", .request = Request(4, 0.25, 6), .guarded = true, .sink = sink})
-          .ok());
+  ASSERT_TRUE(SubmitGuarded(scheduler, "n", Request(4, 0.25, 6), sink).ok());
   ASSERT_TRUE(sink->Wait().ok());
   EXPECT_EQ(sink->ratios(), (std::vector<double>{0.25, 0.25, 0.5, 0.5, 0.5, 0.5}));
   EXPECT_EQ(sink->modes().back(), v1::MODE_ALERT);
@@ -494,12 +481,7 @@ TEST_F(SchedulerTest, ClientsReusingARequestIdGetSeparateGuardSessions) {
   Scheduler scheduler(*model_, nullptr, {}, &guard, nullptr);
   auto a = std::make_shared<RecordingSink>(), b = std::make_shared<RecordingSink>();
   for (auto& sink : {a, b}) {
-    ASSERT_TRUE(scheduler
-                    .Submit({.request_id = "same",
-                             .request = Request(5, 0.25, 6),
-                             .guarded = true,
-                             .sink = sink})
-                    .ok());
+    ASSERT_TRUE(SubmitGuarded(scheduler, "same", Request(5, 0.25, 6), sink).ok());
   }
   ASSERT_TRUE(a->Wait().ok());
   ASSERT_TRUE(b->Wait().ok());
