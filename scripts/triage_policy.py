@@ -10,6 +10,8 @@
 --signal evicted: a request is prefilled at the HIGH ratio. If what that compression evicted had
   received much attention from the prompt (the trace's prefill_evicted_attention at or above
   TAU), it is prefilled again at the LOW ratio before its first token.
+--signal question: as evicted, but the score is the attention of the prompt's final question
+  that the HIGH ratio's prefill evicts (`kvguard prefill-risk`, passed as --scores FILE).
 
 Unlike a loop-hazard guard, both aim at the prompts whose answer the ratio decides, which is what
 a policy needs to lie above the static accuracy hull (reports/research/README.md). Per prompt the
@@ -42,6 +44,16 @@ def load_evicted_attention(traces_dir):
             t = json.loads(line)
             scores[(t["prompt_id"], t["compressor"], round(t["ratio"], 6))] = t.get(
                 "prefill_evicted_attention", 0.0)
+    return scores
+
+
+def load_question_scores(path):
+    """(prompt, compressor, ratio) -> evicted question attention (`kvguard prefill-risk`)."""
+    scores = {}
+    for line in open(path):
+        r = json.loads(line)
+        scores[(r["prompt_id"], r["compressor"], round(r["ratio"], 6))] = (
+            r["evicted_question_attention"])
     return scores
 
 
@@ -116,7 +128,7 @@ def policy_records(table, scores, compressor, low, high, tau, probe, signal):
         else:  # start high; much attention evicted -> low, before the first token
             to_low = scores[(p, compressor, high)] >= tau
             r = dict(lo if to_low else hi)
-            r["arm"] = f"evicted@{high:g}>{low:g}"
+            r["arm"] = f"{signal}@{high:g}>{low:g}"
             r["mode_steps"] = {"restarted" if to_low else "kept": 1}
         r["requested_ratio"] = high
         out.append(r)
@@ -170,13 +182,20 @@ def main():
     ap.add_argument("--val", required=True, help="static records of the validation prompts")
     ap.add_argument("--test", required=True, help="static records of the test prompts")
     ap.add_argument("--out", required=True)
-    ap.add_argument("--signal", choices=["confidence", "evicted"], default="confidence")
+    ap.add_argument("--signal", choices=["confidence", "evicted", "question"], default="confidence")
+    ap.add_argument("--scores", help="question: the JSONL of `kvguard prefill-risk`")
     ap.add_argument("--probe", type=int, default=16, help="confidence: tokens decoded at the low ratio")
     ap.add_argument("--min-savings", type=float, default=0.75,
                     help="tune only policies saving at least this much (the high-savings end)")
     a = ap.parse_args()
-    scores = (load_probe_scores(a.traces, a.probe) if a.signal == "confidence"
-              else load_evicted_attention(a.traces))
+    if a.signal == "confidence":
+        scores = load_probe_scores(a.traces, a.probe)
+    elif a.signal == "question":
+        if not a.scores:
+            ap.error("--signal question needs --scores")
+        scores = load_question_scores(a.scores)
+    else:
+        scores = load_evicted_attention(a.traces)
     val_table, val_none = static_table(read_records(a.val))
     test_table, _ = static_table(read_records(a.test))
     os.makedirs(a.out, exist_ok=True)

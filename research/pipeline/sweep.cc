@@ -36,14 +36,6 @@ struct Running {
   double prefill_evicted_attention = 0;
 };
 
-// Token index where the question starts (Q2C's span): the prompt prefix's length in tokens.
-absl::StatusOr<std::pair<int64_t, int64_t>> QuestionSpan(const engine::Tokenizer& tok,
-                                                         const Problem& p, int64_t prompt_tokens) {
-  KVG_ASSIGN_OR_RETURN(auto prefix,
-                       tok.Encode(std::string_view(p.prompt).substr(0, p.question_begin_char)));
-  return std::make_pair(static_cast<int64_t>(prefix.size()), prompt_tokens);
-}
-
 class ShardWriter {
  public:
   explicit ShardWriter(const std::string& base)
@@ -167,6 +159,13 @@ std::vector<Config> Configs(const SweepOptions& o) {
 }
 
 }  // namespace
+
+absl::StatusOr<std::pair<int64_t, int64_t>> QuestionSpan(const engine::Tokenizer& tok,
+                                                         const Problem& p, int64_t prompt_tokens) {
+  KVG_ASSIGN_OR_RETURN(auto prefix,
+                       tok.Encode(std::string_view(p.prompt).substr(0, p.question_begin_char)));
+  return std::make_pair(static_cast<int64_t>(prefix.size()), prompt_tokens);
+}
 
 absl::Status RunSweep(const SweepOptions& o,
                       const std::function<void(int64_t, int64_t)>& progress) {

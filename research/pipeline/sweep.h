@@ -10,10 +10,14 @@
 
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "research/problems.h"
 #include "research/prompt_set.h"
+#include "services/engine/tokenizer.h"
 
 namespace kvguard::research {
 
@@ -29,7 +33,13 @@ struct SweepOptions {
   int threads = 0;  // CPU intra-op threads (0 = libtorch default)
 };
 
+// Token span of the question (Q2C's span, the prefill risk's queries): from the
+// token where "Question:" starts to the end of the prompt.
+absl::StatusOr<std::pair<int64_t, int64_t>> QuestionSpan(const engine::Tokenizer& tok,
+                                                         const Problem& p, int64_t prompt_tokens);
+
 // Progress: (traces done, traces total).
-absl::Status RunSweep(const SweepOptions& options, const std::function<void(int64_t, int64_t)>& progress);
+absl::Status RunSweep(const SweepOptions& options,
+                      const std::function<void(int64_t, int64_t)>& progress);
 
 }  // namespace kvguard::research

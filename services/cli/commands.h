@@ -19,6 +19,7 @@ absl::Status RunCompressors(int argc, char** argv);
 absl::Status RunBenchCompressors(int argc, char** argv);
 absl::Status RunProblems(int argc, char** argv);
 absl::Status RunSweepCommand(int argc, char** argv);
+absl::Status RunPrefillRiskCommand(int argc, char** argv);
 absl::Status RunTrainPredictor(int argc, char** argv);
 absl::Status RunEvaluate(int argc, char** argv);
 absl::Status RunFrontier(int argc, char** argv);

@@ -13,6 +13,7 @@
 #include "research/pipeline/evaluate.h"
 #include "research/pipeline/frontier.h"
 #include "research/pipeline/predictor.h"
+#include "research/pipeline/prefill_risk.h"
 #include "research/pipeline/sweep.h"
 #include "research/pipeline/traces.h"
 #include "services/cli/cli_args.h"
@@ -46,6 +47,23 @@ absl::StatusOr<std::vector<double>> Doubles(const std::string& text) {
   return out;
 }
 
+// The prompt-set flags shared by sweep and prefill-risk.
+absl::StatusOr<research::PromptSetSpec> PromptSetFromArgs(const CliArgs& args) {
+  research::PromptSetSpec ps;
+  ps.dataset = args.Get("dataset", "arith");
+  KVG_ASSIGN_OR_RETURN(ps.count, args.GetInt("prompts", 100));
+  KVG_ASSIGN_OR_RETURN(ps.first, args.GetInt("first-prompt", 0));
+  KVG_ASSIGN_OR_RETURN(ps.split, research::ParseSplit(args.Get("split", "test")));
+  KVG_ASSIGN_OR_RETURN(ps.problem_options, ProblemOptionsFrom(args.GetAll("problem-opt")));
+  ps.data_dir = args.Get("data-dir", "");
+  KVG_ASSIGN_OR_RETURN(int64_t shots, args.GetInt("shots", 8));
+  ps.shots = static_cast<int>(shots);
+  if (ps.dataset == "gsm8k" && ps.data_dir.empty()) {
+    return absl::InvalidArgumentError("--dataset gsm8k needs --data-dir (train.jsonl, test.jsonl)");
+  }
+  return ps;
+}
+
 }  // namespace
 
 absl::Status RunSweepCommand(int argc, char** argv) {
@@ -65,18 +83,7 @@ absl::Status RunSweepCommand(int argc, char** argv) {
     KVG_ASSIGN_OR_RETURN(o.ratios, Doubles(args.Get("ratios")));
   }
   o.compressor_options = args.GetAll("compressor-opt");
-  research::PromptSetSpec& ps = o.prompt_set;
-  ps.dataset = args.Get("dataset", "arith");
-  KVG_ASSIGN_OR_RETURN(ps.count, args.GetInt("prompts", 100));
-  KVG_ASSIGN_OR_RETURN(ps.first, args.GetInt("first-prompt", 0));
-  KVG_ASSIGN_OR_RETURN(ps.split, research::ParseSplit(args.Get("split", "test")));
-  KVG_ASSIGN_OR_RETURN(ps.problem_options, ProblemOptionsFrom(args.GetAll("problem-opt")));
-  ps.data_dir = args.Get("data-dir", "");
-  KVG_ASSIGN_OR_RETURN(int64_t shots, args.GetInt("shots", 8));
-  ps.shots = static_cast<int>(shots);
-  if (ps.dataset == "gsm8k" && ps.data_dir.empty()) {
-    return absl::InvalidArgumentError("--dataset gsm8k needs --data-dir (train.jsonl, test.jsonl)");
-  }
+  KVG_ASSIGN_OR_RETURN(o.prompt_set, PromptSetFromArgs(args));
   KVG_ASSIGN_OR_RETURN(int64_t max_new, args.GetInt("max-new-tokens", 256));
   KVG_ASSIGN_OR_RETURN(int64_t batch, args.GetInt("batch", 16));
   KVG_ASSIGN_OR_RETURN(int64_t threads, args.GetInt("threads", 0));
@@ -86,6 +93,34 @@ absl::Status RunSweepCommand(int argc, char** argv) {
   Progress progress("sweep traces");
   KVG_RETURN_IF_ERROR(research::RunSweep(o, [&](int64_t d, int64_t t) { progress.Update(d, t); }));
   std::cout << "traces written to " << o.out_dir << " (schema: research/pipeline/TRACES.md)\n";
+  return absl::OkStatus();
+}
+
+// `kvguard prefill-risk`: the question attention each compressor's prefill
+// would evict, per prompt and ratio (research/pipeline/prefill_risk.h).
+absl::Status RunPrefillRiskCommand(int argc, char** argv) {
+  CliArgs args;
+  KVG_RETURN_IF_ERROR(args.Parse(
+      argc, argv,
+      {"model", "out", "compressors", "ratios", "compressor-opt", "prompts", "first-prompt",
+       "split", "problem-opt", "threads", "dataset", "data-dir", "shots"},
+      {}));
+  research::PrefillRiskOptions o;
+  KVG_ASSIGN_OR_RETURN(o.model_path, args.Require("model"));
+  KVG_ASSIGN_OR_RETURN(o.out_path, args.Require("out"));
+  if (args.Has("compressors"))
+    o.compressors = absl::StrSplit(args.Get("compressors"), ',', absl::SkipEmpty());
+  if (args.Has("ratios")) {
+    KVG_ASSIGN_OR_RETURN(o.ratios, Doubles(args.Get("ratios")));
+  }
+  o.compressor_options = args.GetAll("compressor-opt");
+  KVG_ASSIGN_OR_RETURN(o.prompt_set, PromptSetFromArgs(args));
+  KVG_ASSIGN_OR_RETURN(int64_t threads, args.GetInt("threads", 0));
+  o.threads = static_cast<int>(threads);
+  Progress progress("prefill-risk prefills");
+  KVG_RETURN_IF_ERROR(
+      research::RunPrefillRisk(o, [&](int64_t d, int64_t t) { progress.Update(d, t); }));
+  std::cout << "written to " << o.out_path << "\n";
   return absl::OkStatus();
 }
 

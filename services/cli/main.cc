@@ -30,6 +30,9 @@ commands:
   sweep     --model DIR --out TRACES [--compressors a,b] [--ratios 0.5,0.75] [--prompts N] [--split S]
             [--problem-opt key=value]... [--max-new-tokens N] [--batch B] [--threads T]
             [--dataset arith|gsm8k] [--data-dir DIR (gsm8k: train.jsonl, test.jsonl)] [--shots 8]
+  prefill-risk --model DIR --out FILE.jsonl [--compressors a,b] [--ratios 0.5,0.75] [--prompts N]
+            [--split S] [--problem-opt key=value]... [--threads T]   (question attention each
+            compressor's prefill evicts, per prompt and ratio: an admission-time risk signal)
   train-predictor --traces TRACES --out DIR [--horizon 32] [--seed S] [--rounds N] [--target-fpr 0.05]
   evaluate  --model DIR --traces TRACES --predictor DIR --out DIR [--live] [--config controller.json]
             [--target-fpr 0.05] [--fpr-scope per-config|pooled] [--concurrency N] [--max-new-tokens N]
@@ -64,6 +67,7 @@ const std::map<std::string, Command> kCommands = {
     {"kept", kvguard::cli::RunKept},
     {"bench-compressors", kvguard::cli::RunBenchCompressors},
     {"sweep", kvguard::cli::RunSweepCommand},
+    {"prefill-risk", kvguard::cli::RunPrefillRiskCommand},
     {"train-predictor", kvguard::cli::RunTrainPredictor},
     {"evaluate", kvguard::cli::RunEvaluate},
     {"frontier", kvguard::cli::RunFrontier},
