@@ -126,55 +126,6 @@ void SequenceKvCache::Append(int64_t layer_index, const at::Tensor& k, const at:
   }
 }
 
-absl::Status SequenceKvCache::Insert(int64_t layer_index, const at::Tensor& k, const at::Tensor& v,
-                                     const std::vector<int32_t>& positions) {
-  Layer& layer = layers_[layer_index];
-  const int64_t n = static_cast<int64_t>(positions.size());
-  if (k.size(1) != n)
-    return absl::InvalidArgumentError("insert: positions and entries differ in count");
-  // Per head, the rows of `positions` it lacks; every head must take as many.
-  std::vector<std::vector<int64_t>> rows(options_.num_kv_heads);
-  for (int64_t h = 0; h < options_.num_kv_heads; ++h) {
-    for (int64_t i = 0; i < n; ++i) {
-      if (!Holds(layer_index, h, positions[i])) rows[h].push_back(i);
-    }
-    if (rows[h].size() != rows[0].size()) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "insert: heads of layer ", layer_index, " lack different numbers of the positions"));
-    }
-  }
-  const int64_t m = static_cast<int64_t>(rows[0].size());
-  if (m == 0) return absl::OkStatus();
-  at::Tensor ks = k, vs = v;
-  if (m != n) {
-    std::vector<int64_t> flat;
-    for (const auto& r : rows) flat.insert(flat.end(), r.begin(), r.end());
-    at::Tensor index =
-        at::tensor(flat, at::kLong).to(k.device()).view({options_.num_kv_heads, m, 1});
-    ks = k.gather(1, index.expand({-1, -1, k.size(2)}));
-    vs = v.gather(1, index.expand({-1, -1, v.size(2)}));
-  }
-  GrowStats(layer, layer.size + m);
-  layer.store->Append(ks.to(options_.dtype), vs.to(options_.dtype));
-  layer.size += m;
-  for (int64_t h = 0; h < options_.num_kv_heads; ++h) {
-    for (int64_t i : rows[h]) layer.positions[h].push_back(positions[i]);
-  }
-  // Retain everything: Retain orders slots by original position.
-  std::vector<int64_t> all(layer.size);
-  std::iota(all.begin(), all.end(), 0);
-  return Retain(layer_index, std::vector<std::vector<int64_t>>(options_.num_kv_heads, all));
-}
-
-bool SequenceKvCache::Holds(int64_t layer, int64_t head, int32_t position) const {
-  const Layer& l = layers_[layer];
-  const auto& retained = l.positions[head];
-  if (std::find(retained.begin(), retained.end(), position) != retained.end()) return true;
-  if (l.approx_positions.empty()) return false;
-  const auto& approx = l.approx_positions[head];
-  return std::find(approx.begin(), approx.end(), position) != approx.end();
-}
-
 std::set<int32_t> SequenceKvCache::WholePositions() const {
   // Count the (layer, head) pairs holding each position: one pass over the
   // slots, since this runs after every compression of a guarded sequence.
@@ -193,46 +144,6 @@ std::set<int32_t> SequenceKvCache::WholePositions() const {
     if (holders[p] == all) out.insert(out.end(), p);
   }
   return out;
-}
-
-std::vector<int32_t> SequenceKvCache::RestorableSet(const std::vector<int32_t>& wanted) const {
-  const int64_t layers = options_.num_layers, heads = options_.num_kv_heads;
-  const std::set<int32_t> whole = WholePositions();
-  std::set<int32_t> out;
-  for (int32_t p : wanted) {
-    if (p >= 0 && p < num_positions() && !whole.count(p)) out.insert(p);
-  }
-  if (out.empty()) return {};
-  // held[l][h]: the positions head h of layer l holds.
-  std::vector<std::vector<std::set<int32_t>>> held(layers, std::vector<std::set<int32_t>>(heads));
-  for (int64_t l = 0; l < layers; ++l) {
-    for (int64_t h = 0; h < heads; ++h) {
-      held[l][h].insert(layers_[l].positions[h].begin(), layers_[l].positions[h].end());
-      if (!layers_[l].approx_positions.empty()) {
-        held[l][h].insert(layers_[l].approx_positions[h].begin(),
-                          layers_[l].approx_positions[h].end());
-      }
-    }
-  }
-  // Widen to a fixpoint: a layer whose heads lack unequal numbers of `out`
-  // takes every position it lacks (then all its heads are whole).
-  for (bool changed = true; changed;) {
-    changed = false;
-    for (int64_t l = 0; l < layers; ++l) {
-      std::vector<int64_t> missing(heads, 0);
-      for (int64_t h = 0; h < heads; ++h) {
-        for (int32_t p : out) missing[h] += !held[l][h].count(p);
-      }
-      if (std::all_of(missing.begin(), missing.end(), [&](int64_t c) { return c == missing[0]; }))
-        continue;
-      for (int64_t h = 0; h < heads; ++h) {
-        for (int32_t p = 0; p < num_positions(); ++p) {
-          if (!held[l][h].count(p) && out.insert(p).second) changed = true;
-        }
-      }
-    }
-  }
-  return {out.begin(), out.end()};
 }
 
 at::Tensor SequenceKvCache::Keys(int64_t layer) const { return layers_[layer].store->Keys(); }

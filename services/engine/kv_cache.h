@@ -131,24 +131,10 @@ class SequenceKvCache {
     return layers_[layer].approx_positions;
   }
 
-  // RECOVERY: puts recomputed entries (k, v: [kv_heads, n, head_dim]) for
-  // `positions` back into each head that lacks them (a head that still holds
-  // a position keeps its own entry), then restores position order. Every head
-  // must end with the same count (FailedPrecondition otherwise): pass a set
-  // closed by RestorableSet().
-  absl::Status Insert(int64_t layer, const at::Tensor& k, const at::Tensor& v,
-                      const std::vector<int32_t>& positions);
-  // Whether head h of `layer` holds `position` (retained or approximated).
-  [[nodiscard]] bool Holds(int64_t layer, int64_t head, int32_t position) const;
-  // Positions every head of every layer holds (retained or approximated:
-  // VECTOR's keys-only pool is never recomputed). A position missing from
-  // any head counts as evicted: that is what RECOVERY can put back.
+  // Positions every head of every layer holds (retained or approximated in
+  // VECTOR's keys-only pool). A position missing from any head counts as
+  // evicted: that is what a RECOVERY rebuild puts back.
   [[nodiscard]] std::set<int32_t> WholePositions() const;
-  // The positions RECOVERY restores for a request: those of `wanted` missing
-  // from some head of some layer, widened so that in every layer each head
-  // lacks equally many of them (a layer's heads hold equal counts): a layer
-  // whose heads would differ contributes every position it lacks. Ascending.
-  [[nodiscard]] std::vector<int32_t> RestorableSet(const std::vector<int32_t>& wanted) const;
 
   // --- attention statistics (filled by the forward pass; see AttentionNeeds) ---
   [[nodiscard]] const LayerAttentionStats& AttentionStats(int64_t layer) const {

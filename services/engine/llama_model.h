@@ -72,16 +72,6 @@ class LlamaModel {
   // statistics or packed/approximated cache entries, ModelOptions::fused_cpu_decode.
   [[nodiscard]] bool DecodesOnCpu(std::span<const ForwardItem> batch) const;
 
-  // Partial restoration: recomputes the keys/values of the positions of
-  // `wanted` that some head lacks (widened by SequenceKvCache::RestorableSet)
-  // from their token ids, attending to the entries at earlier positions, and
-  // inserts them into each layer and head that lacks them. Equal to an
-  // uncompressed run's entries when every head's prefix before them is intact.
-  // Returns how many positions were restored. The server's RECOVERY rebuilds
-  // the whole cache instead (Sequence::Rebuild): on per-head compressed caches
-  // the widened set was nearly every position, at ~4x a fresh prefill's cost.
-  absl::StatusOr<int64_t> Recompute(SequenceKvCache& cache, const std::vector<int32_t>& wanted);
-
   // Options for a cache that fits this model (dtype, device, shape).
   [[nodiscard]] KvCacheOptions CacheOptions(int64_t reserve_slots = 0,
                                             const AttentionNeeds& needs = {}) const;

@@ -96,8 +96,6 @@ struct LlamaModel::Impl {
                              const at::Tensor& v, const std::vector<int64_t>& offsets) const;
   at::Tensor Layer(int64_t l, std::span<ForwardItem> batch, const std::vector<int64_t>& offsets,
                    const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
-  at::Tensor RecomputeAttention(const SequenceKvCache& cache, int64_t l, const Projected& p,
-                                const std::vector<int32_t>& positions) const;
   absl::Status Validate(std::span<ForwardItem> batch) const;
 
   // The CPU decode step as plain loops over preallocated buffers
