@@ -399,17 +399,39 @@ void Scheduler::PublishGauges() {
   }
 }
 
-bool Scheduler::RunStep() {
-  PublishGauges();
+// The runnable sequences (preempted ones wait), counted for Stats().
+std::vector<Scheduler::Active*> Scheduler::RunnableBatch() {
   std::vector<Active*> batch;
   for (auto& a : active_) {
     if (a->runnable()) batch.push_back(a.get());
   }
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    stats_.active = static_cast<int64_t>(batch.size());
-    stats_.preempted = static_cast<int64_t>(active_.size() - batch.size());
+  std::lock_guard<std::mutex> lock(mu_);
+  stats_.active = static_cast<int64_t>(batch.size());
+  stats_.preempted = static_cast<int64_t>(active_.size() - batch.size());
+  return batch;
+}
+
+// Per sequence: sample, compress and stream its row (EmitStep), or end it
+// with its error; the step reports join the batch for the guard.
+void Scheduler::EmitResults(const std::vector<Active*>& batch,
+                            const std::vector<engine::Sequence*>& sequences, const at::Tensor& host,
+                            std::vector<Active*>& stepped) {
+  auto results = engine::AfterForwardAll(sequences, host.data_ptr<float>(), host.size(1));
+  v1::StepBatch reports;
+  for (size_t i = 0; i < batch.size(); ++i) {
+    if (!results[i].ok()) {
+      Complete(*batch[i], results[i].status());
+      continue;
+    }
+    EmitStep(*batch[i], *results[i], host[static_cast<int64_t>(i)].data_ptr<float>(), reports,
+             stepped);
   }
+  for (auto& r : *reports.mutable_reports()) *pending_.add_reports() = std::move(r);
+}
+
+bool Scheduler::RunStep() {
+  PublishGauges();
+  std::vector<Active*> batch = RunnableBatch();
   if (batch.empty()) {
     if (awaiting_ != 0) AwaitOverlapped();  // nothing to overlap with
     return false;
@@ -439,24 +461,14 @@ bool Scheduler::RunStep() {
     awaited = Clock::now() - w;
     DropStaleRows(batch, sequences, host);
   }
-  auto results = engine::AfterForwardAll(sequences, host.data_ptr<float>(), host.size(1));
   std::vector<Active*> stepped;
-  v1::StepBatch reports;
-  for (size_t i = 0; i < batch.size(); ++i) {
-    if (!results[i].ok()) {
-      Complete(*batch[i], results[i].status());
-      continue;
-    }
-    EmitStep(*batch[i], *results[i], host[static_cast<int64_t>(i)].data_ptr<float>(), reports,
-             stepped);
-  }
+  EmitResults(batch, sequences, host, stepped);
   {
     std::lock_guard<std::mutex> lock(mu_);
     ++stats_.steps;
   }
   const auto t1 = Clock::now();
   if (metrics_) metrics_->DecodeStep(Seconds(t1 - t0), static_cast<int64_t>(items.size()));
-  for (auto& r : *reports.mutable_reports()) *pending_.add_reports() = std::move(r);
   if (ExchangeDue(stepped)) {
     const GuardOutcome exchanged = ExchangeGuard(stepped);
     if (exchanged != GuardOutcome::kNone) guard = exchanged;

@@ -12,12 +12,13 @@
 //                    when the pool is short the youngest sequence is
 //                    preempted (its KV leaves the pool, it resumes later)
 //   RunStep()        one batched forward for every runnable sequence
-//                    (prefill rows of new ones, one decode row of the others),
-//                    then per sequence: sample, compress, stream a chunk
-//                    (EmitStep), finish the ones that stopped (Complete)
+//                    (RunnableBatch: prefill rows of new ones, one decode row
+//                    of the others), then per sequence: sample, compress,
+//                    stream a chunk (EmitResults, EmitStep), finish the ones
+//                    that stopped (Complete)
 //   ExchangeGuard()  send the step batch to the guard and apply its
-//                    directives (mode, ratio, protected and recompute
-//                    positions, restart) before the next step; strict (lag 0)
+//                    directives (mode, ratio, protected positions, RECOVERY's
+//                    rebuild, restart) before the next step; strict (lag 0)
 //                    waits for this step's answer, lag 1 applies the previous
 //                    step's so the round trip overlaps the step. Overlapped
 //                    (lag 0, guard_overlap) waits after the next forward
@@ -160,6 +161,10 @@ class Scheduler {
   bool Resume();  // the oldest preempted sequence, when the pool has room
   void ReserveBlocks();
   bool RunStep();
+  std::vector<Active*> RunnableBatch();
+  void EmitResults(const std::vector<Active*>& batch,
+                   const std::vector<engine::Sequence*>& sequences, const at::Tensor& host,
+                   std::vector<Active*>& stepped);
   void EmitStep(Active& a, const engine::StepResult& r, const float* logits, v1::StepBatch& reports,
                 std::vector<Active*>& stepped);
   // --- the KV pool ---
