@@ -14,10 +14,13 @@ namespace kvguard::research {
 // NaN when either class is empty.
 double Auroc(const std::vector<float>& scores, const std::vector<uint8_t>& labels);
 // Smallest threshold whose false-positive rate on the negatives is <= fpr.
-float ThresholdAtFpr(const std::vector<float>& scores, const std::vector<uint8_t>& labels, double fpr);
-double RecallAt(const std::vector<float>& scores, const std::vector<uint8_t>& labels, float threshold);
+float ThresholdAtFpr(const std::vector<float>& scores, const std::vector<uint8_t>& labels,
+                     double fpr);
+double RecallAt(const std::vector<float>& scores, const std::vector<uint8_t>& labels,
+                float threshold);
 // (fpr, tpr) points, at most `points` of them.
-std::vector<std::pair<double, double>> RocCurve(const std::vector<float>& scores, const std::vector<uint8_t>& labels,
+std::vector<std::pair<double, double>> RocCurve(const std::vector<float>& scores,
+                                                const std::vector<uint8_t>& labels,
                                                 int points = 50);
 
 }  // namespace kvguard::research

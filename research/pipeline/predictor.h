@@ -37,7 +37,8 @@ bool PreOnset(const Trace& t, int64_t token);
 
 // Deterministic, stratified by whether the prompt ever fails in `traces`.
 std::map<std::string, PromptSet> SplitPrompts(const std::vector<Trace>& traces, uint64_t seed,
-                                              double val_fraction = 0.2, double test_fraction = 0.2);
+                                              double val_fraction = 0.2,
+                                              double test_fraction = 0.2);
 
 struct PredictorOptions {
   std::string traces_dir;

@@ -1,19 +1,17 @@
 #include "research/pipeline/prefill_risk.h"
 
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
 
 #include <cmath>
 #include <fstream>
 
 #include "absl/strings/str_cat.h"
-#include "common/blas.h"
 #include "common/status_macros.h"
 #include "nlohmann/json.hpp"
+#include "research/pipeline/question_attention.h"
 #include "research/pipeline/sweep.h"
 #include "research/pipeline/traces.h"
-#include "services/engine/checkpoint.h"
 #include "services/engine/sequence.h"
 
 namespace kvguard::research {
@@ -75,16 +73,8 @@ std::vector<double> EvictedQuestionMass(const QuestionAttention& qa,
 
 absl::Status RunPrefillRisk(const PrefillRiskOptions& o,
                             const std::function<void(int64_t, int64_t)>& progress) {
-  if (o.threads > 0) {
-    at::set_num_threads(o.threads);
-    SetBlasThreads(o.threads);
-  }
-  KVG_ASSIGN_OR_RETURN(engine::Checkpoint ckpt, engine::OpenCheckpoint(o.model_path));
-  if (ckpt.tokenizer_path.empty()) {
-    return absl::InvalidArgumentError("prefill-risk needs a model with a tokenizer.json");
-  }
-  KVG_ASSIGN_OR_RETURN(auto tok, engine::Tokenizer::Load(ckpt.tokenizer_path));
-  KVG_ASSIGN_OR_RETURN(auto model, engine::LlamaModel::Load(std::move(ckpt), {}));
+  KVG_ASSIGN_OR_RETURN(TextModel loaded, LoadTextModel(o.model_path, o.threads, "prefill-risk"));
+  auto& [tok, model] = loaded;
   KVG_ASSIGN_OR_RETURN(auto problems, LoadPrompts(o.prompt_set));
   std::ofstream out(o.out_path, std::ios::trunc);
   if (!out) return absl::InvalidArgumentError(absl::StrCat("cannot write ", o.out_path));

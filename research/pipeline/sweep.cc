@@ -167,19 +167,26 @@ absl::StatusOr<std::pair<int64_t, int64_t>> QuestionSpan(const engine::Tokenizer
   return std::make_pair(static_cast<int64_t>(prefix.size()), prompt_tokens);
 }
 
-absl::Status RunSweep(const SweepOptions& o,
-                      const std::function<void(int64_t, int64_t)>& progress) {
-  if (o.threads > 0) {
-    at::set_num_threads(o.threads);
-    SetBlasThreads(o.threads);
+absl::StatusOr<TextModel> LoadTextModel(const std::string& path, int threads,
+                                        const std::string& command) {
+  if (threads > 0) {
+    at::set_num_threads(threads);
+    SetBlasThreads(threads);
   }
-  KVG_ASSIGN_OR_RETURN(engine::Checkpoint ckpt, engine::OpenCheckpoint(o.model_path));
+  KVG_ASSIGN_OR_RETURN(engine::Checkpoint ckpt, engine::OpenCheckpoint(path));
   if (ckpt.tokenizer_path.empty()) {
-    return absl::InvalidArgumentError(
-        "sweep needs a model with a tokenizer.json (it prompts with text problems)");
+    return absl::InvalidArgumentError(absl::StrCat(
+        command, " needs a model with a tokenizer.json (it prompts with text problems)"));
   }
   KVG_ASSIGN_OR_RETURN(auto tok, engine::Tokenizer::Load(ckpt.tokenizer_path));
   KVG_ASSIGN_OR_RETURN(auto model, engine::LlamaModel::Load(std::move(ckpt), {}));
+  return TextModel{std::move(tok), std::move(model)};
+}
+
+absl::Status RunSweep(const SweepOptions& o,
+                      const std::function<void(int64_t, int64_t)>& progress) {
+  KVG_ASSIGN_OR_RETURN(TextModel loaded, LoadTextModel(o.model_path, o.threads, "sweep"));
+  auto& [tok, model] = loaded;
   KVG_ASSIGN_OR_RETURN(auto problems, LoadPrompts(o.prompt_set));
   std::filesystem::create_directories(o.out_dir);
   const std::vector<Config> configs = Configs(o);

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <functional>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -17,7 +18,11 @@
 #include "absl/status/statusor.h"
 #include "research/problems.h"
 #include "research/prompt_set.h"
-#include "services/engine/tokenizer.h"
+
+namespace kvguard::engine {
+class LlamaModel;
+class Tokenizer;
+}  // namespace kvguard::engine
 
 namespace kvguard::research {
 
@@ -32,6 +37,16 @@ struct SweepOptions {
   int batch = 16;
   int threads = 0;  // CPU intra-op threads (0 = libtorch default)
 };
+
+// A checkpoint with its tokenizer (the research passes prompt with text), on
+// `threads` intra-op and BLAS threads (0 = the defaults). `command` names the
+// caller in the error for a checkpoint without a tokenizer.
+struct TextModel {
+  std::unique_ptr<engine::Tokenizer> tokenizer;
+  std::unique_ptr<engine::LlamaModel> model;
+};
+absl::StatusOr<TextModel> LoadTextModel(const std::string& path, int threads,
+                                        const std::string& command);
 
 // Token span of the question (Q2C's span, the prefill risk's queries): from the
 // token where "Question:" starts to the end of the prompt.

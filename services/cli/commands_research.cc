@@ -47,6 +47,19 @@ absl::StatusOr<std::vector<double>> Doubles(const std::string& text) {
   return out;
 }
 
+// The compressor grid flags shared by sweep and prefill-risk (absent flags
+// keep the defaults).
+absl::Status GridFromArgs(const CliArgs& args, std::vector<std::string>& compressors,
+                          std::vector<double>& ratios, std::vector<std::string>& options) {
+  if (args.Has("compressors"))
+    compressors = absl::StrSplit(args.Get("compressors"), ',', absl::SkipEmpty());
+  if (args.Has("ratios")) {
+    KVG_ASSIGN_OR_RETURN(ratios, Doubles(args.Get("ratios")));
+  }
+  options = args.GetAll("compressor-opt");
+  return absl::OkStatus();
+}
+
 // The prompt-set flags shared by sweep and prefill-risk.
 absl::StatusOr<research::PromptSetSpec> PromptSetFromArgs(const CliArgs& args) {
   research::PromptSetSpec ps;
@@ -77,12 +90,7 @@ absl::Status RunSweepCommand(int argc, char** argv) {
   research::SweepOptions o;
   KVG_ASSIGN_OR_RETURN(o.model_path, args.Require("model"));
   KVG_ASSIGN_OR_RETURN(o.out_dir, args.Require("out"));
-  if (args.Has("compressors"))
-    o.compressors = absl::StrSplit(args.Get("compressors"), ',', absl::SkipEmpty());
-  if (args.Has("ratios")) {
-    KVG_ASSIGN_OR_RETURN(o.ratios, Doubles(args.Get("ratios")));
-  }
-  o.compressor_options = args.GetAll("compressor-opt");
+  KVG_RETURN_IF_ERROR(GridFromArgs(args, o.compressors, o.ratios, o.compressor_options));
   KVG_ASSIGN_OR_RETURN(o.prompt_set, PromptSetFromArgs(args));
   KVG_ASSIGN_OR_RETURN(int64_t max_new, args.GetInt("max-new-tokens", 256));
   KVG_ASSIGN_OR_RETURN(int64_t batch, args.GetInt("batch", 16));
@@ -108,12 +116,7 @@ absl::Status RunPrefillRiskCommand(int argc, char** argv) {
   research::PrefillRiskOptions o;
   KVG_ASSIGN_OR_RETURN(o.model_path, args.Require("model"));
   KVG_ASSIGN_OR_RETURN(o.out_path, args.Require("out"));
-  if (args.Has("compressors"))
-    o.compressors = absl::StrSplit(args.Get("compressors"), ',', absl::SkipEmpty());
-  if (args.Has("ratios")) {
-    KVG_ASSIGN_OR_RETURN(o.ratios, Doubles(args.Get("ratios")));
-  }
-  o.compressor_options = args.GetAll("compressor-opt");
+  KVG_RETURN_IF_ERROR(GridFromArgs(args, o.compressors, o.ratios, o.compressor_options));
   KVG_ASSIGN_OR_RETURN(o.prompt_set, PromptSetFromArgs(args));
   KVG_ASSIGN_OR_RETURN(int64_t threads, args.GetInt("threads", 0));
   o.threads = static_cast<int>(threads);

@@ -1,13 +1,12 @@
-// The prefill risk signal (research/pipeline/prefill_risk.h): the question's
+// The prefill risk signal (research/pipeline/question_attention.h): the question's
 // attention over the uncompressed prompt, and the share of it on positions a
 // compressed prefill dropped, checked against a direct sum.
-#include "research/pipeline/prefill_risk.h"
-
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
 #include <set>
 
+#include "research/pipeline/question_attention.h"
 #include "services/engine/checkpoint.h"
 #include "services/engine/sequence.h"
 #include "tests/unit/engine/test_util.h"
