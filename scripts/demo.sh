@@ -12,18 +12,14 @@ LOG=$(mktemp -d)
 cleanup() { kill "${SERVER_PID:-}" "${GUARD_PID:-}" 2>/dev/null || true; wait 2>/dev/null || true; }
 trap cleanup EXIT
 
-GUARD_ARGS=(--listen 127.0.0.1:0 --metrics_listen 127.0.0.1:0 --model models/hazard/hazard.json
-  --config models/hazard/controller.json)
-"$BIN/kvguard-guard" "${GUARD_ARGS[@]}" >"$LOG/guard.log" 2>&1 &
-GUARD_PID=$!
-for _ in $(seq 100); do grep -q "listening on" "$LOG/guard.log" && break; sleep 0.1; done
-GUARD_ADDR=$(grep -o 'listening on [0-9.]*:[0-9]*' "$LOG/guard.log" | head -1 | awk '{print $3}')
+source scripts/lib/guard.sh
+start_guard "$LOG/guard.log" --metrics_listen 127.0.0.1:0
+GUARD_ADDR=$GUARD
 
 "$BIN/kvguard-server" --model "$MODEL" --listen 127.0.0.1:0 --metrics_listen "" --guard "$GUARD_ADDR" \
   >"$LOG/server.log" 2>&1 &
 SERVER_PID=$!
-for _ in $(seq 300); do grep -q "listening on" "$LOG/server.log" && break; sleep 0.1; done
-SERVER_ADDR=$(grep -o 'listening on [0-9.]*:[0-9]*' "$LOG/server.log" | head -1 | awk '{print $3}')
+SERVER_ADDR=$(listen_address "$LOG/server.log" 300)
 echo "== kvguard-server on $SERVER_ADDR (model $MODEL), kvguard-guard on $GUARD_ADDR =="
 
 # Held-out problems of the model's own task (the options in its training.json), each once with

@@ -19,6 +19,7 @@ TIMINGS=(
   "overlapped_every4:--guard_overlap=true --guard_interval=4"
   "lag1_every4:--guard_lag=1 --guard_interval=4"
 )
+source scripts/lib/guard.sh
 GUARD_PID=
 cleanup() { [[ -n "$GUARD_PID" ]] && kill "$GUARD_PID" 2>/dev/null; wait 2>/dev/null || true; }
 trap cleanup EXIT
@@ -29,11 +30,7 @@ for timing in "${TIMINGS[@]}"; do
   read -r -a flags <<<"${timing#*:}"
   dir=$OUT/$name
   mkdir -p "$dir"
-  "$BIN/kvguard-guard" --listen 127.0.0.1:0 --metrics_listen "" --model models/hazard/hazard.json \
-    --config models/hazard/controller.json >"$dir/guard.log" 2>&1 &
-  GUARD_PID=$!
-  for _ in $(seq 100); do grep -q "listening on" "$dir/guard.log" && break; sleep 0.1; done
-  GUARD=$(grep -o 'listening on [0-9.]*:[0-9]*' "$dir/guard.log" | head -1 | awk '{print $3}')
+  start_guard "$dir/guard.log"
   "$BIN/kvguard-bench-capacity" --model models/arith-fewshot --guard "$GUARD" --ratios 0.875 \
     --requests "$REQUESTS" --repeats 1 --noburst --out "$dir" "${flags[@]}" "$@" >"$dir/bench.log" 2>&1
   # The guard process's CPU seconds (utime + stime) over the run.
