@@ -10,12 +10,7 @@ it from the problem text, so it bounds what a signal of "facts evicted" could te
 import argparse
 import json
 
-
-def auroc(pos, neg):
-    if not pos or not neg:
-        return float("nan")
-    return sum(1.0 if a > b else 0.5 if a == b else 0.0 for a in pos for b in neg) / (
-        len(pos) * len(neg))
+from signal_auroc import auroc
 
 
 def main():

@@ -10,7 +10,16 @@ import gzip
 import json
 
 
+def read_prefill_risk(path):
+    """(prompt, compressor, ratio) -> the `kvguard prefill-risk` line (plain or .gz)."""
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rt") as f:
+        return {(r["prompt_id"], r["compressor"], round(r["ratio"], 6)): r
+                for r in map(json.loads, f)}
+
+
 def auroc(pos, neg):
+    """P(a positive's score > a negative's), ties counting half; nan when a side is empty."""
     if not pos or not neg:
         return float("nan")
     wins = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p in pos for n in neg)
@@ -22,13 +31,8 @@ def main():
     ap.add_argument("--scores", required=True)
     ap.add_argument("--records", required=True, help="static records (kvguard frontier)")
     a = ap.parse_args()
-    opener = gzip.open if a.scores.endswith(".gz") else open
-    scores = {}
-    with opener(a.scores, "rt") as f:
-        for line in f:
-            r = json.loads(line)
-            scores[(r["prompt_id"], r["compressor"], round(r["ratio"], 6))] = (
-                [r["evicted_question_attention"]] + r["per_layer"])
+    scores = {k: [r["evicted_question_attention"]] + r["per_layer"]
+              for k, r in read_prefill_risk(a.scores).items()}
     cells = {}
     for line in open(a.records):
         r = json.loads(line)

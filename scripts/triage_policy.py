@@ -33,6 +33,8 @@ import json
 import os
 import sys
 
+from signal_auroc import read_prefill_risk
+
 
 def load_evicted_attention(traces_dir):
     """(prompt, compressor, ratio) -> the trace's prefill_evicted_attention."""
@@ -49,12 +51,7 @@ def load_evicted_attention(traces_dir):
 
 def load_question_scores(path):
     """(prompt, compressor, ratio) -> evicted question attention (`kvguard prefill-risk`)."""
-    scores = {}
-    for line in open(path):
-        r = json.loads(line)
-        scores[(r["prompt_id"], r["compressor"], round(r["ratio"], 6))] = (
-            r["evicted_question_attention"])
-    return scores
+    return {k: r["evicted_question_attention"] for k, r in read_prefill_risk(path).items()}
 
 
 def load_probe_scores(traces_dir, probe):
