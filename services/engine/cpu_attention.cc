@@ -3,7 +3,6 @@
 #include <omp.h>
 
 #include <algorithm>
-#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -39,24 +38,6 @@ WeightMatrix HeadRows(const void* base, OutputType type, const KvSpan& span, int
           .cols = head_dim};
 }
 
-// exp(x) for the softmax, in plain arithmetic so the loops below vectorize
-// (std::exp stays a scalar call): Cephes' expf, ~1 ulp like the Sleef exp
-// libtorch's softmax uses. x <= 0 here (scores minus their peak).
-inline float SoftmaxExp(float x) {
-  x = x < -87.0f ? -87.0f : x;
-  constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
-  const float n = (x * 1.44269504088896341f + kRound) - kRound;
-  const float r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  return p * std::bit_cast<float>((static_cast<int32_t>(n) + 127) << 23);
-}
-
 // row[t] = exp(row[t] - peak) for t < count; returns their sum. One clone per
 // vector width, chosen at load time (ifunc), as the MatVec kernels are.
 __attribute__((target_clones("avx512f", "avx2", "default"))) float ExpShifted(float* row,
@@ -65,7 +46,7 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) float ExpShifted(fl
   float sum = 0;
 #pragma omp simd reduction(+ : sum)
   for (int64_t t = 0; t < count; ++t) {
-    row[t] = SoftmaxExp(row[t] - peak);
+    row[t] = simd::Exp(row[t] - peak);
     sum += row[t];
   }
   return sum;

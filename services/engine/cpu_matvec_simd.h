@@ -8,6 +8,7 @@
 // with more activation rows the same weight row is reused from L1.
 #pragma once
 
+#include <bit>
 #include <cstdint>
 #include <cstring>
 
@@ -36,6 +37,32 @@ inline uint16_t RoundToBf16(float value) {
   if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);  // NaN
   u += 0x7fffu + ((u >> 16) & 1u);
   return static_cast<uint16_t>(u >> 16);
+}
+
+// exp(x) in plain arithmetic, so that loops over it vectorize (std::exp stays a
+// scalar call): Cephes' expf, ~1 ulp like the Sleef exp libtorch's ops use.
+// Below -87 it returns exp(-87); from ~88.4 on, +inf.
+inline float Exp(float x) {
+  x = x < -87.0f ? -87.0f : (x > 89.0f ? 89.0f : x);
+  constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+  const float n = (x * 1.44269504088896341f + kRound) - kRound;
+  const float r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  return p * std::bit_cast<float>((static_cast<int32_t>(n) + 127) << 23);
+}
+
+// ToFloat(RoundToBf16(value)) without a branch, for loops that vectorize.
+inline float RoundThroughBf16(float value) {
+  const auto u = std::bit_cast<uint32_t>(value);
+  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+  const uint32_t quiet_nan = (u & 0xffff0000u) | 0x400000u;
+  return std::bit_cast<float>((u & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded);
 }
 
 inline float Load(const void* p, OutputType type, int64_t index) {
