@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <cstring>
 
 #include "absl/strings/str_cat.h"
 #include "common/check.h"
@@ -11,6 +12,24 @@ namespace kvguard::engine {
 namespace {
 
 int64_t ElementBytes(at::ScalarType t) { return static_cast<int64_t>(c10::elementSize(t)); }
+
+// dst[:, first : first + n] = src ([kv_heads, n, head_dim]). On CPU a memcpy
+// per head: a decode step appends one token to every layer, and narrow() +
+// copy_() cost ~9 us of op dispatch per layer on a 0.5B model (~1% of a step).
+void CopyRows(const at::Tensor& dst, int64_t first, const at::Tensor& src) {
+  const int64_t n = src.size(1);
+  if (!dst.device().is_cpu() || !src.device().is_cpu() || !dst.is_contiguous() ||
+      !src.is_contiguous() || src.scalar_type() != dst.scalar_type()) {
+    dst.narrow(1, first, n).copy_(src);
+    return;
+  }
+  const int64_t row = dst.size(2) * ElementBytes(dst.scalar_type());
+  const int64_t heads = dst.size(0), capacity = dst.size(1);
+  auto* out = static_cast<char*>(dst.data_ptr());
+  const auto* in = static_cast<const char*>(src.data_ptr());
+  for (int64_t h = 0; h < heads; ++h)
+    std::memcpy(out + (h * capacity + first) * row, in + h * n * row, n * row);
+}
 
 class DenseLayerStore final : public LayerStore {
  public:
@@ -21,8 +40,8 @@ class DenseLayerStore final : public LayerStore {
   void Append(const at::Tensor& k, const at::Tensor& v) override {
     const int64_t n = k.size(1);
     Grow(size_ + n);
-    keys_.narrow(1, size_, n).copy_(k);
-    values_.narrow(1, size_, n).copy_(v);
+    CopyRows(keys_, size_, k);
+    CopyRows(values_, size_, v);
     size_ += n;
   }
   at::Tensor Keys() const override { return View(keys_); }
@@ -276,8 +295,8 @@ class PagedLayerStore final : public LayerStore {
     std::vector<int64_t> rows;
     const int64_t first = Rows(from, n, rows);
     if (first >= 0) {
-      arena_->keys.narrow(1, first, n).copy_(k);
-      arena_->values.narrow(1, first, n).copy_(v);
+      CopyRows(arena_->keys, first, k);
+      CopyRows(arena_->values, first, v);
       return;
     }
     at::Tensor index = at::tensor(rows, at::kLong).to(arena_->keys.device());
