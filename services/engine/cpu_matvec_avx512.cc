@@ -6,6 +6,8 @@
 // once inlined at -O3 (GCC bug 105593); nothing in this file is uninitialized.
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include "services/engine/cpu_matvec_avx512.h"
+
 #include <immintrin.h>
 
 #include "services/engine/cpu_matvec_simd.h"
@@ -36,10 +38,43 @@ struct Avx512 {
   static float Sum(Reg v) { return _mm512_reduce_add_ps(v); }
 };
 
+// Output rows [begin, end) for rows of cols <= kShortRowColumns, cols % 16 == 0: each group
+// of 16 weight rows meets each activation row once, one accumulator per weight row.
+template <class W>
+void ShortRows(const WeightMatrix& m, const float* x, int64_t n, void* y, OutputType out,
+               const void* residual, int64_t begin, int64_t end) {
+  const W* w = static_cast<const W*>(m.data);
+  const int64_t cols = m.cols;
+  int64_t o = begin;
+  for (; o + 16 <= end; o += 16) {
+    for (int64_t r = 0; r < n; ++r) {
+      __m512 acc[16];
+      for (auto& a : acc) a = _mm512_setzero_ps();
+      for (int64_t i = 0; i < cols; i += 16) {
+        const __m512 xv = _mm512_loadu_ps(x + r * cols + i);
+        for (int k = 0; k < 16; ++k)
+          acc[k] = _mm512_fmadd_ps(Avx512::Load(w + (o + k) * cols + i), xv, acc[k]);
+      }
+      avx512::StoreSixteen(m, avx512::Reduce16(acc), r, o, y, out, residual);
+    }
+  }
+  if (o < end) simd::MatVecRangeAny<Avx512>(m, x, n, y, out, residual, o, end);
+}
+
 }  // namespace
 
 void MatVecRangeAvx512(const WeightMatrix& m, const float* x, int64_t n, void* y, OutputType out,
                        const void* residual, int64_t begin, int64_t end) {
+  if (m.cols % 16 == 0 && m.cols <= avx512::kShortRowColumns && end - begin >= 16) {
+    switch (m.type) {
+      case WeightType::kF32:
+        return ShortRows<float>(m, x, n, y, out, residual, begin, end);
+      case WeightType::kBF16:
+        return ShortRows<uint16_t>(m, x, n, y, out, residual, begin, end);
+      case WeightType::kInt8:
+        return ShortRows<int8_t>(m, x, n, y, out, residual, begin, end);
+    }
+  }
   simd::MatVecRangeAny<Avx512>(m, x, n, y, out, residual, begin, end);
 }
 

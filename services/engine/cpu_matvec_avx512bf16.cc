@@ -9,6 +9,7 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 
+#include "services/engine/cpu_matvec_avx512.h"
 #include "services/engine/cpu_matvec_simd.h"
 
 namespace kvguard::engine::cpu {
@@ -46,10 +47,36 @@ inline void Row(const uint16_t* w, int64_t cols, const uint16_t* x, float (&sums
   }
 }
 
+// As cpu_matvec_avx512.cc's ShortRows, on vdpbf16ps (cols % 32 == 0).
+void ShortRows(const WeightMatrix& m, const uint16_t* x, int64_t n, void* y, OutputType out,
+               const void* residual, int64_t begin, int64_t end) {
+  const uint16_t* w = static_cast<const uint16_t*>(m.data);
+  const int64_t cols = m.cols;
+  for (int64_t o = begin; o < end; o += 16) {
+    for (int64_t r = 0; r < n; ++r) {
+      __m512 acc[16];
+      for (auto& a : acc) a = _mm512_setzero_ps();
+      for (int64_t i = 0; i < cols; i += 32) {
+        const __m512bh xv = (__m512bh)_mm512_loadu_si512(x + r * cols + i);
+        for (int k = 0; k < 16; ++k) {
+          acc[k] =
+              _mm512_dpbf16_ps(acc[k], (__m512bh)_mm512_loadu_si512(w + (o + k) * cols + i), xv);
+        }
+      }
+      avx512::StoreSixteen(m, avx512::Reduce16(acc), r, o, y, out, residual);
+    }
+  }
+}
+
 }  // namespace
 
 void MatVecRangeAvx512Bf16(const WeightMatrix& m, const uint16_t* x, int64_t n, void* y,
                            OutputType out, const void* residual, int64_t begin, int64_t end) {
+  if (m.cols % 32 == 0 && m.cols <= avx512::kShortRowColumns && end - begin >= 16) {
+    const int64_t whole = begin + (end - begin) / 16 * 16;
+    ShortRows(m, x, n, y, out, residual, begin, whole);
+    begin = whole;
+  }
   const uint16_t* w = static_cast<const uint16_t*>(m.data);
   const int64_t cols = m.cols;
   float sums[4];

@@ -203,6 +203,8 @@ void VecMatRows(const W* w, int64_t rows, int64_t cols, const float* x, float* y
   constexpr int kL = V::kLanes;
   int64_t c = 0;
   for (; c + 4 * kL <= cols; c += 4 * kL) VecMatColumns<V, W, kR, 4>(w, rows, cols, c, x, y);
+  // Two registers at once, so a 32-wide head (AVX-512) reads its values in one pass.
+  for (; c + 2 * kL <= cols; c += 2 * kL) VecMatColumns<V, W, kR, 2>(w, rows, cols, c, x, y);
   for (; c + kL <= cols; c += kL) VecMatColumns<V, W, kR, 1>(w, rows, cols, c, x, y);
   for (; c < cols; ++c) {
     for (int r = 0; r < kR; ++r) {

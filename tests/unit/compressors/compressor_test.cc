@@ -285,18 +285,19 @@ double DistinctFourGrams(const std::vector<int32_t>& ids) {
 }
 
 // A real pretrained model under heavy compression: the greedy story diverges
-// from the uncompressed one and collapses into repetition (measured: distinct
-// 4-grams 0.89 uncompressed, 0.02 with TOVA / KeyDiff at ratio 0.9, 0.57 with
-// Knorm; with the decode MatVec's summation order instead of BLAS sgemm's the
-// greedy stories move: 0.93 uncompressed, 0.70 Knorm, so the bound is 0.8).
+// from the uncompressed one and collapses into repetition. Knorm is the milder
+// method, so it runs at 0.95: at 0.9 its distinct 4-grams sat near the bound
+// and moved with the decode kernels' summation order (0.57, 0.70, 0.77 of a
+// 0.89-0.93 uncompressed story over three kernel changes); at 0.95 they are
+// 0.39 of 0.93, TOVA's at 0.9 are 0.02.
 TEST(GenerationTest, HeavyCompressionDegradesStories260K) {
   auto eng = engine::Engine::Load(testing::ModelsPath("stories260K/stories260K.bin"), {});
   ASSERT_TRUE(eng.ok());
   auto plain = (*eng)->Generate(Greedy({1}, 200));
   ASSERT_TRUE(plain.ok());
-  for (const std::string name : {"tova", "knorm"}) {
+  for (const auto& [name, ratio] : {std::pair<std::string, double>{"tova", 0.9}, {"knorm", 0.95}}) {
     auto req = Greedy({1}, 200);
-    req.compression = {.compressor = name, .ratio = 0.9};
+    req.compression = {.compressor = name, .ratio = ratio};
     auto out = (*eng)->Generate(req);
     ASSERT_TRUE(out.ok()) << out.status();
     size_t diverge = 0;

@@ -65,8 +65,8 @@ TEST(CpuMatVecTest, EveryIsaMatchesTheReference) {
   const std::vector<std::string> isas = SupportedMatVecIsas();
   ASSERT_FALSE(isas.empty());
   for (WeightType type : {WeightType::kF32, WeightType::kBF16, WeightType::kInt8}) {
-    for (int64_t cols : {1, 7, 8, 15, 16, 17, 64, 172, 257}) {
-      for (int64_t rows : {1, 3, 4, 5, 13}) {
+    for (int64_t cols : {1, 7, 8, 15, 16, 17, 32, 64, 128, 172, 257}) {
+      for (int64_t rows : {1, 3, 4, 5, 13, 16, 37}) {
         for (int64_t n : {1, 2, 3, 4, 5, 8, 16}) {
           Problem p = Make(type, rows, cols, n, /*with_bias=*/(cols + rows) % 2 == 0,
                            static_cast<uint32_t>(cols * 131 + rows * 7 + n));
@@ -104,7 +104,7 @@ TEST(CpuMatVecTest, NarrowMatricesThroughTheDispatcherMatchTheReference) {
 // odd widths (lane tails), any number of rows, accumulating into y.
 TEST(CpuMatVecTest, VecMatOnEveryIsaMatchesTheReference) {
   for (WeightType type : {WeightType::kF32, WeightType::kBF16, WeightType::kInt8}) {
-    for (int64_t cols : {1, 7, 8, 16, 17, 64, 72}) {
+    for (int64_t cols : {1, 7, 8, 16, 17, 32, 48, 64, 72}) {
       for (int64_t rows : {1, 5, 33, 200}) {
         for (int64_t n : {1, 2, 4, 5, 7}) {
           Problem p =
