@@ -52,6 +52,47 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) float ExpShifted(fl
   return sum;
 }
 
+// The peak of row[0, count), for the softmax's shift.
+__attribute__((target_clones("avx512f", "avx2", "default"))) float Peak(const float* row,
+                                                                        int64_t count) {
+  float peak = -std::numeric_limits<float>::infinity();
+#pragma omp simd reduction(max : peak)
+  for (int64_t t = 0; t < count; ++t) peak = std::max(peak, row[t]);
+  return peak;
+}
+
+// out[s] = round(round(dot[s]) * scale) in the activation type: the bmm's rounding, then mul_'s.
+__attribute__((target_clones("avx512f", "avx2", "default"))) void ScaleScores(
+    const float* dot, int64_t count, float scale, bool bf16, float* out) {
+  if (bf16) {
+#pragma omp simd
+    for (int64_t s = 0; s < count; ++s)
+      out[s] = simd::RoundThroughBf16(simd::RoundThroughBf16(dot[s]) * scale);
+  } else {
+#pragma omp simd
+    for (int64_t s = 0; s < count; ++s) out[s] = dot[s] * scale;
+  }
+}
+
+// row[t] = round(row[t] * inv) in the activation type; `kept` (optional) gets the unrounded
+// probabilities.
+__attribute__((target_clones("avx512f", "avx2", "default"))) void Normalise(float* row,
+                                                                            int64_t count,
+                                                                            float inv, bool bf16,
+                                                                            float* kept) {
+  if (kept != nullptr) {
+#pragma omp simd
+    for (int64_t t = 0; t < count; ++t) kept[t] = row[t] * inv;
+  }
+  if (bf16) {
+#pragma omp simd
+    for (int64_t t = 0; t < count; ++t) row[t] = simd::RoundThroughBf16(row[t] * inv);
+  } else {
+#pragma omp simd
+    for (int64_t t = 0; t < count; ++t) row[t] *= inv;
+  }
+}
+
 // Query heads [g * group, (g + 1) * group) against kv head g.
 void AttendKvHead(const void* q, OutputType type, const AttentionShape& shape,
                   std::span<const KvSpan> spans, int64_t total, int64_t g, float* out,
@@ -71,9 +112,8 @@ void AttendKvHead(const void* q, OutputType type, const AttentionShape& shape,
       const int64_t n = std::min(kMaxMatVecRows, group - r0);
       MatVec(keys, qf + r0 * hd, n, part, OutputType::kF32, 1);
       for (int64_t r = 0; r < n; ++r) {
-        float* row = scores + (r0 + r) * total + column;
-        for (int64_t s = 0; s < span.slots; ++s)
-          row[s] = Round(Round(part[r * span.slots + s], type) * scale, type);
+        ScaleScores(part + r * span.slots, span.slots, scale, type == OutputType::kBF16,
+                    scores + (r0 + r) * total + column);
       }
     }
     column += span.slots;
@@ -82,16 +122,9 @@ void AttendKvHead(const void* q, OutputType type, const AttentionShape& shape,
   // Softmax in f32 (as softmax(..., kFloat)), probabilities rounded to `type`.
   for (int64_t r = 0; r < group; ++r) {
     float* row = scores + r * total;
-    float peak = -std::numeric_limits<float>::infinity();
-    for (int64_t t = 0; t < total; ++t) peak = std::max(peak, row[t]);
-    const float sum = ExpShifted(row, total, peak);
-    const float inv = 1.0f / sum;
-    float* kept = probs == nullptr ? nullptr : probs + (g * group + r) * total;
-    for (int64_t t = 0; t < total; ++t) {
-      const float p = row[t] * inv;
-      if (kept != nullptr) kept[t] = p;
-      row[t] = Round(p, type);
-    }
+    const float sum = ExpShifted(row, total, Peak(row, total));
+    Normalise(row, total, 1.0f / sum, type == OutputType::kBF16,
+              probs == nullptr ? nullptr : probs + (g * group + r) * total);
   }
 
   // out_r = sum_t p[r][t] v_t, accumulated in f32 over the spans, then rounded.

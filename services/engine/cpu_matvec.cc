@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <bit>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -114,17 +115,32 @@ T* ThreadBuffer(int64_t count) {
   return reinterpret_cast<T*>((address + 63) & ~uintptr_t{63});
 }
 
-// bf16 weights multiply bf16 activations (as a bf16 GEMM does): x rounded.
+// bf16 weights multiply bf16 activations (as a bf16 GEMM does): x rounded, in
+// loops that vectorize (every MatVec and attention step converts its input).
+__attribute__((target_clones("avx512f", "avx2", "default"))) void RoundBf16Bits(const float* x,
+                                                                                int64_t count,
+                                                                                uint16_t* out) {
+#pragma omp simd
+  for (int64_t i = 0; i < count; ++i)
+    out[i] = static_cast<uint16_t>(std::bit_cast<uint32_t>(simd::RoundThroughBf16(x[i])) >> 16);
+}
+
+__attribute__((target_clones("avx512f", "avx2", "default"))) void RoundBf16Floats(const float* x,
+                                                                                  int64_t count,
+                                                                                  float* out) {
+#pragma omp simd
+  for (int64_t i = 0; i < count; ++i) out[i] = simd::RoundThroughBf16(x[i]);
+}
+
 const uint16_t* RoundedToBf16(const float* x, int64_t count) {
   uint16_t* xb = ThreadBuffer<uint16_t>(count);
-  for (int64_t i = 0; i < count; ++i) xb[i] = simd::RoundToBf16(x[i]);
+  RoundBf16Bits(x, count, xb);
   return xb;
 }
 
 const float* RoundedThroughBf16(const float* x, int64_t count) {
-  const uint16_t* xb = RoundedToBf16(x, count);
   float* xf = ThreadBuffer<float>(count);
-  for (int64_t i = 0; i < count; ++i) xf[i] = simd::ToFloat(xb[i]);
+  RoundBf16Floats(x, count, xf);
   return xf;
 }
 
