@@ -27,7 +27,7 @@ struct Linear {
   at::Tensor bias_f32;       // the bias for MatVec
   at::Tensor q8, scales;     // int8 weights: [out, in] int8 and [out] f32 per-row scales
   cpu::WeightMatrix matvec;  // views of weight or q8 (CPU f32/bf16/int8 only)
-  int64_t matvec_rows = 0;   // inputs of up to this many rows take MatVec
+  int64_t matvec_rows = 0;   // inputs of up to this many rows take MatVec (16 a call)
 };
 
 struct LayerWeights {
