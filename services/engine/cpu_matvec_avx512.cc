@@ -47,7 +47,35 @@ void ShortRows(const WeightMatrix& m, const float* x, int64_t n, void* y, Output
   const int64_t cols = m.cols;
   int64_t o = begin;
   for (; o + 16 <= end; o += 16) {
-    for (int64_t r = 0; r < n; ++r) {
+    int64_t r = 0;
+    // Four activation rows at a time: 4 x 4 blocks of (activation, weight) rows load 8
+    // registers per 16 products where one activation row against 16 weight rows loads 17 (a
+    // prefill's many rows were bound by those loads).
+    for (; r + 4 <= n; r += 4) {
+      for (int64_t b = 0; b < 16; b += 4) {
+        __m512 acc[16];
+        for (auto& a : acc) a = _mm512_setzero_ps();
+        for (int64_t i = 0; i < cols; i += 16) {
+          __m512 wv[4];
+          for (int k = 0; k < 4; ++k) wv[k] = Avx512::Load(w + (o + b + k) * cols + i);
+          for (int a = 0; a < 4; ++a) {
+            const __m512 xv = _mm512_loadu_ps(x + (r + a) * cols + i);
+            for (int k = 0; k < 4; ++k) acc[a * 4 + k] = _mm512_fmadd_ps(wv[k], xv, acc[a * 4 + k]);
+          }
+        }
+        alignas(64) float sums[16];
+        _mm512_store_ps(sums, avx512::Reduce16(acc));
+        for (int a = 0; a < 4; ++a) {
+          for (int k = 0; k < 4; ++k) {
+            const int64_t row = o + b + k;
+            const float scale = m.scales != nullptr ? m.scales[row] : 1.0f;
+            const float bias = m.bias != nullptr ? m.bias[row] : 0.0f;
+            simd::Store(y, out, (r + a) * m.rows + row, sums[a * 4 + k] * scale + bias, residual);
+          }
+        }
+      }
+    }
+    for (; r < n; ++r) {
       __m512 acc[16];
       for (auto& a : acc) a = _mm512_setzero_ps();
       for (int64_t i = 0; i < cols; i += 16) {
