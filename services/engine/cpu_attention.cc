@@ -57,7 +57,7 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) float Peak(const fl
                                                                         int64_t count) {
   float peak = -std::numeric_limits<float>::infinity();
 #pragma omp simd reduction(max : peak)
-  for (int64_t t = 0; t < count; ++t) peak = std::max(peak, row[t]);
+  for (int64_t t = 0; t < count; ++t) peak = row[t] > peak ? row[t] : peak;
   return peak;
 }
 
@@ -91,6 +91,15 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void Normalise(floa
 #pragma omp simd
     for (int64_t t = 0; t < count; ++t) row[t] *= inv;
   }
+}
+
+// sums[t] += row[t] * scale.
+__attribute__((target_clones("avx512f", "avx2", "default"))) void AddScaled(const float* row,
+                                                                            int64_t count,
+                                                                            float scale,
+                                                                            float* sums) {
+#pragma omp simd
+  for (int64_t t = 0; t < count; ++t) sums[t] += row[t] * scale;
 }
 
 // Query heads [g * group, (g + 1) * group) against kv head g.
@@ -180,30 +189,15 @@ void AttendPrefillBlock(const void* q, OutputType type, const AttentionShape& sh
   }
   std::fill(scores, scores + rows * visible, 0.0f);
   VecMat({.type = WeightType::kF32, .data = kt, .rows = hd, .cols = visible}, qf, rows, scores);
-  for (int64_t r = 0; r < rows; ++r) {
-    float* row = scores + r * visible;
-    if (type == OutputType::kF32) {
-      for (int64_t t = 0; t < visible; ++t) row[t] *= scale;
-    } else {
-      for (int64_t t = 0; t < visible; ++t) row[t] = Round(Round(row[t], type) * scale, type);
-    }
-  }
+  const bool bf16 = type == OutputType::kBF16;
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t i = i0 + r / group, sees = total - n + i + 1;
     float* row = scores + r * visible;
-    float peak = -std::numeric_limits<float>::infinity();
-    for (int64_t t = 0; t < sees; ++t) peak = std::max(peak, row[t]);
-    const float sum = ExpShifted(row, sees, peak);
-    const float inv = 1.0f / sum;
-    float* acc = prob_sums == nullptr ? nullptr : prob_sums + (g * group + r % group) * total;
-    if (acc != nullptr) {
-      for (int64_t t = 0; t < sees; ++t) acc[t] += row[t] * inv;
-    }
-    if (type == OutputType::kF32) {
-      for (int64_t t = 0; t < sees; ++t) row[t] *= inv;
-    } else {
-      for (int64_t t = 0; t < sees; ++t) row[t] = Round(row[t] * inv, type);
-    }
+    ScaleScores(row, sees, scale, bf16, row);
+    const float inv = 1.0f / ExpShifted(row, sees, Peak(row, sees));
+    if (prob_sums != nullptr)
+      AddScaled(row, sees, inv, prob_sums + (g * group + r % group) * total);
+    Normalise(row, sees, inv, bf16, nullptr);
     std::fill(row + sees, row + visible, 0.0f);  // causal: later entries get no weight
   }
   float* acc = ThreadFloats(3, rows * hd);
