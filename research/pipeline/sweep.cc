@@ -95,6 +95,8 @@ absl::Status RunConfig(engine::LlamaModel& model, const engine::Tokenizer& tok,
       engine::GenerateRequest req;
       KVG_ASSIGN_OR_RETURN(req.prompt_ids, tok.Encode(r->problem->prompt));
       req.max_new_tokens = o.max_new_tokens;
+      req.sampling.repetition_penalty = o.repetition_penalty;
+      req.sampling.no_repeat_ngram = o.no_repeat_ngram;
       req.stop_strings = o.prompt_set.StopStrings();
       if (c.compressor != "none") {
         req.compression = {.compressor = c.compressor, .options = c.options, .ratio = c.ratio};
@@ -195,6 +197,8 @@ absl::Status RunSweep(const SweepOptions& o,
       {"prompt_set", ToJson(o.prompt_set)},
       {"compressor_options", o.compressor_options},
       {"max_new_tokens", o.max_new_tokens},
+      {"repetition_penalty", o.repetition_penalty},
+      {"no_repeat_ngram", o.no_repeat_ngram},
       {"num_features", guard::kNumFeatures},
       {"feature_names",
        std::vector<std::string>(guard::kFeatureNames.begin(), guard::kFeatureNames.end())}};

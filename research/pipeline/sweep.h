@@ -34,6 +34,9 @@ struct SweepOptions {
   std::vector<std::string> compressor_options;  // "name:key=value" applied to that compressor
   PromptSetSpec prompt_set;  // which prompts: arith problems or GSM8K (recorded in the manifest)
   int max_new_tokens = 256;
+  // Decode-time loop breakers for every request (the cheap baselines the guard is judged against).
+  double repetition_penalty = 1.0;
+  int no_repeat_ngram = 0;
   int batch = 16;
   int threads = 0;  // CPU intra-op threads (0 = libtorch default)
 };

@@ -70,6 +70,8 @@ absl::StatusOr<engine::GenerateRequest> RequestFrom(const CliArgs& args, const E
   req.sampling.top_k = static_cast<int32_t>(std::clamp<int64_t>(top_k, -1, 1 << 30));
   KVG_ASSIGN_OR_RETURN(req.sampling.top_p, args.GetDouble("top-p", 1.0));
   KVG_ASSIGN_OR_RETURN(req.sampling.repetition_penalty, args.GetDouble("repetition-penalty", 1.0));
+  KVG_ASSIGN_OR_RETURN(int64_t no_repeat, args.GetInt("no-repeat-ngram", 0));
+  req.sampling.no_repeat_ngram = static_cast<int32_t>(std::clamp<int64_t>(no_repeat, -1, 1 << 20));
   KVG_ASSIGN_OR_RETURN(int64_t seed, args.GetInt("seed", 0));
   req.sampling.seed = static_cast<uint64_t>(seed);
   KVG_ASSIGN_OR_RETURN(int64_t logprobs, args.GetInt("logprobs", 0));
@@ -164,7 +166,8 @@ absl::Status RunGenerate(int argc, char** argv) {
                                   "stop",           "stop-id",        "logprobs",
                                   "device",         "dtype",          "weights",
                                   "threads",        "compressor",     "ratio",
-                                  "compressor-opt", "compress-every", "plugin"},
+                                  "compressor-opt", "compress-every", "plugin",
+                                  "no-repeat-ngram"},
                                  {"ignore-eos", "json"}));
   for (const std::string& path : args.GetAll("plugin")) {
     KVG_RETURN_IF_ERROR(compress::LoadCompressorPlugin(path, compress::Registry::Global()));

@@ -2,6 +2,7 @@
 // model), each with progress and a written report.
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -19,6 +20,7 @@
 #include "services/cli/cli_args.h"
 #include "services/cli/commands.h"
 #include "services/cli/progress.h"
+#include "services/engine/sampler.h"
 
 namespace kvguard::cli {
 
@@ -85,7 +87,7 @@ absl::Status RunSweepCommand(int argc, char** argv) {
       args.Parse(argc, argv,
                  {"model", "out", "compressors", "ratios", "compressor-opt", "prompts",
                   "first-prompt", "split", "problem-opt", "max-new-tokens", "batch", "threads",
-                  "dataset", "data-dir", "shots"},
+                  "dataset", "data-dir", "shots", "repetition-penalty", "no-repeat-ngram"},
                  {}));
   research::SweepOptions o;
   KVG_ASSIGN_OR_RETURN(o.model_path, args.Require("model"));
@@ -96,6 +98,11 @@ absl::Status RunSweepCommand(int argc, char** argv) {
   KVG_ASSIGN_OR_RETURN(int64_t batch, args.GetInt("batch", 16));
   KVG_ASSIGN_OR_RETURN(int64_t threads, args.GetInt("threads", 0));
   o.max_new_tokens = static_cast<int>(max_new);
+  KVG_ASSIGN_OR_RETURN(o.repetition_penalty, args.GetDouble("repetition-penalty", 1.0));
+  KVG_ASSIGN_OR_RETURN(int64_t no_repeat, args.GetInt("no-repeat-ngram", 0));
+  o.no_repeat_ngram = static_cast<int>(std::clamp<int64_t>(no_repeat, -1, 1 << 20));
+  KVG_RETURN_IF_ERROR(engine::ValidateSamplingParams(
+      {.repetition_penalty = o.repetition_penalty, .no_repeat_ngram = o.no_repeat_ngram}));
   o.batch = static_cast<int>(batch);
   o.threads = static_cast<int>(threads);
   Progress progress("sweep traces");

@@ -19,6 +19,7 @@ commands:
             (auto, the default everywhere: the checkpoint's stored dtype; bf16 stays bf16)
   generate  --model PATH (--prompt TEXT | --ids 1,2,3) --max-new-tokens N
             [--temperature T] [--top-k K] [--top-p P] [--seed S] [--repetition-penalty R]
+            [--no-repeat-ngram N] (N >= 2: no n-gram of the generated text twice)
             [--stop STR]... [--stop-id ID]... [--ignore-eos] [--logprobs K]
             [--device D] [--dtype T] [--weights native|int8] [--threads N] [--json]
             [--compressor NAME --ratio R [--compressor-opt key=value]... [--compress-every N]]
@@ -30,6 +31,7 @@ commands:
   sweep     --model DIR --out TRACES [--compressors a,b] [--ratios 0.5,0.75] [--prompts N] [--split S]
             [--problem-opt key=value]... [--max-new-tokens N] [--batch B] [--threads T]
             [--dataset arith|gsm8k] [--data-dir DIR (gsm8k: train.jsonl, test.jsonl)] [--shots 8]
+            [--repetition-penalty R] [--no-repeat-ngram N]   (decode-time baselines, every trace)
   prefill-risk --model DIR --out FILE.jsonl [--compressors a,b] [--ratios 0.5,0.75] [--prompts N]
             [--split S] [--problem-opt key=value]... [--threads T]   (question attention each
             compressor's prefill evicts, per prompt and ratio: an admission-time risk signal)

@@ -26,6 +26,20 @@ Distribution Normalizer(const std::vector<float>& logits) {
 
 }  // namespace
 
+void Sampler::BanRepeatedNgrams(std::span<const int32_t> generated, std::vector<float>& l) const {
+  const size_t n = static_cast<size_t>(params_.no_repeat_ngram);
+  if (n < 2 || generated.size() < n) return;
+  // The last n - 1 tokens, followed by any token that followed them before, would repeat an n-gram.
+  const auto tail = generated.last(n - 1);
+  for (size_t i = 0; i + n <= generated.size(); ++i) {
+    const int32_t next = generated[i + n - 1];
+    if (next >= 0 && next < static_cast<int32_t>(l.size()) &&
+        std::equal(tail.begin(), tail.end(), generated.begin() + static_cast<ptrdiff_t>(i))) {
+      l[next] = -std::numeric_limits<float>::infinity();
+    }
+  }
+}
+
 absl::Status ValidateSamplingParams(const SamplingParams& p) {
   if (!(p.temperature >= 0) || !std::isfinite(p.temperature)) {
     return absl::InvalidArgumentError("temperature must be a finite number >= 0");
@@ -35,13 +49,17 @@ absl::Status ValidateSamplingParams(const SamplingParams& p) {
   if (!(p.repetition_penalty > 0) || !std::isfinite(p.repetition_penalty)) {
     return absl::InvalidArgumentError("repetition_penalty must be a finite number > 0");
   }
+  if (p.no_repeat_ngram < 0 || p.no_repeat_ngram == 1) {
+    return absl::InvalidArgumentError("no_repeat_ngram must be 0 (off) or >= 2");
+  }
   if (p.logprobs < 0 || p.logprobs > 100) {
     return absl::InvalidArgumentError("logprobs must be in [0, 100]");
   }
   return absl::OkStatus();
 }
 
-SampledToken Sampler::Sample(std::span<const float> logits, std::span<const int32_t> history) {
+SampledToken Sampler::Sample(std::span<const float> logits, std::span<const int32_t> history,
+                             size_t generated_from) {
   scratch_.assign(logits.begin(), logits.end());
   std::vector<float>& l = scratch_;
   const int32_t vocab = static_cast<int32_t>(l.size());
@@ -52,6 +70,7 @@ SampledToken Sampler::Sample(std::span<const float> logits, std::span<const int3
       if (id >= 0 && id < vocab) l[id] = l[id] > 0 ? l[id] / p : l[id] * p;
     }
   }
+  BanRepeatedNgrams(history.subspan(std::min(generated_from, history.size())), l);
   const Distribution dist = Normalizer(l);
   auto logprob = [&](int32_t id) {
     return static_cast<float>(static_cast<double>(l[id] - dist.max_logit) - dist.log_sum_exp);

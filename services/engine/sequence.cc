@@ -183,7 +183,8 @@ absl::StatusOr<StepResult> Sequence::AfterForward(const float* logits_row) {
     KVG_RETURN_IF_ERROR(Compress(r.evicted_positions, r.evicted_attention));
   }
   const int64_t vocab = model_.config().vocab_size;
-  SampledToken token = sampler_->Sample(std::span<const float>(logits_row, vocab), history_);
+  SampledToken token = sampler_->Sample(std::span<const float>(logits_row, vocab), history_,
+                                        request_.prompt_ids.size());
   r.report_top = token.top_logprobs;
   if (static_cast<int32_t>(token.top_logprobs.size()) > request_.sampling.logprobs) {
     token.top_logprobs.resize(request_.sampling.logprobs);

@@ -36,6 +36,28 @@ TEST(SamplerTest, RepetitionPenaltyFollowsHfRule) {
   EXPECT_EQ(s.Sample(std::vector<float>{2.0f, 1.0f, -1.0f}, std::vector<int32_t>{0}).id, 1);
 }
 
+// Generated "1 2 1": a 2-gram rule bans 2 after the trailing 1 (it would repeat "1 2"); the
+// prompt's n-grams are not banned, and 0 turns the rule off.
+TEST(SamplerTest, NoRepeatNgramBansWhatWouldRepeatAGeneratedNgram) {
+  const std::vector<float> logits{0.0f, 1.0f, 5.0f, 4.0f};  // argmax 2, then 3
+  const std::vector<int32_t> history{1, 2, /*generated:*/ 1, 2, 1};
+  EXPECT_EQ(Sampler({.no_repeat_ngram = 2}).Sample(logits, history, 2).id, 3);
+  EXPECT_EQ(Sampler({.no_repeat_ngram = 3}).Sample(logits, history, 2).id, 2);  // "2 1 2" is new
+  // Generated "1 2 3 1 2": 3 would repeat "1 2 3"; the next best is 2.
+  EXPECT_EQ(
+      Sampler({.no_repeat_ngram = 3})
+          .Sample(std::vector<float>{0.0f, 1.0f, 4.0f, 5.0f}, std::vector<int32_t>{1, 2, 3, 1, 2})
+          .id,
+      2);
+  EXPECT_EQ(Sampler({.no_repeat_ngram = 4}).Sample(logits, history, 2).id, 2);  // too short
+  EXPECT_EQ(Sampler({.no_repeat_ngram = 2}).Sample(logits, history, 4).id, 2);  // "1" only
+  EXPECT_EQ(Sampler({}).Sample(logits, history, 2).id, 2);
+  SampledToken t = Sampler({.no_repeat_ngram = 2}).Sample(logits, history, 2);
+  EXPECT_TRUE(std::isfinite(t.entropy) && std::isfinite(t.logprob));
+  EXPECT_FALSE(ValidateSamplingParams({.no_repeat_ngram = 1}).ok());
+  EXPECT_FALSE(ValidateSamplingParams({.no_repeat_ngram = -2}).ok());
+}
+
 TEST(SamplerTest, SeedReproducibleAndTopKRestricts) {
   std::vector<float> logits = {1, 1, 1, 1, 1, 1, 1, 1};
   auto draw = [&](uint64_t seed, int top_k) {
@@ -63,7 +85,8 @@ TEST(SamplerTest, TopPKeepsSmallestNucleus) {
 }
 
 TEST(SamplerTest, ValidationNamesTheField) {
-  EXPECT_NE(ValidateSamplingParams({.temperature = -1}).message().find("temperature"), std::string::npos);
+  EXPECT_NE(ValidateSamplingParams({.temperature = -1}).message().find("temperature"),
+            std::string::npos);
   EXPECT_NE(ValidateSamplingParams({.top_p = 0}).message().find("top_p"), std::string::npos);
   EXPECT_NE(ValidateSamplingParams({.top_k = -2}).message().find("top_k"), std::string::npos);
   EXPECT_NE(ValidateSamplingParams({.repetition_penalty = 0}).message().find("repetition_penalty"),
