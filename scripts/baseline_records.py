@@ -7,24 +7,37 @@ A baseline's sweep (`kvguard sweep ... --repetition-penalty R` or `--no-repeat-n
 static records per prompt (`kvguard frontier --traces B --prompts val|test`). This script renames
 their arms from static@RATIO to LABEL@RATIO so that `kvguard frontier --traces HULL --records ...`
 scores them against the plain static hull of the same prompts, like a guard policy. With --pick it
-instead reads several baselines' validation frontier reports and names, per compressor and ratio,
-the setting with the largest CFR gap (the tuning step: the test records are scored once).
+instead reads a validation frontier report of several settings and prints each setting's mean CFR
+gap (the tuning step; the test records are then scored once, for the chosen settings).
 
-  scripts/baseline_records.py --label ng16 --records B/val/records.jsonl --out DIR/ng16_val.jsonl
+  kvguard frontier --traces B --prompts all --out B_ALL      # the baseline's records, every prompt
+  scripts/baseline_records.py --label ng16 --records B_ALL/records.jsonl \
+      --like HULL_VAL/records.jsonl --out DIR/ng16_val.jsonl  # on the hull's validation prompts
   scripts/baseline_records.py --pick DIR/val_frontier.json
+  scripts/baseline_records.py --versus LIVE/records.jsonl.gz --records DIR/ng16_test.jsonl,...
 """
 import argparse
+import gzip
 import json
 import sys
 
+from paired_bootstrap import mean_ci
 
-def rename(label, path, out):
+
+def rename(label, path, out, like=None):
+    # The prompts of the hull's records (`like`): the split is drawn from each sweep's own traces,
+    # so a baseline sweep's val/test sets can differ from the hull's by a prompt or two.
+    keep = None
+    if like:
+        keep = {json.loads(line)["prompt_id"] for line in open(like)}
     n = 0
     with open(path) as f, open(out, "w") as w:
         for line in f:
             r = json.loads(line)
             if not r["arm"].startswith("static@"):
                 continue  # "none": the hull has its own
+            if keep is not None and r["prompt_id"] not in keep:
+                continue
             r["arm"] = label + "@" + r["arm"][len("static@"):]
             w.write(json.dumps(r, sort_keys=True) + "\n")
             n += 1
@@ -32,16 +45,46 @@ def rename(label, path, out):
 
 
 def pick(path):
-    guard = json.load(open(path))["guard"]
-    best = {}
-    for r in guard:
-        label, ratio = r["arm"].rsplit("@", 1)
-        key = (r["compressor"], ratio, label.rstrip("0123456789."))
-        gap = r["cfr_gap"][0]  # point estimate; [1], [2] are the interval
-        if key not in best or gap > best[key][1]:
-            best[key] = (r["arm"], gap)
-    for (comp, ratio, kind), (arm, gap) in sorted(best.items()):
-        print(f"{comp:14s} {ratio:7s} {kind:5s} best on validation: {arm} (CFR gap {gap:+.3f})")
+    """Per baseline setting: its mean CFR gap over the arms inside the static range."""
+    gaps = {}
+    for r in json.load(open(path))["guard"]:
+        label = r["arm"].rsplit("@", 1)[0]
+        if r["cfr_gap"][0] is not None:
+            gaps.setdefault(label, []).append(r["cfr_gap"][0])
+    for label, g in sorted(gaps.items()):
+        print(f"{label:10s} mean CFR gap {sum(g) / len(g):+.3f} over {len(g)} arms inside the static range")
+
+
+def versus(guard_path, baseline_paths, guard_arm):
+    """Guard minus baseline, prompt by prompt, at the same compressor and requested ratio."""
+    opener = gzip.open if guard_path.endswith(".gz") else open
+    guard = {}
+    for line in opener(guard_path, "rt"):
+        r = json.loads(line)
+        label, _, ratio = r["arm"].partition("@")
+        if label == guard_arm:
+            guard[(r["compressor"], ratio, r["prompt_id"])] = r
+    print("| compressor | ratio | baseline | prompts | guard CFR | baseline CFR | CFR guard - baseline [95% CI] "
+          "| guard accuracy | baseline accuracy | accuracy guard - baseline [95% CI] |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for path in baseline_paths:
+        pairs = {}
+        for line in (gzip.open if path.endswith(".gz") else open)(path, "rt"):
+            b = json.loads(line)
+            label, _, ratio = b["arm"].partition("@")
+            if not ratio or label == "static":
+                continue
+            g = guard.get((b["compressor"], ratio, b["prompt_id"]))
+            if g is not None:
+                pairs.setdefault((b["compressor"], ratio, label), []).append((g, b))
+        for (comp, ratio, label), ps in sorted(pairs.items()):
+            cells = []
+            for key in ("catastrophic", "correct"):
+                gm = sum(g[key] for g, _ in ps) / len(ps)
+                bm = sum(b[key] for _, b in ps) / len(ps)
+                d, lo, hi = mean_ci([float(g[key]) - float(b[key]) for g, b in ps], seed=0)
+                cells.append(f"{gm:.3f} | {bm:.3f} | {d:+.3f} [{lo:+.3f}, {hi:+.3f}]")
+            print(f"| {comp} | {ratio} | {label} | {len(ps)} | {cells[0]} | {cells[1]} |")
 
 
 def main():
@@ -49,12 +92,18 @@ def main():
     p.add_argument("--label")
     p.add_argument("--records")
     p.add_argument("--out")
+    p.add_argument("--like", help="keep the prompts of these records (the hull's val or test set)")
     p.add_argument("--pick")
+    p.add_argument("--versus", help="a live guard evaluation's records (.jsonl or .gz): compare "
+                   "its --guard-arm with the baseline records given as --records, prompt by prompt")
+    p.add_argument("--guard-arm", default="guarded")
     a = p.parse_args()
     if a.pick:
         pick(a.pick)
+    elif a.versus and a.records:
+        versus(a.versus, a.records.split(","), a.guard_arm)
     elif a.label and a.records and a.out:
-        rename(a.label, a.records, a.out)
+        rename(a.label, a.records, a.out, a.like)
     else:
         p.error("give --label, --records and --out, or --pick")
 
