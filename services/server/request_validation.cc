@@ -66,11 +66,14 @@ absl::Status Sampling(const v1::GenerateRequest& in, engine::SamplingParams& s) 
       !(p.repetition_penalty().value() > 0 && std::isfinite(p.repetition_penalty().value()))) {
     return Bad("sampling.repetition_penalty", "must be > 0");
   }
+  if (p.no_repeat_ngram() == 1 || p.no_repeat_ngram() > 1024)
+    return Bad("sampling.no_repeat_ngram", "must be 0 (off) or in [2, 1024]");
   if (in.logprobs() > 20) return Bad("logprobs", "at most 20");
   s.temperature = p.temperature();
   s.top_k = p.top_k();
   s.top_p = p.has_top_p() ? p.top_p().value() : 1.0;
   s.repetition_penalty = p.has_repetition_penalty() ? p.repetition_penalty().value() : 1.0;
+  s.no_repeat_ngram = static_cast<int32_t>(p.no_repeat_ngram());
   s.seed = p.has_seed() ? p.seed().value() : 0;
   s.logprobs = static_cast<int32_t>(in.logprobs());
   return absl::OkStatus();

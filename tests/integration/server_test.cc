@@ -5,6 +5,7 @@
 
 #include <future>
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "services/client/generation_client.h"
 #include "tests/integration/process.h"
@@ -121,6 +122,37 @@ TEST_F(ServerTest, SameIdsAsTheCliWithTheSameSeed) {
   }
 }
 
+// The server applies no-repeat n-gram blocking as the CLI does: the same ids, and no generated
+// bigram twice (greedy, the tiny random model repeats 8 bigrams in 200 tokens without it).
+TEST_F(ServerTest, NoRepeatNgramMatchesTheCliAndNeverRepeats) {
+  GenerationClient c(server_->address);
+  auto plain = c.Generate(Request("Tom has 3 apples.", 200));
+  auto request = Request("Tom has 3 apples.", 200);
+  request.mutable_sampling()->set_no_repeat_ngram(2);
+  auto blocked = c.Generate(request);
+  ASSERT_TRUE(plain.ok() && blocked.ok());
+  auto repeated_bigrams = [](const std::vector<int32_t>& ids) {
+    std::set<std::pair<int32_t, int32_t>> seen;
+    size_t repeats = 0;
+    for (size_t i = 0; i + 1 < ids.size(); ++i)
+      repeats += !seen.insert({ids[i], ids[i + 1]}).second;
+    return repeats;
+  };
+  EXPECT_GT(repeated_bigrams(plain->token_ids), 0u);
+  EXPECT_EQ(repeated_bigrams(blocked->token_ids), 0u);
+  const std::string cmd = std::string(KVG_BIN_DIR) + "/kvguard generate --model " +
+                          testing::DataPath("models/tiny-qwen2") +
+                          " --prompt 'Tom has 3 apples.' --max-new-tokens 200 --ignore-eos"
+                          " --no-repeat-ngram 2 --json";
+  FILE* p = popen(cmd.c_str(), "r");
+  std::string out;
+  char buf[4096];
+  for (size_t k; (k = fread(buf, 1, sizeof(buf), p)) > 0;) out.append(buf, k);
+  pclose(p);
+  EXPECT_EQ(blocked->token_ids,
+            nlohmann::json::parse(out)["output_ids"].get<std::vector<int32_t>>());
+}
+
 TEST_F(ServerTest, SixteenConcurrentStreamsAreIndependent) {
   GenerationClient c(server_->address);
   std::vector<v1::GenerateRequest> reqs;
@@ -185,6 +217,7 @@ TEST_F(ServerTest, BadRequestsNameTheFieldAndTheServerKeepsServing) {
       {[](auto& r) { r.mutable_sampling()->mutable_top_p()->set_value(1.5f); }, "sampling.top_p"},
       {[](auto& r) { r.mutable_sampling()->mutable_repetition_penalty()->set_value(-1); },
        "sampling.repetition_penalty"},
+      {[](auto& r) { r.mutable_sampling()->set_no_repeat_ngram(1); }, "sampling.no_repeat_ngram"},
       {[](auto& r) { r.set_logprobs(50); }, "logprobs"},
       {[](auto& r) { r.mutable_compression()->set_compressor("nope"); },
        "unknown compressor 'nope'"},
