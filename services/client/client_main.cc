@@ -2,6 +2,7 @@
 //
 //   build/bin/kvguard-client --server 127.0.0.1:50051 --prompt "Tom has 3 apples." --max_new_tokens
 //   32
+#include <algorithm>
 #include <iostream>
 #include <nlohmann/json.hpp>
 
@@ -23,6 +24,8 @@ ABSL_FLAG(double, temperature, 0.0, "0 = greedy");
 ABSL_FLAG(int, top_k, 0, "0 = off");
 ABSL_FLAG(double, top_p, 1.0, "nucleus mass");
 ABSL_FLAG(int64_t, seed, 0, "sampling seed");
+ABSL_FLAG(double, repetition_penalty, 1.0, "HF repetition penalty (1 = off)");
+ABSL_FLAG(int, no_repeat_ngram, 0, "0 = off; N >= 2: no N-gram of the generated text twice");
 ABSL_FLAG(bool, ignore_eos, false, "keep generating past EOS");
 ABSL_FLAG(std::string, compressor, "", "compressor name (empty = server default)");
 ABSL_FLAG(double, ratio, -1, "compression ratio (negative = server default)");
@@ -100,6 +103,13 @@ int main(int argc, char** argv) {
       static_cast<float>(absl::GetFlag(FLAGS_top_p)));
   req.mutable_sampling()->mutable_seed()->set_value(
       static_cast<uint64_t>(absl::GetFlag(FLAGS_seed)));
+  if (absl::GetFlag(FLAGS_repetition_penalty) != 1.0) {
+    req.mutable_sampling()->mutable_repetition_penalty()->set_value(
+        static_cast<float>(absl::GetFlag(FLAGS_repetition_penalty)));
+  }
+  // Negative values reach the server as an out-of-range number, which it refuses by name.
+  req.mutable_sampling()->set_no_repeat_ngram(
+      static_cast<uint32_t>(std::max(absl::GetFlag(FLAGS_no_repeat_ngram), -1)));
   req.mutable_compression()->set_compressor(absl::GetFlag(FLAGS_compressor));
   if (absl::GetFlag(FLAGS_ratio) >= 0)
     req.mutable_compression()->mutable_ratio()->set_value(absl::GetFlag(FLAGS_ratio));
