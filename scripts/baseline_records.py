@@ -24,7 +24,7 @@ import sys
 from paired_bootstrap import mean_ci
 
 
-def rename(label, path, out, like=None):
+def rename(label, path, out, like=None, from_arm="static"):
     # The prompts of the hull's records (`like`): the split is drawn from each sweep's own traces,
     # so a baseline sweep's val/test sets can differ from the hull's by a prompt or two.
     keep = None
@@ -34,11 +34,11 @@ def rename(label, path, out, like=None):
     with open(path) as f, open(out, "w") as w:
         for line in f:
             r = json.loads(line)
-            if not r["arm"].startswith("static@"):
+            if not r["arm"].startswith(from_arm + "@"):
                 continue  # "none": the hull has its own
             if keep is not None and r["prompt_id"] not in keep:
                 continue
-            r["arm"] = label + "@" + r["arm"][len("static@"):]
+            r["arm"] = label + "@" + r["arm"][len(from_arm) + 1:]
             w.write(json.dumps(r, sort_keys=True) + "\n")
             n += 1
     print(f"{n} records -> {out}")
@@ -93,6 +93,8 @@ def main():
     p.add_argument("--records")
     p.add_argument("--out")
     p.add_argument("--like", help="keep the prompts of these records (the hull's val or test set)")
+    p.add_argument("--from-arm", default="static",
+                   help="the arm to rename (guarded: a live evaluation of the baseline's sweep)")
     p.add_argument("--pick")
     p.add_argument("--versus", help="a live guard evaluation's records (.jsonl or .gz): compare "
                    "its --guard-arm with the baseline records given as --records, prompt by prompt")
@@ -103,7 +105,7 @@ def main():
     elif a.versus and a.records:
         versus(a.versus, a.records.split(","), a.guard_arm)
     elif a.label and a.records and a.out:
-        rename(a.label, a.records, a.out, a.like)
+        rename(a.label, a.records, a.out, a.like, a.from_arm)
     else:
         p.error("give --label, --records and --out, or --pick")
 

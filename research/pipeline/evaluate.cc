@@ -180,6 +180,10 @@ v1::GenerateRequest LiveRequest(const EvaluateOptions& o, const Problem& p, cons
   v1::GenerateRequest r;
   r.set_text(p.prompt);
   r.mutable_stopping()->set_max_new_tokens(o.max_new_tokens);
+  if (o.repetition_penalty != 1.0)
+    r.mutable_sampling()->mutable_repetition_penalty()->set_value(
+        static_cast<float>(o.repetition_penalty));
+  r.mutable_sampling()->set_no_repeat_ngram(static_cast<uint32_t>(o.no_repeat_ngram));
   for (const std::string& stop : stop_strings) r.mutable_stopping()->add_stop(stop);
   r.mutable_compression()->set_compressor(key.first);
   for (const std::string& kv : CompressorOptionsFor(key.first, compressor_options)) {
@@ -380,7 +384,10 @@ absl::Status RunLiveOnTestPrompts(const EvaluateOptions& o, const nlohmann::json
     if (test_prompts.count(p.id)) held_out.push_back(std::move(p));
   }
   const auto compressor_options = manifest.value("compressor_options", std::vector<std::string>{});
-  return RunLive(o, held_out, spec.StopStrings(), compressor_options, configs, c.path,
+  EvaluateOptions as_swept = o;
+  as_swept.repetition_penalty = manifest.value("repetition_penalty", 1.0);
+  as_swept.no_repeat_ngram = manifest.value("no_repeat_ngram", 0);
+  return RunLive(as_swept, held_out, spec.StopStrings(), compressor_options, configs, c.path,
                  c.no_recovery_path, live, progress);
 }
 

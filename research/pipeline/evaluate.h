@@ -34,6 +34,10 @@ struct EvaluateOptions {
   std::string bin_dir;  // kvguard-server / kvguard-guard
   int concurrency = 8;
   int max_new_tokens = 256;
+  // Decode-time loop breakers of every live request; the live run takes them from the sweep's
+  // manifest, so it decodes as the traces it was tuned on were decoded.
+  double repetition_penalty = 1.0;
+  int no_repeat_ngram = 0;
   double target_fpr = 0.05;
   // Where the FPR bound must hold when tuning: in every (compressor, ratio)
   // configuration with >= 10 clean validation traces (default), or pooled
