@@ -17,10 +17,10 @@ gap (the tuning step; the test records are then scored once, for the chosen sett
   scripts/baseline_records.py --versus LIVE/records.jsonl.gz --records DIR/ng16_test.jsonl,...
 """
 import argparse
-import gzip
 import json
 import sys
 
+from compare_live_records import load
 from paired_bootstrap import mean_ci
 
 
@@ -57,26 +57,19 @@ def pick(path):
 
 def versus(guard_path, baseline_paths, guard_arm):
     """Guard minus baseline, prompt by prompt, at the same compressor and requested ratio."""
-    opener = gzip.open if guard_path.endswith(".gz") else open
-    guard = {}
-    for line in opener(guard_path, "rt"):
-        r = json.loads(line)
-        label, _, ratio = r["arm"].partition("@")
-        if label == guard_arm:
-            guard[(r["compressor"], ratio, r["prompt_id"])] = r
+    guard = {(comp, arm.partition("@")[2], prompt): r
+             for (comp, arm, prompt), r in load(guard_path).items()
+             if arm.partition("@")[0] == guard_arm}
     print("| compressor | ratio | baseline | prompts | guard CFR | baseline CFR | CFR guard - baseline [95% CI] "
           "| guard accuracy | baseline accuracy | accuracy guard - baseline [95% CI] |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for path in baseline_paths:
         pairs = {}
-        for line in (gzip.open if path.endswith(".gz") else open)(path, "rt"):
-            b = json.loads(line)
-            label, _, ratio = b["arm"].partition("@")
-            if not ratio or label == "static":
-                continue
-            g = guard.get((b["compressor"], ratio, b["prompt_id"]))
-            if g is not None:
-                pairs.setdefault((b["compressor"], ratio, label), []).append((g, b))
+        for (comp, arm, prompt), b in load(path).items():
+            label, _, ratio = arm.partition("@")
+            g = guard.get((comp, ratio, prompt))
+            if ratio and label != "static" and g is not None:
+                pairs.setdefault((comp, ratio, label), []).append((g, b))
         for (comp, ratio, label), ps in sorted(pairs.items()):
             cells = []
             for key in ("catastrophic", "correct"):

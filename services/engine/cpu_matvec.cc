@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <bit>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -121,8 +120,7 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void RoundBf16Bits(
                                                                                 int64_t count,
                                                                                 uint16_t* out) {
 #pragma omp simd
-  for (int64_t i = 0; i < count; ++i)
-    out[i] = static_cast<uint16_t>(std::bit_cast<uint32_t>(simd::RoundThroughBf16(x[i])) >> 16);
+  for (int64_t i = 0; i < count; ++i) out[i] = simd::RoundToBf16(x[i]);
 }
 
 __attribute__((target_clones("avx512f", "avx2", "default"))) void RoundBf16Floats(const float* x,

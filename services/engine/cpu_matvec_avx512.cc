@@ -66,12 +66,8 @@ void ShortRows(const WeightMatrix& m, const float* x, int64_t n, void* y, Output
         alignas(64) float sums[16];
         _mm512_store_ps(sums, avx512::Reduce16(acc));
         for (int a = 0; a < 4; ++a) {
-          for (int k = 0; k < 4; ++k) {
-            const int64_t row = o + b + k;
-            const float scale = m.scales != nullptr ? m.scales[row] : 1.0f;
-            const float bias = m.bias != nullptr ? m.bias[row] : 0.0f;
-            simd::Store(y, out, (r + a) * m.rows + row, sums[a * 4 + k] * scale + bias, residual);
-          }
+          for (int k = 0; k < 4; ++k)
+            avx512::StoreDot(m, sums[a * 4 + k], r + a, o + b + k, y, out, residual);
         }
       }
     }

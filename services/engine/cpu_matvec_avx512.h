@@ -41,17 +41,21 @@ inline __m512 Reduce16(const __m512 (&v)[16]) {
                        _mm512_shuffle_f32x4(z[0], z[1], 0xdd));
 }
 
-// Stores 16 dot products of output rows [o, o + 16) for activation row r as MatVec's
-// contract says (row scales for int8, bias, residual, output type).
+// Stores the dot product of output row o with activation row r as MatVec's contract says (row
+// scales for int8, bias, residual, output type).
+inline void StoreDot(const WeightMatrix& m, float dot, int64_t r, int64_t o, void* y,
+                     OutputType out, const void* residual) {
+  const float scale = m.scales != nullptr ? m.scales[o] : 1.0f;
+  const float bias = m.bias != nullptr ? m.bias[o] : 0.0f;
+  simd::Store(y, out, r * m.rows + o, dot * scale + bias, residual);
+}
+
+// StoreDot for output rows [o, o + 16) of activation row r.
 inline void StoreSixteen(const WeightMatrix& m, __m512 sums, int64_t r, int64_t o, void* y,
                          OutputType out, const void* residual) {
   alignas(64) float s[16];
   _mm512_store_ps(s, sums);
-  for (int k = 0; k < 16; ++k) {
-    const float scale = m.scales != nullptr ? m.scales[o + k] : 1.0f;
-    const float bias = m.bias != nullptr ? m.bias[o + k] : 0.0f;
-    simd::Store(y, out, r * m.rows + o + k, s[k] * scale + bias, residual);
-  }
+  for (int k = 0; k < 16; ++k) StoreDot(m, s[k], r, o + k, y, out, residual);
 }
 
 }  // namespace kvguard::engine::cpu::avx512

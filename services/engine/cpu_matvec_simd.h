@@ -31,12 +31,18 @@ inline float ToFloat(uint16_t w) {
   return f;
 }
 
+// value rounded to the nearest bf16 (ties to even; NaN stays a quiet NaN), kept as an f32. No
+// branch, so loops over it vectorize.
+inline float RoundThroughBf16(float value) {
+  const auto u = std::bit_cast<uint32_t>(value);
+  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+  const uint32_t quiet_nan = (u & 0xffff0000u) | 0x400000u;
+  return std::bit_cast<float>((u & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded);
+}
+
+// The same rounding, as the bf16 bits.
 inline uint16_t RoundToBf16(float value) {
-  uint32_t u;
-  std::memcpy(&u, &value, sizeof u);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);  // NaN
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return static_cast<uint16_t>(u >> 16);
+  return static_cast<uint16_t>(std::bit_cast<uint32_t>(RoundThroughBf16(value)) >> 16);
 }
 
 // exp(x) in plain arithmetic, so that loops over it vectorize (std::exp stays a
@@ -57,14 +63,6 @@ inline float Exp(float x) {
   return p * std::bit_cast<float>((static_cast<int32_t>(n) + 127) << 23);
 }
 
-// ToFloat(RoundToBf16(value)) without a branch, for loops that vectorize.
-inline float RoundThroughBf16(float value) {
-  const auto u = std::bit_cast<uint32_t>(value);
-  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
-  const uint32_t quiet_nan = (u & 0xffff0000u) | 0x400000u;
-  return std::bit_cast<float>((u & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded);
-}
-
 inline float Load(const void* p, OutputType type, int64_t index) {
   return type == OutputType::kF32 ? static_cast<const float*>(p)[index]
                                   : ToFloat(static_cast<const uint16_t*>(p)[index]);
@@ -72,7 +70,7 @@ inline float Load(const void* p, OutputType type, int64_t index) {
 
 // As the unfused ops round: bf16 rounds the product, then the residual sum.
 inline float Round(float value, OutputType type) {
-  return type == OutputType::kF32 ? value : ToFloat(RoundToBf16(value));
+  return type == OutputType::kF32 ? value : RoundThroughBf16(value);
 }
 
 inline void Store(void* y, OutputType out, int64_t index, float value, const void* residual) {

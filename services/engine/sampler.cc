@@ -49,8 +49,8 @@ absl::Status ValidateSamplingParams(const SamplingParams& p) {
   if (!(p.repetition_penalty > 0) || !std::isfinite(p.repetition_penalty)) {
     return absl::InvalidArgumentError("repetition_penalty must be a finite number > 0");
   }
-  if (p.no_repeat_ngram < 0 || p.no_repeat_ngram == 1) {
-    return absl::InvalidArgumentError("no_repeat_ngram must be 0 (off) or >= 2");
+  if (p.no_repeat_ngram < 0 || p.no_repeat_ngram == 1 || p.no_repeat_ngram > 1024) {
+    return absl::InvalidArgumentError("no_repeat_ngram must be 0 (off) or in [2, 1024]");
   }
   if (p.logprobs < 0 || p.logprobs > 100) {
     return absl::InvalidArgumentError("logprobs must be in [0, 100]");
