@@ -7,6 +7,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <string>
@@ -28,5 +29,14 @@ struct ServeOptions {
 absl::StatusOr<std::unique_ptr<grpc::Server>> StartGrpcServer(grpc::Service& service,
                                                               const ServeOptions& options,
                                                               int* port);
+
+// After Shutdown() has seen every call finish: waits, until `deadline`, for
+// the clients of this process's connections on `port` to hang up. They do
+// once GOAWAY and their last stream's trailers have arrived; exiting first
+// closes sockets that still hold the peers' unread frames, and the kernel
+// then answers with a reset that can cut a stream's last frames off.
+// Returns how many connections were still open at the deadline (Linux:
+// /proc/net/tcp{,6} for this process's sockets; elsewhere 0 at once).
+int WaitForClientsToHangUp(int port, std::chrono::steady_clock::time_point deadline);
 
 }  // namespace kvguard

@@ -224,8 +224,10 @@ absl::StatusOr<std::unique_ptr<grpc::Server>> Listen(grpc::Service& service, int
 
 // SIGTERM: NOT_SERVING for the probes, and Shutdown at once, which sends
 // GOAWAY so clients open their next streams elsewhere while the streams in
-// flight finish here; those get --drain_grace_ms, then are cancelled.
-void Drain(grpc::Server& server, server::Scheduler& scheduler) {
+// flight finish here; those get --drain_grace_ms, then are cancelled. Exit
+// waits (up to 2 s) for the clients to hang up, so no stream's last frames
+// are lost to the reset a close with unread frames sends.
+void Drain(grpc::Server& server, int port, server::Scheduler& scheduler) {
   std::cout << "kvguard-server: draining" << std::endl;
   server.GetHealthCheckService()->SetServingStatus(false);
   const auto grace = std::chrono::milliseconds(absl::GetFlag(FLAGS_drain_grace_ms));
@@ -234,6 +236,10 @@ void Drain(grpc::Server& server, server::Scheduler& scheduler) {
   });
   scheduler.Drain(grace);
   goaway.join();
+  const int open =
+      WaitForClientsToHangUp(port, std::chrono::steady_clock::now() + std::chrono::seconds(2));
+  if (open > 0)
+    std::cout << "kvguard-server: " << open << " client connection(s) still open" << std::endl;
 }
 
 std::string Describe(const std::string& listen, int port, const std::string& metrics_addr,
@@ -334,7 +340,7 @@ int main(int argc, char** argv) {
   std::signal(SIGINT, OnSignal);
   while (sem_wait(&g_shutdown) != 0) {
   }
-  Drain(**server, scheduler);
+  Drain(**server, port, scheduler);
   std::cout << "kvguard-server: stopped" << std::endl;
   return 0;
 }
