@@ -112,7 +112,8 @@ absl::StatusOr<ControllerConfig> ControllerConfig::FromJson(const json& j) {
                                  {{"alert_ratio_scale", &c.alert_ratio_scale},
                                   {"r_safe", &c.r_safe},
                                   {"protect_recent", &c.protect_recent},
-                                  {"max_thinking_protect", &c.max_thinking_protect}}));
+                                  {"max_thinking_protect", &c.max_thinking_protect},
+                                  {"quiet_steps", &c.quiet_steps}}));
   KVG_RETURN_IF_ERROR(ReadLevel(alert, "alert", c.alert));
   KVG_RETURN_IF_ERROR(ReadLevel(safe, "safe", c.safe));
   KVG_RETURN_IF_ERROR(ReadObject(recovery, "recovery",
@@ -170,6 +171,7 @@ absl::Status ControllerConfig::Validate() const {
   }
   if (protect_recent < 0) return ConfigError("protect_recent must be >= 0");
   if (max_thinking_protect < 0) return ConfigError("max_thinking_protect must be >= 0");
+  if (quiet_steps < 1 || quiet_steps > 64) return ConfigError("quiet_steps must be in [1, 64]");
   for (const auto& [compressor, r] : admission) {
     const std::string name = "admission." + compressor;
     if (r.probe_tokens < 1) return ConfigError(name + ".probe_tokens must be >= 1");
@@ -203,6 +205,7 @@ json ControllerConfig::ToJson() const {
           {"r_safe", r_safe},
           {"protect_recent", protect_recent},
           {"max_thinking_protect", max_thinking_protect},
+          {"quiet_steps", quiet_steps},
           {"admission", AdmissionJson(admission)}};
 }
 
@@ -255,6 +258,12 @@ Decision ModeController::Step(const StepInput& in) {
   ++dwell_;
   ++step_;
   return d;
+}
+
+int ModeController::QuietSteps(float hazard) const {
+  if (mode_ != v1::MODE_NORMAL) return 1;
+  if (hazard < config_.alert.exit) return config_.quiet_steps;
+  return std::max(1, config_.alert.enter_steps - up_count_);
 }
 
 void ModeController::Observe(const StepInput& in) {

@@ -23,6 +23,9 @@
 //    directive asks to recompute the top_n evicted positions that had received
 //    the most attention; the next step is SAFE again (its dwell restarts).
 //    With recovery.pin the restored positions are protected from then on.
+// Exchange cadence: while a session is in NORMAL with its hazard below
+// alert.exit (calm), it gives the server leave to batch `quiet_steps` steps of
+// reports per exchange (QuietSteps); otherwise every step. 1 = always every step.
 // Directives: NORMAL keeps the requested ratio and protects nothing; ALERT
 // slows eviction (ratio x alert_ratio_scale) and protects the last
 // protect_recent positions plus thinking-token positions; SAFE and RECOVERY
@@ -86,6 +89,7 @@ struct ControllerConfig {
   double r_safe = 0.0;             // SAFE / RECOVERY ratio (capped by the requested one)
   int protect_recent = 32;
   int max_thinking_protect = 64;  // most recent thinking-token positions kept
+  int quiet_steps = 1;            // steps per exchange while calm (see the rules above)
   // Per compressor name ("*": any other); empty = no restarts.
   std::map<std::string, AdmissionRule> admission;
   [[nodiscard]] const AdmissionRule* AdmissionFor(const std::string& compressor) const;
@@ -129,6 +133,11 @@ class ModeController {
 
   Decision Step(const StepInput& in);
 
+  // After Step(hazard): how many steps of reports the server may gather
+  // before the next exchange. quiet_steps while calm; else the steps left
+  // before ALERT could be entered (a batch of that many decides it no later
+  // than every-step exchange would); 1 outside NORMAL.
+  [[nodiscard]] int QuietSteps(float hazard) const;
   [[nodiscard]] v1::Mode mode() const { return mode_; }
   [[nodiscard]] int64_t steps_in_mode() const { return dwell_; }
   [[nodiscard]] size_t evicted_candidates() const { return evicted_.size(); }

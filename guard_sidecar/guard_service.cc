@@ -4,6 +4,8 @@
 #include <cmath>
 #include <deque>
 #include <iostream>
+#include <limits>
+#include <map>
 #include <mutex>
 
 namespace kvguard::guard {
@@ -119,8 +121,14 @@ v1::DirectiveBatch StreamSessions::Process(const v1::StepBatch& batch) {
   const std::vector<float> hazards = n > 0 ? engine_.Score(rows) : std::vector<float>{};
   v1::DirectiveBatch out;
   out.set_batch_id(batch.batch_id());
-  for (int i = 0; i < n; ++i)
+  std::map<const Session*, int> quiet;  // by each session's latest report
+  for (int i = 0; i < n; ++i) {
     Decide(*owners[i], batch.reports(i), hazards[i], *out.add_directives());
+    quiet[owners[i]] = owners[i]->controller.QuietSteps(Clamp01(hazards[i]));
+  }
+  int leave = quiet.empty() ? 1 : std::numeric_limits<int>::max();
+  for (const auto& [session, steps] : quiet) leave = std::min(leave, steps);
+  out.set_quiet_steps(static_cast<uint32_t>(leave));
   for (const v1::SessionEnd& end : batch.ends()) {
     if (sessions_.erase(end.session_id()) > 0) engine_.SessionsChanged(-1);
   }

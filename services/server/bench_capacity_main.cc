@@ -49,7 +49,9 @@ ABSL_FLAG(std::string, compressor, "snapkv", "compressor of every compressed arm
 ABSL_FLAG(std::string, compressor_opt, "window_size=16", "its options, comma separated");
 ABSL_FLAG(int, compress_every, 16,
           "evict in chunks: compress every N decode steps (0 = each step)");
-ABSL_FLAG(int, requests, 64, "requests per arm (held-out test problems)");
+ABSL_FLAG(int, requests, 64, "requests per arm (problems of --split)");
+ABSL_FLAG(std::string, split, "test",
+          "problems: test (held out; the reported runs) | val (for tuning guard settings)");
 ABSL_FLAG(double, rate, 400,
           "open-loop Poisson arrivals per second (above what any arm serves: the fastest arm "
           "served ~20 requests/s on 2 cores in 2026-12)");
@@ -399,11 +401,12 @@ std::string Markdown(const std::vector<ArmResult>& results, const Testbed& bed,
                      int64_t typical_tokens) {
   const ArmResult& base = results.front();
   std::string md = absl::StrFormat(
-      "KV pool %.2f MiB = %.3g uncompressed sequences of %d tokens (mean prompt + %d new); %s, "
+      "KV pool %.2f MiB = %.3g uncompressed sequences of %d tokens (mean prompt + %d new); %s "
+      "(%s problems), "
       "compressor %s (%s), compress every %d steps; %d threads; guarded arms at guard lag %d%s, "
       "exchange every %d steps\n\n",
       bed.pool_bytes / 1048576.0, absl::GetFlag(FLAGS_pool_sequences), typical_tokens,
-      absl::GetFlag(FLAGS_max_new_tokens), absl::GetFlag(FLAGS_model),
+      absl::GetFlag(FLAGS_max_new_tokens), absl::GetFlag(FLAGS_model), absl::GetFlag(FLAGS_split),
       absl::GetFlag(FLAGS_compressor), absl::GetFlag(FLAGS_compressor_opt),
       absl::GetFlag(FLAGS_compress_every), absl::GetFlag(FLAGS_threads),
       absl::GetFlag(FLAGS_guard_lag),
@@ -594,7 +597,9 @@ int main(int argc, char** argv) {
   auto task = TaskOf(model_path);
   if (!task.ok()) return Fail(std::string(task.status().message()));
   const int requests = absl::GetFlag(FLAGS_requests);
-  auto problems = research::GenerateProblems(*task, research::Split::kTest, 0, requests);
+  auto split = research::ParseSplit(absl::GetFlag(FLAGS_split));
+  if (!split.ok()) return Fail(std::string(split.status().message()));
+  auto problems = research::GenerateProblems(*task, *split, 0, requests);
   if (!problems.ok()) return Fail(std::string(problems.status().message()));
 
   Testbed bed{.model = model->get(), .tokenizer = tokenizer->get(), .problems = *problems};

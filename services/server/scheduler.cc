@@ -551,11 +551,13 @@ v1::StepReport Scheduler::Report(const Active& a, const engine::StepResult& r,
                          .logits = logits});
 }
 
-// Every guard_interval steps; every step while a sequence is held back for
-// its probe; and when nothing is left running (the last reports and ends go
-// out at once instead of waiting for new work).
+// Every guard_interval steps, or every quiet_steps while the guard says its
+// sessions are calm; every step while a sequence is held back for its probe;
+// and when nothing is left running (the last reports and ends go out at once
+// instead of waiting for new work).
 bool Scheduler::ExchangeDue(const std::vector<Active*>& stepped) {
-  if (++steps_since_exchange_ < options_.guard_interval && !stepped.empty() &&
+  const int interval = std::max(options_.guard_interval, guard_quiet_steps_);
+  if (++steps_since_exchange_ < interval && !stepped.empty() &&
       std::none_of(active_.begin(), active_.end(), [](const auto& a) { return a->holding; })) {
     return false;
   }
@@ -605,9 +607,13 @@ Scheduler::GuardOutcome Scheduler::ApplyReply(const std::optional<v1::DirectiveB
                                               std::vector<Active*>& targets,
                                               Clock::time_point sent) {
   if (!reply) {
+    guard_quiet_steps_ = 1;
     ApplyFailSafe(targets, guard_->connected() ? "deadline" : "disconnected");
     return GuardOutcome::kMissed;
   }
+  guard_quiet_steps_ =
+      std::clamp(static_cast<int>(std::min<uint32_t>(reply->quiet_steps(), kMaxGuardQuietSteps)), 1,
+                 kMaxGuardQuietSteps);
   if (metrics_) metrics_->GuardRoundTrip(Seconds(Clock::now() - sent));
   std::map<std::string, Active*> by_id;
   for (Active* a : targets) by_id[a->session_id] = a;

@@ -87,6 +87,10 @@ struct StepTiming {
   bool guard_missed = false;
 };
 
+// The most steps of reports the server gathers per exchange on the guard's
+// say-so (DirectiveBatch.quiet_steps): a bound on how late a directive can be.
+inline constexpr int kMaxGuardQuietSteps = 16;
+
 struct SchedulerOptions {
   int max_concurrent = 16;
   int max_queue = 64;
@@ -96,7 +100,9 @@ struct SchedulerOptions {
   // report, N at a time, and its directives arrive up to N - 1 steps later (at
   // lag 1, one exchange = N steps later still). Every step while a sequence is
   // in its probe (hold-back), so admission restarts are decided as at N = 1.
-  // Fewer round trips cost the guard and the server less CPU.
+  // Fewer round trips cost the guard and the server less CPU. The guard may
+  // lengthen the interval while its sessions are calm (quiet_steps, at most
+  // kMaxGuardQuietSteps).
   int guard_interval = 1;
   // At lag 0: wait for the guard's answer after the next forward rather than
   // before it. Ratio, mode and protection still act on that step (compression
@@ -210,6 +216,7 @@ class Scheduler {
   std::vector<std::unique_ptr<Active>> active_;
   v1::StepBatch pending_;  // starts, reports and ends waiting for the next exchange
   int steps_since_exchange_ = 0;
+  int guard_quiet_steps_ = 1;  // the latest answer's DirectiveBatch.quiet_steps (1 when none)
   uint64_t batch_id_ = 0;
   uint64_t awaiting_ = 0;  // overlapped: the batch whose answer the next forward waits for
   std::chrono::steady_clock::time_point last_send_;  // of the latest batch (lag-1 round trips)

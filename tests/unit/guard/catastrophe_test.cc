@@ -97,8 +97,8 @@ TEST(DetectLoopTest, FirstWindowToReachTheCountDecides) {
   // Y's 2nd occurrence, not X's.
   const Tokens x = Random(25, 2000, 1000, 9);
   const Tokens y = Random(25, 3000, 1000, 10);
-  const Tokens seq = Concat({x, Random(75, 0, 500, 11), x, Random(75, 0, 500, 12),
-                             Repeat(y, 3), Random(125, 0, 500, 13), x});
+  const Tokens seq = Concat({x, Random(75, 0, 500, 11), x, Random(75, 0, 500, 12), Repeat(y, 3),
+                             Random(125, 0, 500, 13), x});
   const LoopResult r = DetectLoop(seq);
   EXPECT_TRUE(r.looped);
   EXPECT_EQ(r.onset, 225);
@@ -133,7 +133,8 @@ TEST(DetectLoopTest, LongSequencesAreFast) {
   const Tokens random = Random(100'000, 0, 32'000, 15);
   const Tokens half = Random(50'000, 0, 32'000, 16);
   const Tokens twice = Repeat(half, 2);  // 50k verified window matches, no loop
-  const Tokens late = Concat({Random(90'000, 0, 32'000, 17), Repeat(Random(40, 40'000, 100, 18), 250)});
+  const Tokens late =
+      Concat({Random(90'000, 0, 32'000, 17), Repeat(Random(40, 40'000, 100, 18), 250)});
   const auto start = std::chrono::steady_clock::now();
   EXPECT_FALSE(DetectLoop(random).looped);
   EXPECT_FALSE(DetectLoop(twice).looped);
@@ -178,8 +179,8 @@ TEST(ExtractAnswerTest, Cases) {
   EXPECT_EQ(ExtractAnswer("**Answer:** 42"), 42);
   EXPECT_EQ(ExtractAnswer("Answer: 18.00"), 18);
   EXPECT_EQ(ExtractAnswer("Answer: 8."), 8);
-  EXPECT_EQ(ExtractAnswer("Answer: 3, 4"), 3);   // a list, not 34
-  EXPECT_EQ(ExtractAnswer("Answer: 1,23"), 1);   // not a thousands group
+  EXPECT_EQ(ExtractAnswer("Answer: 3, 4"), 3);                    // a list, not 34
+  EXPECT_EQ(ExtractAnswer("Answer: 1,23"), 1);                    // not a thousands group
   EXPECT_EQ(ExtractAnswer("She pays 5 * 3 = 15.\n#### 15"), 15);  // GSM8K
   EXPECT_EQ(ExtractAnswer("#### 1,000\n"), 1000);
   EXPECT_EQ(ExtractAnswer("Answer: 5\n#### 6"), 6);  // the later marker wins
@@ -292,8 +293,8 @@ TEST(IntervalTest, PairedBootstrap) {
   EXPECT_EQ(ci.hi, 0.0);
 
   std::vector<uint8_t> a(200, 0), b(200, 0);
-  for (int i = 0; i < 60; ++i) a[i] = 1;       // 30% fail without the guard
-  for (int i = 0; i < 20; ++i) b[i * 3] = 1;   // 10% with it
+  for (int i = 0; i < 60; ++i) a[i] = 1;      // 30% fail without the guard
+  for (int i = 0; i < 20; ++i) b[i * 3] = 1;  // 10% with it
   const RateCI d = BootstrapDifference(a, b, 2000, 0.95, 7);
   EXPECT_NEAR(d.rate, 0.2, 1e-12);
   EXPECT_GT(d.lo, 0.0);

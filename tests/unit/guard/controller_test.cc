@@ -57,6 +57,28 @@ TEST(ControllerTest, EscalatesOnlyAfterKConsecutiveSteps) {
                                          MODE_SAFE}));
 }
 
+TEST(ControllerTest, QuietStepsWhileCalmAndNoLaterThanEscalationOtherwise) {
+  ControllerConfig config = SmallConfig();  // alert: exit 0.2, enter 0.3 for 3 steps
+  config.quiet_steps = 8;
+  ModeController c(config);
+  c.Step({.hazard = 0.1f, .requested_ratio = 0.8});
+  EXPECT_EQ(c.QuietSteps(0.1f), 8) << "calm: below alert.exit";
+  // In the dead band, or above alert.enter: only as many steps as ALERT is
+  // away, so a batch of them decides it as soon as every-step exchange would.
+  c.Step({.hazard = 0.25f, .requested_ratio = 0.8});
+  EXPECT_EQ(c.QuietSteps(0.25f), 3);
+  c.Step({.hazard = 0.5f, .requested_ratio = 0.8});
+  EXPECT_EQ(c.QuietSteps(0.5f), 2);
+  c.Step({.hazard = 0.5f, .requested_ratio = 0.8});
+  EXPECT_EQ(c.QuietSteps(0.5f), 1);
+  EXPECT_EQ(c.Step({.hazard = 0.5f, .requested_ratio = 0.8}).mode, MODE_ALERT);
+  EXPECT_EQ(c.QuietSteps(0.0f), 1) << "outside NORMAL: every step";
+  // The default (1) keeps every-step exchange whatever the hazard.
+  ModeController plain(SmallConfig());
+  plain.Step({.hazard = 0.0f, .requested_ratio = 0.8});
+  EXPECT_EQ(plain.QuietSteps(0.0f), 1);
+}
+
 TEST(ControllerTest, MinimumDwellIsRespected) {
   ModeController c(SmallConfig());
   RunModes(c, Repeat(0.5f, 3));  // ALERT at the 3rd step
@@ -268,6 +290,7 @@ TEST(ControllerConfigTest, ValidationErrorsNameTheField) {
   EXPECT_NE(ErrorOf(R"({"safe": {"enter": 0.2, "exit": 0.1}})").find("safe.enter"),
             std::string::npos);
   EXPECT_NE(ErrorOf(R"({"protect_recent": -3})").find("protect_recent"), std::string::npos);
+  EXPECT_NE(ErrorOf(R"({"quiet_steps": 0})").find("quiet_steps"), std::string::npos);
   EXPECT_NE(ErrorOf("[1, 2]").find("object"), std::string::npos);
 }
 

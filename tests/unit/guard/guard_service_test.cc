@@ -126,6 +126,39 @@ TEST(StreamSessionsTest, RisingEntropySessionEscalatesAndCalmOneDoesNot) {
   EXPECT_NE(text.find("kvguard_guard_hazard_count 120"), std::string::npos);
 }
 
+// A predictor that says what the test sets, per row in order.
+class ScriptedHazard final : public HazardPredictor {
+ public:
+  absl::StatusOr<std::vector<float>> Predict(std::span<const float> rows) const override {
+    EXPECT_EQ(rows.size() / kNumFeatures, next.size());
+    return next;
+  }
+  std::string Describe() const override { return "scripted"; }
+  std::vector<float> next;
+};
+
+TEST(StreamSessionsTest, QuietStepsAreTheLeastLeaveOfTheSessionsLatestReports) {
+  ScriptedHazard hazard;
+  ControllerConfig config;  // alert: exit 0.2, enter 0.3 for 8 steps
+  config.quiet_steps = 12;
+  GuardEngine engine(hazard, config);
+  StreamSessions sessions(engine);
+  auto process = [&](std::vector<std::pair<std::string, float>> reports) {
+    v1::StepBatch b = Batch(1);
+    hazard.next.clear();
+    for (const auto& [id, h] : reports) {
+      *b.add_reports() = MakeReport(id, {});
+      hazard.next.push_back(h);
+    }
+    return sessions.Process(b).quiet_steps();
+  };
+  EXPECT_EQ(process({{"a", 0.1f}, {"b", 0.1f}}), 12u) << "both calm";
+  EXPECT_EQ(process({{"a", 0.1f}, {"b", 0.35f}}), 7u) << "b one step above alert.enter";
+  // Two steps of a in one batch: its latest report (calm) is what counts.
+  EXPECT_EQ(process({{"a", 0.35f}, {"a", 0.1f}}), 12u);
+  EXPECT_EQ(process({}), 1u) << "no reports: no leave";
+}
+
 TEST(StreamSessionsTest, PredictorErrorFallsBackAndIsCounted) {
   FailingHazard hazard;
   GuardEngine engine(hazard, ControllerConfig{});

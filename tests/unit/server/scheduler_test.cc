@@ -84,10 +84,12 @@ class RecordingSink final : public ResponseSink {
 class ScriptedGuard final : public GuardLink {
  public:
   using Policy = std::function<std::optional<v1::Directive>(const v1::StepReport&)>;
-  explicit ScriptedGuard(Policy policy) : policy_(std::move(policy)) {}
+  explicit ScriptedGuard(Policy policy, uint32_t quiet_steps = 0)
+      : policy_(std::move(policy)), quiet_steps_(quiet_steps) {}
   void Send(v1::StepBatch batch) override {
     v1::DirectiveBatch answer;
     answer.set_batch_id(batch.batch_id());
+    answer.set_quiet_steps(quiet_steps_);
     for (const v1::StepReport& r : batch.reports()) {
       if (auto d = policy_(r)) {
         d->set_session_id(r.session_id());
@@ -114,6 +116,7 @@ class ScriptedGuard final : public GuardLink {
 
  private:
   Policy policy_;
+  uint32_t quiet_steps_;
   std::mutex mu_;
   std::map<uint64_t, v1::DirectiveBatch> answers_;
   std::vector<int> reports_per_batch_;
@@ -448,6 +451,28 @@ TEST_F(SchedulerTest, AGuardIntervalBatchesReportsAndDelaysDirectivesButNotThePr
   const Outcome released = run(release, {.guard_interval = 4, .guard_probe_tokens = 6});
   EXPECT_EQ(released.batches, (std::vector<int>{1, 4, 4, 3}));
   EXPECT_EQ(released.ids, probed.ids);
+}
+
+TEST_F(SchedulerTest, TheGuardsQuietStepsStretchTheIntervalUpToABound) {
+  auto batches = [](uint32_t quiet_steps, int tokens, SchedulerOptions options) {
+    ScriptedGuard guard([](const v1::StepReport&) { return std::optional<v1::Directive>(); },
+                        quiet_steps);
+    auto sink = std::make_shared<RecordingSink>();
+    {
+      Scheduler scheduler(*model_, nullptr, options, &guard, nullptr);
+      EXPECT_TRUE(SubmitGuarded(scheduler, "q", Request(3, 0.25, tokens), sink).ok());
+      EXPECT_TRUE(sink->Wait().ok());
+    }
+    return guard.reports_per_batch();
+  };
+  // Step 0 goes alone (no answer yet); then one exchange per 4 steps.
+  EXPECT_EQ(batches(4, 12, {}), (std::vector<int>{1, 4, 4, 3}));
+  // The operator's interval is a floor, the guard's leave can only stretch it.
+  EXPECT_EQ(batches(2, 12, {.guard_interval = 4}), (std::vector<int>{4, 4, 4}));
+  // Leave past the bound is cut to kMaxGuardQuietSteps.
+  EXPECT_EQ(batches(1000, 40, {}), (std::vector<int>{1, 16, 16, 7}));
+  // 0 (a guard that predates the field) means every step.
+  EXPECT_EQ(batches(0, 5, {}), (std::vector<int>{1, 1, 1, 1, 1}));
 }
 
 TEST_F(SchedulerTest, ADirectiveWithoutARatioLeavesTheRatioAlone) {
