@@ -139,6 +139,8 @@ struct ArmResult {
   double mean_concurrent = 0, max_concurrent = 0, makespan_s = 0, tokens_per_s = 0;
   double decode_tokens_per_s = 0;  // over decode-only steps (prefill excluded)
   double guard_share = 0;          // of step time spent exchanging with the guard
+  int64_t steps = 0, step_rows = 0, prefill_steps = 0;  // the forward work: same work, same cost
+  int64_t guard_exchanges = 0;                          // answers applied (round trips)
   double ttft_p50 = 0, ttft_p90 = 0, ttft_p99 = 0, queue_mean_s = 0;
   int64_t preemptions = 0, completed = 0, rejected = 0, failed_mid_stream = 0;
   double cfr = 0, accuracy = 0, kv_saved = 0;
@@ -166,10 +168,14 @@ struct StepSampler {
   double weighted = 0, time = 0, max = 0;
   double decode_rows = 0, decode_s = 0;  // steps without a prefill: the decode rate
   double compute_s = 0, guard_s = 0;     // all steps: forward..emit, and the guard exchange
+  int64_t steps = 0, rows = 0, prefill_steps = 0;
   Clock::time_point last = Clock::now();
   void Add(const server::StepTiming& t, bool saturated) {
     std::lock_guard<std::mutex> lock(mu);
     const int64_t batch = t.batch;
+    ++steps;
+    rows += batch;
+    prefill_steps += t.prefills > 0;
     compute_s += t.compute_s;
     guard_s += t.guard_s;
     if (t.prefills == 0) {
@@ -308,8 +314,13 @@ ArmResult RunArm(const Testbed& bed, const Arm& arm) {
   result.max_concurrent = sampler.max;
   result.guard_share = sampler.guard_s / std::max(1e-9, sampler.guard_s + sampler.compute_s);
   result.decode_tokens_per_s = sampler.decode_s > 0 ? sampler.decode_rows / sampler.decode_s : 0;
+  result.steps = sampler.steps;
+  result.step_rows = sampler.rows;
+  result.prefill_steps = sampler.prefill_steps;
   double queue_mean = 0;
   for (const auto& family : metrics.registry()->Collect()) {
+    if (family.name == "kvguard_guard_round_trip_seconds" && !family.metric.empty())
+      result.guard_exchanges = static_cast<int64_t>(family.metric[0].histogram.sample_count);
     if (family.name != "kvguard_queue_time_seconds" || family.metric.empty()) continue;
     const auto& h = family.metric[0].histogram;
     queue_mean = h.sample_count ? h.sample_sum / double(h.sample_count) : 0;
@@ -344,6 +355,10 @@ nlohmann::json ArmJson(const ArmResult& r) {
           {"tokens_per_s", r.tokens_per_s},
           {"decode_tokens_per_s", r.decode_tokens_per_s},
           {"guard_share", r.guard_share},
+          {"steps", r.steps},
+          {"step_rows", r.step_rows},
+          {"prefill_steps", r.prefill_steps},
+          {"guard_exchanges", r.guard_exchanges},
           {"makespan_s", r.makespan_s},
           {"ttft_p50_s", r.ttft_p50},
           {"ttft_p90_s", r.ttft_p90},
