@@ -8,7 +8,8 @@
 #   scripts/guard_timing.sh [--requests 480] [--out DIR] [--timings "a b ..."]
 #                           [extra kvguard-bench-capacity flags, e.g. --split val]
 # A timing is "name:server flags[ @controller_key=value ...]": the @ keys go
-# into a copy of the shipped controller (models/hazard/controller.json).
+# into a copy of the shipped controller (models/hazard/controller.json, which
+# ships quiet_steps 16); every timing names its quiet_steps.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=build/bin
@@ -24,12 +25,12 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 ALL_TIMINGS=(
-  "strict:--guard_overlap=false"
-  "overlapped:--guard_overlap=true"
-  "lag1:--guard_lag=1"
-  "strict_every4:--guard_overlap=false --guard_interval=4"
-  "overlapped_every4:--guard_overlap=true --guard_interval=4"
-  "lag1_every4:--guard_lag=1 --guard_interval=4"
+  "strict:--guard_overlap=false @quiet_steps=1"
+  "overlapped:--guard_overlap=true @quiet_steps=1"
+  "lag1:--guard_lag=1 @quiet_steps=1"
+  "strict_every4:--guard_overlap=false --guard_interval=4 @quiet_steps=1"
+  "overlapped_every4:--guard_overlap=true --guard_interval=4 @quiet_steps=1"
+  "lag1_every4:--guard_lag=1 --guard_interval=4 @quiet_steps=1"
   "overlapped_quiet4:--guard_overlap=true @quiet_steps=4"
   "overlapped_quiet8:--guard_overlap=true @quiet_steps=8"
   "overlapped_quiet16:--guard_overlap=true @quiet_steps=16"

@@ -419,7 +419,8 @@ std::string Markdown(const std::vector<ArmResult>& results, const Testbed& bed,
       "KV pool %.2f MiB = %.3g uncompressed sequences of %d tokens (mean prompt + %d new); %s "
       "(%s problems), "
       "compressor %s (%s), compress every %d steps; %d threads; guarded arms at guard lag %d%s, "
-      "exchange every %d steps\n\n",
+      "exchange every %d steps (up to 16 while the guard's sessions are calm: its quiet_steps; "
+      "capacity.json counts the exchanges)\n\n",
       bed.pool_bytes / 1048576.0, absl::GetFlag(FLAGS_pool_sequences), typical_tokens,
       absl::GetFlag(FLAGS_max_new_tokens), absl::GetFlag(FLAGS_model), absl::GetFlag(FLAGS_split),
       absl::GetFlag(FLAGS_compressor), absl::GetFlag(FLAGS_compressor_opt),
