@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -68,7 +69,7 @@ int CountEstablished(const char* table, int port, const std::set<unsigned long>&
     const size_t colon = local.rfind(':');
     if (colon == std::string::npos) continue;
     constexpr const char* kEstablished = "01";
-    if (std::stoi(local.substr(colon + 1), nullptr, 16) == port && state == kEstablished &&
+    if (std::strtol(local.c_str() + colon + 1, nullptr, 16) == port && state == kEstablished &&
         inodes.count(inode) > 0)
       ++count;
   }
