@@ -25,8 +25,8 @@ struct SamplingParams {
   double temperature = 0.0;  // 0 = greedy
   int32_t top_k = 0;         // 0 = off
   double top_p = 1.0;        // 1 = off
-  double repetition_penalty =
-      1.0;  // 1 = off (HF/CTRL rule: divide positive logits, multiply negative)
+  // 1 = off (HF/CTRL rule: divide positive logits, multiply negative).
+  double repetition_penalty = 1.0;
   // 0 = off; N >= 2 bans a token that would repeat an N-gram of the generated
   // text (HF's no_repeat_ngram_size, but over the generated tokens only: on a
   // character-level model the prompt holds every word the answer must write).

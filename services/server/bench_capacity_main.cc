@@ -419,7 +419,7 @@ std::string Markdown(const std::vector<ArmResult>& results, const Testbed& bed,
       "KV pool %.2f MiB = %.3g uncompressed sequences of %d tokens (mean prompt + %d new); %s "
       "(%s problems), "
       "compressor %s (%s), compress every %d steps; %d threads; guarded arms at guard lag %d%s, "
-      "exchange every %d steps (up to 16 while the guard's sessions are calm: its quiet_steps; "
+      "exchange every %d steps (up to %d while the guard's sessions are calm: its quiet_steps; "
       "capacity.json counts the exchanges)\n\n",
       bed.pool_bytes / 1048576.0, absl::GetFlag(FLAGS_pool_sequences), typical_tokens,
       absl::GetFlag(FLAGS_max_new_tokens), absl::GetFlag(FLAGS_model), absl::GetFlag(FLAGS_split),
@@ -427,7 +427,7 @@ std::string Markdown(const std::vector<ArmResult>& results, const Testbed& bed,
       absl::GetFlag(FLAGS_compress_every), absl::GetFlag(FLAGS_threads),
       absl::GetFlag(FLAGS_guard_lag),
       absl::GetFlag(FLAGS_guard_overlap) ? " (overlapped with the next forward)" : "",
-      absl::GetFlag(FLAGS_guard_interval));
+      absl::GetFlag(FLAGS_guard_interval), server::kMaxGuardQuietSteps);
   md +=
       "| arm | requests | arrivals/s | concurrent mean | vs uncompressed | max | tokens/s | vs "
       "uncompressed "

@@ -612,8 +612,7 @@ Scheduler::GuardOutcome Scheduler::ApplyReply(const std::optional<v1::DirectiveB
     return GuardOutcome::kMissed;
   }
   guard_quiet_steps_ =
-      std::clamp(static_cast<int>(std::min<uint32_t>(reply->quiet_steps(), kMaxGuardQuietSteps)), 1,
-                 kMaxGuardQuietSteps);
+      static_cast<int>(std::clamp<uint32_t>(reply->quiet_steps(), 1, kMaxGuardQuietSteps));
   if (metrics_) metrics_->GuardRoundTrip(Seconds(Clock::now() - sent));
   std::map<std::string, Active*> by_id;
   for (Active* a : targets) by_id[a->session_id] = a;
