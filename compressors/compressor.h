@@ -52,10 +52,10 @@ using RopeFn = std::function<std::pair<at::Tensor, at::Tensor>(int64_t first, in
 struct CompressContext {
   const engine::ModelConfig* config = nullptr;
   const engine::SequenceKvCache* cache = nullptr;
-  double ratio = 0.0;                 // fraction of entries to remove, in [0, 1)
+  double ratio = 0.0;                     // fraction of entries to remove, in [0, 1)
   std::set<int32_t> protected_positions;  // never evicted (guard: recent/thinking tokens, anchors)
-  bool prefill = true;                // first compression after the prompt
-  RopeFn rope;                        // for methods that rotate future positions
+  bool prefill = true;                    // first compression after the prompt
+  RopeFn rope;                            // for methods that rotate future positions
 };
 
 // Slots each kv head keeps (indices into the layer's current slots; every
@@ -70,7 +70,7 @@ struct LayerPlan {
   bool keep_all = true;
   std::vector<std::vector<int64_t>> keep;         // [kv_heads][n_keep]
   std::vector<std::vector<int64_t>> approximate;  // [kv_heads][n_approx], or empty
-  at::Tensor regression;                          // [kv_heads, head_dim + 1, head_dim] with approximate
+  at::Tensor regression;  // [kv_heads, head_dim + 1, head_dim] with approximate
 };
 
 class Compressor {
@@ -110,8 +110,15 @@ int64_t EntryBudget(const CompressContext& ctx);
 // Slot indices 0..total-1 of one head ordered best first by `row` (scores of
 // that head's slots): protected positions first, NaN scores last, ties to the
 // earlier slot.
-std::vector<int64_t> RankSlots(const float* row, int64_t total, const std::vector<int32_t>& positions,
+std::vector<int64_t> RankSlots(const float* row, int64_t total,
+                               const std::vector<int32_t>& positions,
                                const std::set<int32_t>& protected_positions);
+
+// The first n_keep slots of RankSlots' order, in ascending slot order (a
+// selection, not a full sort).
+std::vector<int64_t> TopSlots(const float* row, int64_t total,
+                              const std::vector<int32_t>& positions,
+                              const std::set<int32_t>& protected_positions, int64_t n_keep);
 
 // Largest number of protected positions among the heads' retained slots.
 int64_t MostProtected(const std::vector<std::vector<int32_t>>& positions,

@@ -19,14 +19,45 @@ int64_t Compressor::Budget(const CompressContext& ctx, int64_t layer) const {
   return std::clamp<int64_t>(EntryBudget(ctx), 1, ctx.cache->RetainedSlots(layer));
 }
 
-std::vector<int64_t> RankSlots(const float* row, int64_t total, const std::vector<int32_t>& positions,
+namespace {
+
+// A slot's rank key: protected slots first, NaN scores last.
+std::vector<float> RankKeys(const float* row, int64_t total, const std::vector<int32_t>& positions,
+                            const std::set<int32_t>& protected_positions) {
+  std::vector<float> key(static_cast<size_t>(total));
+  for (int64_t i = 0; i < total; ++i) {
+    key[i] = std::isnan(row[i]) ? -INFINITY : row[i];
+    if (!protected_positions.empty() && protected_positions.count(positions[i])) key[i] = INFINITY;
+  }
+  return key;
+}
+
+}  // namespace
+
+std::vector<int64_t> RankSlots(const float* row, int64_t total,
+                               const std::vector<int32_t>& positions,
                                const std::set<int32_t>& protected_positions) {
+  const std::vector<float> key = RankKeys(row, total, positions, protected_positions);
   std::vector<int64_t> order(total);
   std::iota(order.begin(), order.end(), 0);
-  auto key = [&](int64_t i) {
-    return protected_positions.count(positions[i]) ? INFINITY : (std::isnan(row[i]) ? -INFINITY : row[i]);
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int64_t a, int64_t b) { return key[a] > key[b]; });
+  return order;
+}
+
+// Ties go to the lower slot, as in RankSlots' stable sort.
+std::vector<int64_t> TopSlots(const float* row, int64_t total,
+                              const std::vector<int32_t>& positions,
+                              const std::set<int32_t>& protected_positions, int64_t n_keep) {
+  const std::vector<float> key = RankKeys(row, total, positions, protected_positions);
+  std::vector<int64_t> order(total);
+  std::iota(order.begin(), order.end(), 0);
+  auto before = [&](int64_t a, int64_t b) {
+    return key[a] > key[b] || (key[a] == key[b] && a < b);
   };
-  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return key(a) > key(b); });
+  std::nth_element(order.begin(), order.begin() + n_keep, order.end(), before);
+  order.resize(n_keep);
+  std::sort(order.begin(), order.end());
   return order;
 }
 
@@ -55,10 +86,7 @@ LayerPlan TopKPlan(const at::Tensor& scores, int64_t n_keep,
   plan.keep.resize(heads);
   const float* data = s.data_ptr<float>();
   for (int64_t h = 0; h < heads; ++h) {
-    std::vector<int64_t> order = RankSlots(data + h * total, total, positions[h], protected_positions);
-    order.resize(n_keep);
-    std::sort(order.begin(), order.end());
-    plan.keep[h] = std::move(order);
+    plan.keep[h] = TopSlots(data + h * total, total, positions[h], protected_positions, n_keep);
   }
   return plan;
 }
@@ -69,8 +97,10 @@ absl::StatusOr<LayerPlan> ScoringCompressor::Plan(const CompressContext& ctx, in
   if (n_keep >= total) return LayerPlan{};
   auto scores = Score(ctx, layer, n_keep);
   if (!scores.ok()) return scores.status();
-  if (scores->dim() != 2 || scores->size(0) != ctx.config->num_kv_heads || scores->size(1) != total) {
-    return absl::InternalError(absl::StrCat("compressor '", name(), "' returned scores of the wrong shape"));
+  if (scores->dim() != 2 || scores->size(0) != ctx.config->num_kv_heads ||
+      scores->size(1) != total) {
+    return absl::InternalError(
+        absl::StrCat("compressor '", name(), "' returned scores of the wrong shape"));
   }
   return TopKPlan(*scores, n_keep, ctx.cache->Positions(layer), ctx.protected_positions);
 }
