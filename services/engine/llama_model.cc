@@ -13,6 +13,7 @@
 #include "common/status_macros.h"
 #include "services/engine/cpu_attention.h"
 #include "services/engine/cpu_matvec.h"
+#include "services/engine/huge_pages.h"
 #include "services/engine/llama_model_impl.h"
 
 namespace kvguard::engine {
@@ -158,7 +159,7 @@ Linear LlamaModel::Impl::MakeLinear(at::Tensor weight, at::Tensor bias) const {
                    .cols = weight.size(1)};
   if (weights == WeightFormat::kInt8) {
     at::Tensor w32 = weight.to(at::kFloat).contiguous();
-    linear.q8 = at::empty(w32.sizes(), at::kChar);
+    linear.q8 = EmptyOnHugePages(w32.sizes(), at::kChar);
     linear.scales = at::empty({w32.size(0)}, at::kFloat);
     cpu::QuantizeRowsInt8(w32.data_ptr<float>(), w32.size(0), w32.size(1),
                           linear.q8.data_ptr<int8_t>(), linear.scales.data_ptr<float>());
@@ -304,22 +305,23 @@ absl::Status LlamaModel::Impl::LoadLayer(WeightLoader& loader, int64_t l, LayerW
     KVG_ASSIGN_OR_RETURN(at::Tensor bv, loader.Get(p + "self_attn.v_proj.bias", {kv_rows}));
     qkv_bias = at::cat({bq, bk, bv}, 0).contiguous();
   }
-  w.qkv = MakeLinear(at::cat({wq, wk, wv}, 0).contiguous(), qkv_bias);
+  // The matrices MatVec streams every token live on huge pages (huge_pages.h).
+  w.qkv = MakeLinear(OnHugePages(at::cat({wq, wk, wv}, 0)), qkv_bias);
   KVG_ASSIGN_OR_RETURN(at::Tensor wo, loader.Get(p + "self_attn.o_proj.weight", {d, q_rows}));
   at::Tensor o_bias;
   if (c.o_bias) {
     KVG_ASSIGN_OR_RETURN(o_bias, loader.Get(p + "self_attn.o_proj.bias", {d}));
   }
-  w.o = MakeLinear(wo, o_bias);
+  w.o = MakeLinear(OnHugePages(wo), o_bias);
   if (c.qk_norm) {
     KVG_ASSIGN_OR_RETURN(w.q_norm, loader.Get(p + "self_attn.q_norm.weight", {hd}));
     KVG_ASSIGN_OR_RETURN(w.k_norm, loader.Get(p + "self_attn.k_norm.weight", {hd}));
   }
   KVG_ASSIGN_OR_RETURN(at::Tensor gate, loader.Get(p + "mlp.gate_proj.weight", {f, d}));
   KVG_ASSIGN_OR_RETURN(at::Tensor up, loader.Get(p + "mlp.up_proj.weight", {f, d}));
-  w.gate_up = MakeLinear(at::cat({gate, up}, 0).contiguous());
+  w.gate_up = MakeLinear(OnHugePages(at::cat({gate, up}, 0)));
   KVG_ASSIGN_OR_RETURN(at::Tensor down, loader.Get(p + "mlp.down_proj.weight", {d, f}));
-  w.down = MakeLinear(down);
+  w.down = MakeLinear(OnHugePages(down));
   return absl::OkStatus();
 }
 
@@ -328,12 +330,13 @@ absl::Status LlamaModel::Impl::LoadWeights(const Checkpoint& ckpt) {
   WeightLoader loader(*ckpt.weights, dtype, device);
   KVG_ASSIGN_OR_RETURN(embed,
                        loader.Get("model.embed_tokens.weight", {c.vocab_size, c.hidden_size}));
+  embed = OnHugePages(embed);  // tied checkpoints stream it as the LM head
   KVG_ASSIGN_OR_RETURN(final_norm, loader.Get("model.norm.weight", {c.hidden_size}));
   // Tied checkpoints usually omit lm_head.weight; honour it when present.
   if (!c.tie_word_embeddings || loader.Has("lm_head.weight")) {
     KVG_ASSIGN_OR_RETURN(at::Tensor head,
                          loader.Get("lm_head.weight", {c.vocab_size, c.hidden_size}));
-    lm_head = MakeLinear(head);
+    lm_head = MakeLinear(OnHugePages(head));
   } else {
     lm_head = MakeLinear(embed);
   }
