@@ -201,7 +201,7 @@ class PagedLayerStore final : public LayerStore {
     const char* keys = static_cast<const char*>(arena_->keys.data_ptr());
     const char* values = static_cast<const char*>(arena_->values.data_ptr());
     for (int64_t s = 0; s < size_;) {
-      const int64_t first = blocks_[s / t] * t + s % t;
+      const int64_t first = ArenaRow(s);
       int64_t n = std::min(t - s % t, size_ - s);
       while (s + n < size_ && blocks_[(s + n) / t] == blocks_[(s + n) / t - 1] + 1)
         n += std::min(t, size_ - s - n);
@@ -270,6 +270,11 @@ class PagedLayerStore final : public LayerStore {
     KVG_CHECK(ids.ok()) << ids.status();
     blocks_.insert(blocks_.end(), ids->begin(), ids->end());
   }
+  // The arena row (within a head) that holds slot s.
+  int64_t ArenaRow(int64_t s) const {
+    const int64_t t = pool_.block_tokens();
+    return blocks_[s / t] * t + s % t;
+  }
   // Whole blocks past the first n entries go back to the pool at once.
   void ReleaseBlocksPast(int64_t n) {
     const int64_t keep = pool_.BlocksForTokens(n);
@@ -294,7 +299,7 @@ class PagedLayerStore final : public LayerStore {
         if (s < i || s >= size_ || (i > 0 && s <= slots[h * n + i - 1])) return false;
       }
     }
-    const int64_t t = pool_.block_tokens(), arena_rows = arena_->keys.size(1);
+    const int64_t arena_rows = arena_->keys.size(1);
     const int64_t row_bytes = shape_.head_dim * ElementBytes(shape_.dtype);
     char* keys = static_cast<char*>(arena_->keys.data_ptr());
     char* values = static_cast<char*>(arena_->values.data_ptr());
@@ -302,8 +307,8 @@ class PagedLayerStore final : public LayerStore {
       for (int64_t i = 0; i < n; ++i) {
         const int64_t s = slots[h * n + i];
         if (s == i) continue;
-        const int64_t from = (h * arena_rows + blocks_[s / t] * t + s % t) * row_bytes;
-        const int64_t to = (h * arena_rows + blocks_[i / t] * t + i % t) * row_bytes;
+        const int64_t from = (h * arena_rows + ArenaRow(s)) * row_bytes;
+        const int64_t to = (h * arena_rows + ArenaRow(i)) * row_bytes;
         std::memcpy(keys + to, keys + from, static_cast<size_t>(row_bytes));
         std::memcpy(values + to, values + from, static_cast<size_t>(row_bytes));
       }
@@ -314,14 +319,14 @@ class PagedLayerStore final : public LayerStore {
   // consecutive, else -1 and `rows` filled.
   int64_t Rows(int64_t from, int64_t n, std::vector<int64_t>& rows) const {
     const int64_t t = pool_.block_tokens();
-    const int64_t first = blocks_[from / t] * t + from % t;
+    const int64_t first = ArenaRow(from);
     bool consecutive = true;
     for (int64_t b = from / t + 1; b <= (from + n - 1) / t && consecutive; ++b) {
       consecutive = blocks_[b] == blocks_[b - 1] + 1;
     }
     if (consecutive) return first;
     rows.reserve(static_cast<size_t>(n));
-    for (int64_t s = from; s < from + n; ++s) rows.push_back(blocks_[s / t] * t + s % t);
+    for (int64_t s = from; s < from + n; ++s) rows.push_back(ArenaRow(s));
     return -1;
   }
   at::Tensor Read(const at::Tensor& arena) const {

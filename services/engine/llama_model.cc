@@ -137,10 +137,16 @@ class WeightLoader {
                        "], config implies [", absl::StrJoin(shape, ","), "]"));
     }
     KVG_ASSIGN_OR_RETURN(at::ScalarType src, ToScalarType(view->dtype, name));
-    // from_blob borrows the read-only mapping; .to(..., copy=true) makes an owned tensor.
+    // from_blob borrows the read-only mapping; the owned copy is made once, on
+    // CPU straight into huge-page memory (huge_pages.h: MatVec streams the
+    // large matrices every token).
     at::Tensor borrowed =
         at::from_blob(const_cast<uint8_t*>(view->data), shape, at::TensorOptions().dtype(src));
-    return borrowed.to(options_, /*non_blocking=*/false, /*copy=*/true);
+    if (!options_.device().is_cpu())
+      return borrowed.to(options_, /*non_blocking=*/false, /*copy=*/true);
+    at::Tensor owned = EmptyOnHugePages(shape, options_);
+    owned.copy_(borrowed);
+    return owned;
   }
   bool Has(const std::string& name) const { return source_.Find(name) != nullptr; }
 
@@ -305,14 +311,14 @@ absl::Status LlamaModel::Impl::LoadLayer(WeightLoader& loader, int64_t l, LayerW
     KVG_ASSIGN_OR_RETURN(at::Tensor bv, loader.Get(p + "self_attn.v_proj.bias", {kv_rows}));
     qkv_bias = at::cat({bq, bk, bv}, 0).contiguous();
   }
-  // The matrices MatVec streams every token live on huge pages (huge_pages.h).
+  // Fused matrices are new tensors: onto huge pages too, as the loader's are.
   w.qkv = MakeLinear(OnHugePages(at::cat({wq, wk, wv}, 0)), qkv_bias);
   KVG_ASSIGN_OR_RETURN(at::Tensor wo, loader.Get(p + "self_attn.o_proj.weight", {d, q_rows}));
   at::Tensor o_bias;
   if (c.o_bias) {
     KVG_ASSIGN_OR_RETURN(o_bias, loader.Get(p + "self_attn.o_proj.bias", {d}));
   }
-  w.o = MakeLinear(OnHugePages(wo), o_bias);
+  w.o = MakeLinear(wo, o_bias);
   if (c.qk_norm) {
     KVG_ASSIGN_OR_RETURN(w.q_norm, loader.Get(p + "self_attn.q_norm.weight", {hd}));
     KVG_ASSIGN_OR_RETURN(w.k_norm, loader.Get(p + "self_attn.k_norm.weight", {hd}));
@@ -321,7 +327,7 @@ absl::Status LlamaModel::Impl::LoadLayer(WeightLoader& loader, int64_t l, LayerW
   KVG_ASSIGN_OR_RETURN(at::Tensor up, loader.Get(p + "mlp.up_proj.weight", {f, d}));
   w.gate_up = MakeLinear(OnHugePages(at::cat({gate, up}, 0)));
   KVG_ASSIGN_OR_RETURN(at::Tensor down, loader.Get(p + "mlp.down_proj.weight", {d, f}));
-  w.down = MakeLinear(OnHugePages(down));
+  w.down = MakeLinear(down);
   return absl::OkStatus();
 }
 
@@ -330,13 +336,12 @@ absl::Status LlamaModel::Impl::LoadWeights(const Checkpoint& ckpt) {
   WeightLoader loader(*ckpt.weights, dtype, device);
   KVG_ASSIGN_OR_RETURN(embed,
                        loader.Get("model.embed_tokens.weight", {c.vocab_size, c.hidden_size}));
-  embed = OnHugePages(embed);  // tied checkpoints stream it as the LM head
   KVG_ASSIGN_OR_RETURN(final_norm, loader.Get("model.norm.weight", {c.hidden_size}));
   // Tied checkpoints usually omit lm_head.weight; honour it when present.
   if (!c.tie_word_embeddings || loader.Has("lm_head.weight")) {
     KVG_ASSIGN_OR_RETURN(at::Tensor head,
                          loader.Get("lm_head.weight", {c.vocab_size, c.hidden_size}));
-    lm_head = MakeLinear(OnHugePages(head));
+    lm_head = MakeLinear(head);
   } else {
     lm_head = MakeLinear(embed);
   }
