@@ -74,17 +74,26 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void ScaleScores(
   }
 }
 
-// row[t] = round(row[t] * inv) in the activation type; `kept` (optional) gets the unrounded
-// probabilities.
+// row[t] = round(row[t] * inv) in the activation type; `sums` (optional) gets the unrounded
+// probabilities added, in the same pass.
 __attribute__((target_clones("avx512f", "avx2", "default"))) void Normalise(float* row,
                                                                             int64_t count,
                                                                             float inv, bool bf16,
-                                                                            float* kept) {
-  if (kept != nullptr) {
+                                                                            float* sums) {
+  if (sums != nullptr && bf16) {
 #pragma omp simd
-    for (int64_t t = 0; t < count; ++t) kept[t] = row[t] * inv;
-  }
-  if (bf16) {
+    for (int64_t t = 0; t < count; ++t) {
+      const float p = row[t] * inv;
+      sums[t] += p;
+      row[t] = simd::RoundThroughBf16(p);
+    }
+  } else if (sums != nullptr) {
+#pragma omp simd
+    for (int64_t t = 0; t < count; ++t) {
+      row[t] *= inv;
+      sums[t] += row[t];
+    }
+  } else if (bf16) {
 #pragma omp simd
     for (int64_t t = 0; t < count; ++t) row[t] = simd::RoundThroughBf16(row[t] * inv);
   } else {
@@ -93,19 +102,10 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void Normalise(floa
   }
 }
 
-// sums[t] += row[t] * scale.
-__attribute__((target_clones("avx512f", "avx2", "default"))) void AddScaled(const float* row,
-                                                                            int64_t count,
-                                                                            float scale,
-                                                                            float* sums) {
-#pragma omp simd
-  for (int64_t t = 0; t < count; ++t) sums[t] += row[t] * scale;
-}
-
 // Query heads [g * group, (g + 1) * group) against kv head g.
 void AttendKvHead(const void* q, OutputType type, const AttentionShape& shape,
                   std::span<const KvSpan> spans, int64_t total, int64_t g, float* out,
-                  float* probs) {
+                  float* prob_sums, int64_t sums_stride) {
   const int64_t hd = shape.head_dim, group = shape.heads / shape.kv_heads;
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
   float* qf = ThreadFloats(0, group * hd);
@@ -133,7 +133,7 @@ void AttendKvHead(const void* q, OutputType type, const AttentionShape& shape,
     float* row = scores + r * total;
     const float sum = ExpShifted(row, total, Peak(row, total));
     Normalise(row, total, 1.0f / sum, type == OutputType::kBF16,
-              probs == nullptr ? nullptr : probs + (g * group + r) * total);
+              prob_sums == nullptr ? nullptr : prob_sums + (g * group + r) * sums_stride);
   }
 
   // out_r = sum_t p[r][t] v_t, accumulated in f32 over the spans, then rounded.
@@ -195,9 +195,8 @@ void AttendPrefillBlock(const void* q, OutputType type, const AttentionShape& sh
     float* row = scores + r * visible;
     ScaleScores(row, sees, scale, bf16, row);
     const float inv = 1.0f / ExpShifted(row, sees, Peak(row, sees));
-    if (prob_sums != nullptr)
-      AddScaled(row, sees, inv, prob_sums + (g * group + r % group) * total);
-    Normalise(row, sees, inv, bf16, nullptr);
+    Normalise(row, sees, inv, bf16,
+              prob_sums == nullptr ? nullptr : prob_sums + (g * group + r % group) * total);
     std::fill(row + sees, row + visible, 0.0f);  // causal: later entries get no weight
   }
   float* acc = ThreadFloats(3, rows * hd);
@@ -239,7 +238,8 @@ void RopeHeads(void* x, OutputType type, int64_t heads, int64_t head_dim, const 
 }
 
 void DecodeAttention(const void* q, OutputType type, const AttentionShape& shape,
-                     std::span<const KvSpan> spans, float* out, int threads, float* probs) {
+                     std::span<const KvSpan> spans, float* out, int threads, float* prob_sums,
+                     int64_t sums_stride) {
   int64_t total = 0;
   for (const KvSpan& span : spans) total += span.slots;
   const int64_t work = total * shape.heads * shape.head_dim;
@@ -247,12 +247,12 @@ void DecodeAttention(const void* q, OutputType type, const AttentionShape& shape
       std::min<int64_t>(std::max(threads, 1), work < kParallelElements ? 1 : shape.kv_heads));
   if (team <= 1) {
     for (int64_t g = 0; g < shape.kv_heads; ++g)
-      AttendKvHead(q, type, shape, spans, total, g, out, probs);
+      AttendKvHead(q, type, shape, spans, total, g, out, prob_sums, sums_stride);
     return;
   }
 #pragma omp parallel for num_threads(team) schedule(static)
   for (int64_t g = 0; g < shape.kv_heads; ++g)
-    AttendKvHead(q, type, shape, spans, total, g, out, probs);
+    AttendKvHead(q, type, shape, spans, total, g, out, prob_sums, sums_stride);
 }
 
 void PrefillAttention(const void* q, OutputType type, const AttentionShape& shape,

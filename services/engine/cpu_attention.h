@@ -36,11 +36,12 @@ struct AttentionShape {
 // head. q: [heads, head_dim] of `type`; the spans hold `type` entries; out:
 // [heads * head_dim] f32 (bf16: holding bf16-rounded values). kv heads are
 // split over `threads` OpenMP threads when the cache is long enough. With
-// `probs` ([heads, entries] f32) the unrounded probabilities are written
-// there too (H2O-style attention statistics).
+// `prob_sums` (f32, head h's row at h * sums_stride, at least entries long)
+// the unrounded probabilities are added there too (H2O-style attention
+// statistics), in the softmax's own pass.
 void DecodeAttention(const void* q, OutputType type, const AttentionShape& shape,
                      std::span<const KvSpan> spans, float* out, int threads,
-                     float* probs = nullptr);
+                     float* prob_sums = nullptr, int64_t sums_stride = 0);
 
 // A prefill's attention: the last n entries of `spans` are n new tokens, and
 // new token i attends causally to every entry up to its own. Nothing of size

@@ -126,7 +126,7 @@ void SequenceKvCache::Append(int64_t layer_index, const at::Tensor& k, const at:
   }
 }
 
-std::set<int32_t> SequenceKvCache::WholePositions() const {
+std::vector<int32_t> SequenceKvCache::WholePositions() const {
   // Count the (layer, head) pairs holding each position: one pass over the
   // slots, since this runs after every compression of a guarded sequence.
   std::vector<int32_t> holders(static_cast<size_t>(num_positions()), 0);
@@ -139,9 +139,10 @@ std::set<int32_t> SequenceKvCache::WholePositions() const {
     }
   }
   const int32_t all = static_cast<int32_t>(options_.num_layers * options_.num_kv_heads);
-  std::set<int32_t> out;
+  std::vector<int32_t> out;
+  out.reserve(holders.size());
   for (int32_t p = 0; p < num_positions(); ++p) {
-    if (holders[p] == all) out.insert(out.end(), p);
+    if (holders[p] == all) out.push_back(p);
   }
   return out;
 }

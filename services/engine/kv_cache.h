@@ -20,7 +20,6 @@
 
 #include <cstdint>
 #include <memory>
-#include <set>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -133,8 +132,8 @@ class SequenceKvCache {
 
   // Positions every head of every layer holds (retained or approximated in
   // VECTOR's keys-only pool). A position missing from any head counts as
-  // evicted: that is what a RECOVERY rebuild puts back.
-  [[nodiscard]] std::set<int32_t> WholePositions() const;
+  // evicted: that is what a RECOVERY rebuild puts back. Ascending.
+  [[nodiscard]] std::vector<int32_t> WholePositions() const;
 
   // --- attention statistics (filled by the forward pass; see AttentionNeeds) ---
   [[nodiscard]] const LayerAttentionStats& AttentionStats(int64_t layer) const {

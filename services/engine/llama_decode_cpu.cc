@@ -22,7 +22,6 @@ struct DecodeBuffers {
   std::vector<char> x, x1, qkv, gate_up;  // activation dtype
   std::vector<float> in32, attn32, head32;
   std::vector<std::vector<KvSpan>> spans;  // per row
-  std::vector<std::vector<float>> probs;   // per row, with attention sums
 
   static DecodeBuffers& For(int64_t rows, const ModelConfig& c, int64_t element_bytes) {
     thread_local DecodeBuffers b;
@@ -37,7 +36,6 @@ struct DecodeBuffers {
     Fit(b.head32, q);
     if (static_cast<int64_t>(b.spans.size()) < rows) {
       b.spans.resize(static_cast<size_t>(rows));
-      b.probs.resize(static_cast<size_t>(rows));
     }
     return b;
   }
@@ -93,29 +91,29 @@ void RecordRecentQuery(SequenceKvCache& cache, int64_t layer, const char* q, int
   st.recent_positions.push_back(static_cast<int32_t>(position));
 }
 
-// H2O-style statistics of one decode step: probs [heads, retained] f32 added
-// to the cache's [kv_heads, group, capacity] sums and [kv_heads, capacity]
-// counts through their base pointers (a narrow() per call cost more than the
-// arithmetic). Runs on the row's attention thread: rows own their caches.
-void AddStepAttention(SequenceKvCache& cache, int64_t layer, const float* probs, int64_t heads) {
-  LayerAttentionStats& stats = cache.MutableAttentionStats(layer);
-  at::Tensor& sum = stats.attention_sum;  // contiguous, allocated by GrowStats
-  at::Tensor& count = stats.attention_count;
-  const int64_t hkv = sum.size(0), group = sum.size(1), capacity = sum.size(2);
+// H2O-style statistics of one decode step: the softmax adds each head's
+// probabilities straight into the cache's [kv_heads, group, capacity] sums
+// (cpu::DecodeAttention); this counts the step for every retained slot.
+// Runs on the row's attention thread: rows own their caches.
+void CountStepAttention(SequenceKvCache& cache, int64_t layer) {
+  at::Tensor& count = cache.MutableAttentionStats(layer).attention_count;
+  const int64_t hkv = count.size(0), capacity = count.size(1);
   const int64_t retained = cache.RetainedSlots(layer);
-  KVG_CHECK(group * hkv == heads && sum.scalar_type() == at::kFloat && sum.is_contiguous() &&
-            count.is_contiguous() && retained <= capacity);
-  float* s = sum.data_ptr<float>();
+  KVG_CHECK(count.is_contiguous() && retained <= capacity);
   float* n = count.data_ptr<float>();
   for (int64_t g = 0; g < hkv; ++g) {
-    for (int64_t r = 0; r < group; ++r) {
-      float* row = s + (g * group + r) * capacity;
-      const float* p = probs + (g * group + r) * retained;
-      for (int64_t t = 0; t < retained; ++t) row[t] += p[t];
-    }
     float* seen = n + g * capacity;
     for (int64_t t = 0; t < retained; ++t) seen[t] += 1.0f;
   }
+}
+
+// The sums rows of one layer, as cpu::DecodeAttention adds into them.
+float* StepAttentionSums(SequenceKvCache& cache, int64_t layer, int64_t heads, int64_t& stride) {
+  at::Tensor& sum = cache.MutableAttentionStats(layer).attention_sum;  // allocated by GrowStats
+  KVG_CHECK(sum.size(0) * sum.size(1) == heads && sum.scalar_type() == at::kFloat &&
+            sum.is_contiguous() && cache.RetainedSlots(layer) <= sum.size(2));
+  stride = sum.size(2);
+  return sum.data_ptr<float>();
 }
 
 }  // namespace
@@ -159,15 +157,17 @@ void LlamaModel::Impl::AttendLayer(std::span<ForwardItem> batch, int64_t l,
                  at::from_blob(v, {hkv, 1, hd}, kv_options), positions[r]);
     b.spans[r].clear();
     KVG_CHECK(cache.AttentionSpans(l, b.spans[r])) << "layer " << l << " cannot be read in place";
-    if (needs.attention_sums) DecodeBuffers::Fit(b.probs[r], hq * cache.RetainedSlots(l));
   }
   const int threads = at::get_num_threads();
   auto attend = [&](int64_t r, int team) {
     const char* q = b.qkv.data() + r * qkv_cols * element;
-    float* probs = batch[r].cache->options().needs.attention_sums ? b.probs[r].data() : nullptr;
+    SequenceKvCache& cache = *batch[r].cache;
+    const bool sums = cache.options().needs.attention_sums;
+    int64_t stride = 0;
+    float* prob_sums = sums ? StepAttentionSums(cache, l, hq, stride) : nullptr;
     cpu::DecodeAttention(q, type, {.heads = hq, .kv_heads = hkv, .head_dim = hd}, b.spans[r],
-                         b.attn32.data() + r * hq * hd, team, probs);
-    if (probs != nullptr) AddStepAttention(*batch[r].cache, l, probs, hq);
+                         b.attn32.data() + r * hq * hd, team, prob_sums, stride);
+    if (sums) CountStepAttention(cache, l);
   };
   if (rows == 1 || threads <= 1) {
     for (int64_t r = 0; r < rows; ++r) attend(r, threads);

@@ -96,12 +96,22 @@ SampledToken Sampler::Sample(std::span<const float> logits, std::span<const int3
   out.id = params_.temperature == 0.0 ? best : Draw(l);
   out.logprob = logprob(out.id);
   if (params_.logprobs > 0) {
-    std::vector<int32_t> order(vocab);
-    std::iota(order.begin(), order.end(), 0);
+    // The k best (ties to the lower id) in one pass: a heap whose front is
+    // the worst kept, which most entries of a peaked row fail against.
     const int32_t k = std::min(params_.logprobs, vocab);
-    std::partial_sort(order.begin(), order.begin() + k, order.end(),
-                      [&](int32_t a, int32_t b) { return l[a] > l[b] || (l[a] == l[b] && a < b); });
-    for (int32_t i = 0; i < k; ++i) out.top_logprobs.push_back({order[i], logprob(order[i])});
+    auto better = [&](int32_t a, int32_t b) { return l[a] > l[b] || (l[a] == l[b] && a < b); };
+    top_.clear();
+    for (int32_t i = 0; i < k; ++i) top_.push_back(i);
+    std::make_heap(top_.begin(), top_.end(), better);
+    for (int32_t i = k; i < vocab; ++i) {
+      if (!(l[i] > l[top_.front()])) continue;  // a later id never wins a tie
+      std::pop_heap(top_.begin(), top_.end(), better);
+      top_.back() = i;
+      std::push_heap(top_.begin(), top_.end(), better);
+    }
+    std::sort_heap(top_.begin(), top_.end(), better);
+    out.top_logprobs.reserve(static_cast<size_t>(k));
+    for (int32_t id : top_) out.top_logprobs.push_back({id, logprob(id)});
   }
   return out;
 }

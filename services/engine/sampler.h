@@ -68,6 +68,7 @@ class Sampler {
   SamplingParams params_;
   std::mt19937_64 rng_;
   std::vector<float> scratch_;
+  std::vector<int32_t> top_;  // the top-logprob heap, reused across steps
 };
 
 }  // namespace kvguard::engine

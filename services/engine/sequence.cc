@@ -5,6 +5,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <iterator>
 #include <map>
 
 #include "absl/strings/str_cat.h"
@@ -152,7 +153,7 @@ absl::Status Sequence::Compress(std::vector<int32_t>& evicted,
   // Which positions leave, and the attention they had, only on steps that may evict.
   const bool track = options_.gather_attention && compression_->Due(step_ == 0);
   std::vector<std::pair<double, int>> attention;
-  std::set<int32_t> before;
+  std::vector<int32_t> before;
   if (track) {
     attention = PositionAttention(*cache_);
     before = cache_->WholePositions();
@@ -161,10 +162,12 @@ absl::Status Sequence::Compress(std::vector<int32_t>& evicted,
   KVG_RETURN_IF_ERROR(
       compression_->AfterForward(*cache_, model_.config(), rope, step_ == 0, protected_));
   if (!track || cache_->Stats().evicted_slots == evicted_before) return absl::OkStatus();
-  const std::set<int32_t> after = cache_->WholePositions();
-  for (int32_t p : before) {
-    if (after.count(p)) continue;
-    evicted.push_back(p);
+  const std::vector<int32_t> after = cache_->WholePositions();
+  const size_t first_evicted = evicted.size();
+  std::set_difference(before.begin(), before.end(), after.begin(), after.end(),
+                      std::back_inserter(evicted));
+  for (size_t i = first_evicted; i < evicted.size(); ++i) {
+    const int32_t p = evicted[i];
     const auto [total, n] =
         static_cast<size_t>(p) < attention.size() ? attention[p] : std::pair(0.0, 0);
     evicted_attention.push_back(n ? static_cast<float>(total / n) : 0.0f);

@@ -4,6 +4,8 @@
 
 #include <cmath>
 #include <map>
+#include <numeric>
+#include <random>
 
 namespace kvguard::engine {
 namespace {
@@ -28,6 +30,26 @@ TEST(SamplerTest, TopLogprobsDescending) {
   EXPECT_EQ(t.top_logprobs[0].id, 1);
   EXPECT_EQ(t.top_logprobs[1].id, 3);
   EXPECT_EQ(t.top_logprobs[2].id, 2);
+}
+
+// The one-pass heap against a stable sort: descending, ties to the lower id,
+// on rows with many ties (logits drawn from 8 values) and k up to the vocab.
+TEST(SamplerTest, TopLogprobsMatchStableSortWithTies) {
+  std::mt19937 rng(7);
+  for (int32_t k : {1, 5, 20, 258}) {
+    for (int trial = 0; trial < 20; ++trial) {
+      std::vector<float> logits(258);
+      for (float& x : logits) x = static_cast<float>(rng() % 8) * 0.5f;
+      Sampler s({.logprobs = k});
+      const SampledToken t = s.Sample(logits, {});
+      std::vector<int32_t> order(logits.size());
+      std::iota(order.begin(), order.end(), 0);
+      std::stable_sort(order.begin(), order.end(),
+                       [&](int32_t a, int32_t b) { return logits[a] > logits[b]; });
+      ASSERT_EQ(t.top_logprobs.size(), static_cast<size_t>(k));
+      for (int32_t i = 0; i < k; ++i) ASSERT_EQ(t.top_logprobs[i].id, order[i]) << "k " << k;
+    }
+  }
 }
 
 TEST(SamplerTest, RepetitionPenaltyFollowsHfRule) {
