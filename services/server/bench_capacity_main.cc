@@ -43,7 +43,9 @@
 #include "services/server/scheduler.h"
 
 ABSL_FLAG(std::string, model, "models/arith-fewshot", "checkpoint with a training.json task");
-ABSL_FLAG(std::string, guard, "", "a running kvguard-guard; empty = static arms only");
+ABSL_FLAG(std::string, guard, "",
+          "a running kvguard-guard; `calm` = an in-process guard that never acts (to measure "
+          "the server's guarded bookkeeping alone); empty = static arms only");
 ABSL_FLAG(std::string, ratios, "0,0.5,0.75,0.875", "requested compression ratios");
 ABSL_FLAG(std::string, compressor, "snapkv", "compressor of every compressed arm");
 ABSL_FLAG(std::string, compressor_opt, "window_size=16", "its options, comma separated");
@@ -86,6 +88,23 @@ struct RequestLog {
   int64_t tokens = 0;
   bool catastrophic = false, correct = false;
   double kv_saved_frac = 0;
+};
+
+// `--guard calm`: a guard in this process that answers every batch at once,
+// never directs and grants the longest quiet leave. Its guarded arms pay the
+// server's own guarded bookkeeping (attention sums, top logprobs, reports)
+// and none of the guard's work or the loopback, which tells the two apart.
+class CalmGuardLink final : public server::GuardLink {
+ public:
+  void Send(v1::StepBatch) override {}
+  std::optional<v1::DirectiveBatch> Await(uint64_t batch_id,
+                                          std::chrono::steady_clock::time_point) override {
+    v1::DirectiveBatch answer;
+    answer.set_batch_id(batch_id);
+    answer.set_quiet_steps(16);
+    return answer;
+  }
+  [[nodiscard]] bool connected() const override { return true; }
 };
 
 class LoggingSink final : public server::ResponseSink {
@@ -420,14 +439,17 @@ std::string Markdown(const std::vector<ArmResult>& results, const Testbed& bed,
       "(%s problems), "
       "compressor %s (%s), compress every %d steps; %d threads; guarded arms at guard lag %d%s, "
       "exchange every %d steps (up to %d while the guard's sessions are calm: its quiet_steps; "
-      "capacity.json counts the exchanges)\n\n",
+      "capacity.json counts the exchanges)%s\n\n",
       bed.pool_bytes / 1048576.0, absl::GetFlag(FLAGS_pool_sequences), typical_tokens,
       absl::GetFlag(FLAGS_max_new_tokens), absl::GetFlag(FLAGS_model), absl::GetFlag(FLAGS_split),
       absl::GetFlag(FLAGS_compressor), absl::GetFlag(FLAGS_compressor_opt),
       absl::GetFlag(FLAGS_compress_every), absl::GetFlag(FLAGS_threads),
       absl::GetFlag(FLAGS_guard_lag),
       absl::GetFlag(FLAGS_guard_overlap) ? " (overlapped with the next forward)" : "",
-      absl::GetFlag(FLAGS_guard_interval), server::kMaxGuardQuietSteps);
+      absl::GetFlag(FLAGS_guard_interval), server::kMaxGuardQuietSteps,
+      absl::GetFlag(FLAGS_guard) == "calm"
+          ? "; the guard is `calm`: in-process, answers at once, never acts"
+          : "");
   md +=
       "| arm | requests | arrivals/s | concurrent mean | vs uncompressed | max | tokens/s | vs "
       "uncompressed "
@@ -634,8 +656,11 @@ int main(int argc, char** argv) {
   bed.pool_bytes =
       static_cast<int64_t>(absl::GetFlag(FLAGS_pool_sequences) * double(typical * token_bytes));
 
-  std::unique_ptr<server::GrpcGuardLink> link;
-  if (!absl::GetFlag(FLAGS_guard).empty()) {
+  std::unique_ptr<server::GuardLink> link;
+  if (absl::GetFlag(FLAGS_guard) == "calm") {
+    link = std::make_unique<CalmGuardLink>();
+    bed.guard = link.get();
+  } else if (!absl::GetFlag(FLAGS_guard).empty()) {
     link = std::make_unique<server::GrpcGuardLink>(absl::GetFlag(FLAGS_guard));
     for (int i = 0; i < 100 && !link->connected(); ++i)
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
